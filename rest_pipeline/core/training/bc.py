@@ -1,0 +1,291 @@
+"""Behavioural cloning (supervised NLL) of a seq2seq policy: the paper's BC baseline.
+
+One loop a reader can hold in their head: token-bucketed batches, AdamW with warm-up and
+decay, clipping, label smoothing, validation by greedy BLEU, best checkpoint kept, and a
+resume point written atomically every few hundred steps so a killed run continues where
+it stopped (same batches, same optimizer state, same time budget).
+
+Layout of `work_dir`:  last/ (resume point)  best/ (HF checkpoint)  snapshots/  history.json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rest_pipeline.core.evaluation.metrics import corpus_scores
+from rest_pipeline.core.paths import atomic_dir, atomic_path
+from rest_pipeline.core.policy.generate import translate
+from rest_pipeline.core.policy.model import save_policy
+from rest_pipeline.core.policy.tokenizer import FastEncoder
+from rest_pipeline.core.training.batching import collate, make_batches
+from rest_pipeline.spec import BCSpec, DecodingSpec
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class BCResult:
+    best_dir: Path
+    best_metric: float
+    keep_best_by: str
+    steps: int
+    epochs: float
+    train_seconds: float
+    stopped_because: str
+    averaged: bool
+    history: list[dict] = field(default_factory=list)
+
+
+def lr_at(step: int, spec: BCSpec, total_steps: int) -> float:
+    warm = max(spec.warmup_steps, 1)
+    if step < warm:
+        return spec.lr * (step + 1) / warm
+    if spec.decay == "inverse_sqrt":
+        factor = math.sqrt(warm / (step + 1))
+    else:
+        progress = min((step - warm) / max(total_steps - warm, 1), 1.0)
+        factor = 1 - progress if spec.decay == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return spec.lr * max(factor, spec.min_lr_ratio)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _state_dict_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def _tied_safe(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared storage; tied weights were cloned in _state_dict_cpu.
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+@torch.no_grad()
+def validation_loss(model, src, tgt, max_tokens: int, pad_id: int, start_id: int) -> float:
+    model.eval()
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    for idx in make_batches(src, tgt, max_tokens, seed=0, epoch=0):
+        b = collate(idx, src, tgt, pad_id, start_id)
+        logits = model(
+            input_ids=b.input_ids.to(device),
+            attention_mask=b.attention_mask.to(device),
+            decoder_input_ids=b.decoder_input_ids.to(device),
+        ).logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), b.labels.to(device).flatten(), reduction="sum")
+        total += float(loss)
+        tokens += b.target_tokens
+    return total / max(tokens, 1)
+
+
+def train_bc(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train: tuple[Sequence[str], Sequence[str]],
+    valid: tuple[Sequence[str], Sequence[str]],
+    spec: BCSpec,
+    work_dir: Path,
+    *,
+    seed: int,
+    max_length: int,
+    fingerprint: str,
+    log: Log = print,
+) -> BCResult:
+    """Train `model` in place on (sources, targets); returns where the best checkpoint is."""
+    if not train[0]:
+        raise ValueError("bc: the training set is empty")
+    device = next(model.parameters()).device
+    work_dir.mkdir(parents=True, exist_ok=True)
+    _seed_all(seed)
+    enc = FastEncoder(tokenizer)
+    src = enc.encode(train[0], max_length)
+    tgt = enc.encode(train[1], max_length, target=True)
+    n_valid = spec.validate_pairs or len(valid[0])
+    v_src_text, v_ref = list(valid[0][:n_valid]), list(valid[1][:n_valid])
+    v_src = enc.encode(valid[0], max_length)
+    v_tgt = enc.encode(valid[1], max_length, target=True)
+    pad_id = tokenizer.pad_token_id
+    start_id = model.config.decoder_start_token_id
+    greedy = DecodingSpec(name="greedy", num_beams=1, max_new_tokens=max_length)
+
+    batches_per_epoch = len(make_batches(src, tgt, spec.max_tokens, seed, 0))
+    total_steps = spec.max_steps or spec.epochs * batches_per_epoch
+    validate_every = spec.validate_every_steps or batches_per_epoch
+
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay, eps=1e-8
+    )
+    step, elapsed, history = 0, 0.0, []
+    best = -math.inf  # larger is better (BLEU, or negative loss)
+    last_dir, best_dir, snap_dir = work_dir / "last", work_dir / "best", work_dir / "snapshots"
+
+    state_file = last_dir / "trainer_state.pt"
+    if state_file.is_file():
+        state = torch.load(state_file, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") == fingerprint:
+            model.load_state_dict(load_file(str(last_dir / "model.safetensors")), strict=False)
+            model.tie_weights()
+            optimizer.load_state_dict(state["optimizer"])
+            step, elapsed, history, best = state["step"], state["elapsed"], state["history"], state["best"]
+            torch.set_rng_state(state["torch_rng"])
+            log(f"bc: resuming at step {step} ({elapsed:.0f}s already trained)")
+        else:
+            log("bc: resume point belongs to a different spec; starting fresh")
+            for d in (last_dir, best_dir, snap_dir):
+                shutil.rmtree(d, ignore_errors=True)
+
+    def save_resume_point() -> None:
+        with atomic_dir(last_dir) as tmp:
+            save_file(_tied_safe(_state_dict_cpu(model)), str(tmp / "model.safetensors"))
+            torch.save(
+                {
+                    "fingerprint": fingerprint,
+                    "optimizer": optimizer.state_dict(),
+                    "step": step,
+                    "elapsed": elapsed,
+                    "history": history,
+                    "best": best,
+                    "torch_rng": torch.get_rng_state(),
+                },
+                tmp / "trainer_state.pt",
+            )
+
+    def validate() -> dict:
+        t0 = time.perf_counter()
+        loss = validation_loss(model, v_src, v_tgt, spec.max_tokens * 2, pad_id, start_id)
+        hyps = translate(model, tokenizer, v_src_text, greedy, max_source_length=max_length)
+        scores = corpus_scores(hyps, v_ref)
+        model.train()
+        return {
+            "valid_loss": round(loss, 4),
+            "valid_bleu": round(scores.bleu, 2),
+            "valid_chrf": round(scores.chrf, 2),
+            "validate_seconds": round(time.perf_counter() - t0, 1),
+        }
+
+    stopped = "max_steps" if spec.max_steps else "epochs"
+    model.train()
+    t_start = time.perf_counter() - elapsed
+    window_loss, window_tokens, t_window = 0.0, 0, time.perf_counter()
+    while step < total_steps:
+        epoch, pos = divmod(step, batches_per_epoch)
+        order = make_batches(src, tgt, spec.max_tokens, seed, epoch)
+        for idx in order[pos:]:
+            if step >= total_steps:
+                break
+            b = collate(idx, src, tgt, pad_id, start_id)
+            for g in optimizer.param_groups:
+                g["lr"] = lr_at(step, spec, total_steps)
+            logits = model(
+                input_ids=b.input_ids.to(device),
+                attention_mask=b.attention_mask.to(device),
+                decoder_input_ids=b.decoder_input_ids.to(device),
+            ).logits
+            loss_sum = F.cross_entropy(
+                logits.flatten(0, 1).float(),
+                b.labels.to(device).flatten(),
+                label_smoothing=spec.label_smoothing,
+                reduction="sum",
+            )
+            loss = loss_sum / b.target_tokens
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.clip_norm)
+            optimizer.step()
+            step += 1
+            window_loss += loss_sum.item()
+            window_tokens += b.target_tokens
+            elapsed = time.perf_counter() - t_start
+
+            if step % 50 == 0:
+                now = time.perf_counter()
+                log(
+                    f"bc: step {step}/{total_steps} epoch {step / batches_per_epoch:.2f} "
+                    f"loss {window_loss / window_tokens:.3f} lr {optimizer.param_groups[0]['lr']:.2e} "
+                    f"{window_tokens / (now - t_window):.0f} tgt tok/s"
+                )
+                window_loss, window_tokens, t_window = 0.0, 0, now
+
+            out_of_time = spec.time_budget_minutes is not None and elapsed >= spec.time_budget_minutes * 60
+            if step % validate_every == 0 or step == total_steps or out_of_time:
+                row = {"step": step, "epoch": round(step / batches_per_epoch, 2), "elapsed": round(elapsed, 1)}
+                row.update(validate())
+                metric = row["valid_bleu"] if spec.keep_best_by == "bleu" else -row["valid_loss"]
+                row["best"] = metric > best
+                history.append(row)
+                log(f"bc: validation {row}")
+                if metric > best:
+                    best = metric
+                    save_policy(model, tokenizer, best_dir)
+                if spec.average_last > 1:
+                    snap = snap_dir / f"step_{step:07d}.safetensors"
+                    with atomic_path(snap) as tmp:
+                        save_file(_tied_safe(_state_dict_cpu(model)), str(tmp))
+                    for old in sorted(snap_dir.glob("step_*.safetensors"))[: -spec.average_last]:
+                        old.unlink()
+                save_resume_point()
+                t_start = time.perf_counter() - elapsed  # validation time does not count
+                if spec.patience is not None and _no_improvement_for(history, spec.patience):
+                    stopped = f"patience ({spec.patience} validations without improvement)"
+                    total_steps = step
+                if out_of_time:
+                    stopped = f"time budget ({spec.time_budget_minutes} min)"
+                    total_steps = step
+            elif step % spec.save_every_steps == 0:
+                save_resume_point()
+
+    averaged = False
+    if spec.average_last > 1:
+        snaps = sorted(snap_dir.glob("step_*.safetensors"))
+        if len(snaps) > 1:
+            sds = [load_file(str(p)) for p in snaps]
+            avg = {k: sum(sd[k].float() for sd in sds) / len(sds) for k in sds[0]}
+            model.load_state_dict({k: v.to(sds[-1][k].dtype) for k, v in avg.items()}, strict=False)
+            model.tie_weights()
+            row = {"step": step, "averaged_snapshots": len(snaps)}
+            row.update(validate())
+            metric = row["valid_bleu"] if spec.keep_best_by == "bleu" else -row["valid_loss"]
+            row["best"] = metric > best
+            history.append(row)
+            log(f"bc: averaged last {len(snaps)} snapshots: {row}")
+            if metric > best:
+                best, averaged = metric, True
+                save_policy(model, tokenizer, best_dir)
+
+    result = BCResult(
+        best_dir=best_dir,
+        best_metric=best if spec.keep_best_by == "bleu" else -best,
+        keep_best_by=spec.keep_best_by,
+        steps=step,
+        epochs=round(step / batches_per_epoch, 2),
+        train_seconds=round(elapsed, 1),
+        stopped_because=stopped,
+        averaged=averaged,
+        history=history,
+    )
+    with atomic_path(work_dir / "history.json") as tmp:
+        tmp.write_text(
+            json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}, indent=1)
+        )
+    return result
+
+
+def _no_improvement_for(history: list[dict], patience: int) -> bool:
+    flags = [r["best"] for r in history if "averaged_snapshots" not in r]
+    return len(flags) > patience and not any(flags[-patience:])

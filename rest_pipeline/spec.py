@@ -1,0 +1,230 @@
+"""Experiment specs: one typed YAML file holds everything a run depends on.
+
+A spec is validated with pydantic before anything runs, and errors name both the
+file and the dotted field path so a user can fix a typo without reading code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SPEC_DIR = Path(__file__).parent / "experiments"
+
+
+class SpecError(ValueError):
+    """A spec file could not be read or failed validation."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a misspelt field must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LinePolicy(_Strict):
+    """What to do with each kind of bad line: fail the run, or skip the pair and count it."""
+
+    empty: Literal["reject", "skip"] = "reject"
+    overlong: Literal["reject", "skip"] = "reject"
+    undecodable: Literal["reject", "skip"] = "reject"
+    max_chars: int = Field(1000, gt=0)
+
+
+class DataSpec(_Strict):
+    dataset: str
+    source_lang: str
+    target_lang: str
+    train: str
+    valid: str
+    test: str
+    # Keep only the first N training pairs (smoke runs); None keeps all.
+    max_train_pairs: int | None = Field(None, gt=0)
+    max_eval_pairs: int | None = Field(None, gt=0)
+    lines: LinePolicy = LinePolicy()
+
+
+class TokenizerSpec(_Strict):
+    kind: Literal["sentencepiece", "pretrained"] = "sentencepiece"
+    vocab_size: int = Field(8000, ge=100)
+    model_type: Literal["unigram", "bpe"] = "unigram"
+    character_coverage: float = Field(1.0, gt=0.0, le=1.0)
+    max_length: int = Field(128, ge=8)
+    # Sentences sampled for SentencePiece training (None = all of train).
+    input_sentence_size: int | None = Field(None, gt=0)
+
+
+class PolicySpec(_Strict):
+    kind: Literal["marian_scratch", "pretrained"] = "marian_scratch"
+    pretrained_path: str | None = None
+    d_model: int = Field(256, ge=8)
+    encoder_layers: int = Field(3, ge=1)
+    decoder_layers: int = Field(3, ge=1)
+    attention_heads: int = Field(4, ge=1)
+    ffn_dim: int = Field(1024, ge=8)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    activation_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> PolicySpec:
+        if self.kind == "pretrained" and not self.pretrained_path:
+            raise ValueError("policy.pretrained_path is required when policy.kind is 'pretrained'")
+        if self.d_model % self.attention_heads:
+            raise ValueError("policy.d_model must be divisible by policy.attention_heads")
+        return self
+
+
+class BCSpec(_Strict):
+    """Supervised (behavioural cloning) training of the base policy."""
+
+    max_tokens: int = Field(4096, ge=64)  # source+target tokens per batch (padded)
+    epochs: int = Field(12, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    time_budget_minutes: float | None = Field(None, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(400, ge=0)
+    decay: Literal["inverse_sqrt", "linear", "cosine"] = "inverse_sqrt"
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    clip_norm: float = Field(1.0, gt=0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    validate_every_steps: int | None = Field(None, ge=1)  # None = once per epoch
+    validate_pairs: int | None = Field(None, ge=1)  # valid pairs decoded for BLEU (None = all)
+    keep_best_by: Literal["bleu", "loss"] = "bleu"
+    patience: int | None = Field(None, ge=1)  # validations without improvement before stopping
+    average_last: int = Field(1, ge=1)  # average the last k validation checkpoints' weights
+    save_every_steps: int = Field(200, ge=1)  # resume checkpoint cadence
+
+
+class DecodingSpec(_Strict):
+    name: str
+    num_beams: int = Field(1, ge=1)
+    length_penalty: float = 1.0
+    max_new_tokens: int = Field(128, ge=1)
+
+
+class EvaluationSpec(_Strict):
+    splits: list[Literal["valid", "test"]] = ["valid", "test"]
+    decoding: list[DecodingSpec] = [
+        DecodingSpec(name="greedy", num_beams=1),
+        DecodingSpec(name="beam", num_beams=5),
+    ]
+    batch_tokens: int = Field(6000, ge=64)
+    examples: int = Field(8, ge=0)
+
+    @model_validator(mode="after")
+    def _unique(self) -> EvaluationSpec:
+        names = [d.name for d in self.decoding]
+        if len(set(names)) != len(names):
+            raise ValueError(f"evaluation.decoding names must be unique, got {names}")
+        return self
+
+
+class GrowSpec(_Strict):
+    """Reserved for the Grow issue: sampling settings."""
+
+    samples_per_source: int = Field(8, ge=1)
+    temperature: float = Field(0.8, gt=0)
+    top_k: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_sources: int | None = Field(None, ge=1)
+
+
+class RewardSpec(_Strict):
+    """Reserved for the Grow issue: which reward model scores candidates."""
+
+    model: str = "learned"
+
+
+class ImproveSpec(_Strict):
+    """Reserved for the Improve issue: filter schedule and fine-tuning."""
+
+    grows: int = Field(2, ge=0)
+    thresholds: list[float] = [0.0, 0.7, 0.8, 0.9, 0.95]
+    loss: Literal["bc", "gold", "bvmpo", "oac"] = "bc"
+
+
+class ExperimentSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str = ""
+    seed: int = 1234
+    data: DataSpec
+    tokenizer: TokenizerSpec = TokenizerSpec()
+    policy: PolicySpec = PolicySpec()
+    bc: BCSpec = BCSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    grow: GrowSpec = GrowSpec()
+    reward: RewardSpec = RewardSpec()
+    improve: ImproveSpec = ImproveSpec()
+
+    def section_hash(self, *sections: str) -> str:
+        """A short content hash of the named sections: a code/data version for Dagster."""
+        payload = {s: self.model_dump(mode="json")[s] for s in sections}
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid experiment spec"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"  field '{field}': {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise SpecError(f"{path}: spec file not found") from e
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    try:
+        spec = ExperimentSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(_format_errors(path, e)) from None
+    if spec.name != path.stem:
+        raise SpecError(f"{path}: field 'name' is '{spec.name}' but the file is named '{path.stem}.yaml'")
+    return spec
+
+
+def spec_dirs() -> list[Path]:
+    """Where experiment specs live: the packaged ones plus REST_EXPERIMENTS_DIR, if set."""
+    import os
+
+    dirs = [SPEC_DIR]
+    extra = os.environ.get("REST_EXPERIMENTS_DIR")
+    if extra:
+        dirs.append(Path(extra))
+    return dirs
+
+
+def find_spec(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in {".yaml", ".yml"} and p.exists():
+        return p
+    for d in spec_dirs():
+        cand = d / f"{name_or_path}.yaml"
+        if cand.exists():
+            return cand
+    known = sorted(q.stem for d in spec_dirs() for q in d.glob("*.yaml"))
+    raise SpecError(f"unknown experiment '{name_or_path}'; known: {', '.join(known)}")
+
+
+def all_specs() -> list[ExperimentSpec]:
+    seen: dict[str, ExperimentSpec] = {}
+    for d in spec_dirs():
+        for p in sorted(d.glob("*.yaml")):
+            spec = load_spec(p)
+            seen[spec.name] = spec
+    return list(seen.values())

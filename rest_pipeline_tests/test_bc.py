@@ -1,0 +1,147 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rest_pipeline.core.training.batching import collate, make_batches
+from rest_pipeline.core.training.bc import lr_at, train_bc
+from rest_pipeline.spec import BCSpec
+from rest_pipeline_tests.synthetic import pairs, tiny_model, tokenizer_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SPEC = BCSpec(
+    max_tokens=400,
+    epochs=40,
+    max_steps=160,
+    lr=3e-3,
+    warmup_steps=20,
+    validate_every_steps=40,
+    validate_pairs=40,
+    save_every_steps=10,
+    average_last=2,
+    label_smoothing=0.1,
+)
+
+
+def run_tiny(work: str, tok_dir: str, spec_json: str, fingerprint: str = "fp") -> dict:
+    """Entry point shared by the in-process test and the killed subprocess."""
+    torch.set_num_threads(1)
+    model, tok = tiny_model(Path(tok_dir))
+    train, valid = pairs(300, seed=1), pairs(40, seed=2)
+    res = train_bc(
+        model,
+        tok,
+        train,
+        valid,
+        BCSpec.model_validate_json(spec_json),
+        Path(work),
+        seed=5,
+        max_length=32,
+        fingerprint=fingerprint,
+        log=lambda m: print(m, flush=True),
+    )
+    return {"steps": res.steps, "best": res.best_metric, "history": res.history}
+
+
+def test_batches_respect_token_budget_and_cover_everything():
+    src = [[1] * n for n in (3, 10, 4, 25, 7, 7, 2)]
+    tgt = [[1] * n for n in (4, 12, 3, 20, 8, 6, 2)]
+    batches = make_batches(src, tgt, max_tokens=40, seed=1, epoch=0)
+    assert sorted(i for b in batches for i in b) == list(range(7))
+    for b in batches:
+        width = max(len(src[i]) for i in b) + max(len(tgt[i]) for i in b)
+        assert width * len(b) <= 40 or len(b) == 1
+    assert batches == make_batches(src, tgt, 40, seed=1, epoch=0)  # pure function of (seed, epoch)
+    b = collate(batches[0], src, tgt, pad_id=2, decoder_start_id=2)
+    assert b.target_tokens == sum(len(tgt[i]) for i in batches[0])
+    assert (b.decoder_input_ids[:, 0] == 2).all()
+
+
+def test_lr_schedule_warms_up_then_decays():
+    spec = BCSpec(lr=1e-3, warmup_steps=100)
+    lrs = [lr_at(s, spec, 1000) for s in range(0, 1000, 50)]
+    assert lrs[0] < lrs[1] < lrs[2] and max(lrs) == pytest.approx(1e-3, rel=0.01)
+    assert lrs[-1] < lrs[3]
+    lin = BCSpec(lr=1e-3, warmup_steps=10, decay="linear")
+    assert lr_at(999, lin, 1000) < 1e-5
+
+
+def test_bc_learns_the_task(tmp_path):
+    out = run_tiny(str(tmp_path / "run"), str(tokenizer_dir(tmp_path)), SPEC.model_dump_json())
+    h = [r for r in out["history"] if "averaged_snapshots" not in r]
+    assert h[-1]["valid_loss"] < h[0]["valid_loss"] - 0.5
+    assert out["best"] > 20.0  # greedy BLEU on held-out synthetic pairs
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "run" / "history.json").read_text())["steps"] == SPEC.max_steps
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path):
+    tok = str(tokenizer_dir(tmp_path))
+    spec = SPEC.model_dump_json()
+    # Uninterrupted reference run.
+    ref = run_tiny(str(tmp_path / "ref"), tok, spec)
+    # Same run in a subprocess, SIGKILLed once it has written a resume point past step 0.
+    work = tmp_path / "killed"
+    code = f"from rest_pipeline_tests.test_bc import run_tiny; run_tiny({str(work)!r}, {tok!r}, {spec!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    state = work / "last" / "trainer_state.pt"
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert state.exists(), proc.stdout.read().decode()[-2000:]
+    saved_step = torch.load(state, weights_only=False)["step"]
+    assert 0 < saved_step < SPEC.max_steps, "kill landed outside the run; nothing to resume"
+    logs: list[str] = []
+    model_mod = __import__("rest_pipeline_tests.synthetic", fromlist=["tiny_model"])
+    model, tk = model_mod.tiny_model(Path(tok))
+    torch.set_num_threads(1)
+    from rest_pipeline_tests.synthetic import pairs as p
+
+    res = train_bc(
+        model, tk, p(300, seed=1), p(40, seed=2), SPEC, work, seed=5, max_length=32, fingerprint="fp", log=logs.append
+    )
+    assert any("resuming at step" in m for m in logs)
+    assert res.steps == SPEC.max_steps
+    a = load_file(str(tmp_path / "ref" / "last" / "model.safetensors"))
+    b = load_file(str(work / "last" / "model.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    assert [r["valid_bleu"] for r in res.history] == [r["valid_bleu"] for r in ref["history"]]
+
+
+def test_changed_spec_does_not_resume(tmp_path):
+    tok = str(tokenizer_dir(tmp_path))
+    small = SPEC.model_copy(update={"max_steps": 20, "validate_every_steps": 10})
+    run_tiny(str(tmp_path / "w"), tok, small.model_dump_json(), fingerprint="one")
+    model, tk = tiny_model(Path(tok))
+    logs: list[str] = []
+    train_bc(
+        model,
+        tk,
+        pairs(300, seed=1),
+        pairs(40, seed=2),
+        small,
+        tmp_path / "w",
+        seed=5,
+        max_length=32,
+        fingerprint="two",
+        log=logs.append,
+    )
+    assert any("different spec" in m for m in logs)
+
+
+def test_empty_training_set_is_a_clear_error(tmp_path):
+    model, tok = tiny_model(tokenizer_dir(tmp_path))
+    with pytest.raises(ValueError, match="training set is empty"):
+        train_bc(model, tok, ([], []), pairs(5), SPEC, tmp_path / "w", seed=1, max_length=32, fingerprint="x")

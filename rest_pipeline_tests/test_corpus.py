@@ -1,0 +1,138 @@
+import hashlib
+
+import pandas as pd
+import pytest
+
+from rest_pipeline.core.corpus.fetch import FetchError, fetch
+from rest_pipeline.core.corpus.registry import DATASETS, CorpusFile
+from rest_pipeline.core.corpus.splits import prepare_split, source_id
+from rest_pipeline.core.corpus.validate import CorpusError, read_parallel
+from rest_pipeline.spec import DataSpec, LinePolicy
+from rest_pipeline_tests.conftest import write_lines
+
+REJECT = LinePolicy()
+SKIP = LinePolicy(empty="skip", overlong="skip", undecodable="skip", max_chars=20)
+
+
+def test_clean_pair_reads(tmp_path):
+    s = write_lines(tmp_path / "a.de", ["Hallo Welt", "Guten Tag"])
+    t = write_lines(tmp_path / "a.en", ["Hello world", "Good day"])
+    out = read_parallel(s, t, REJECT, expected_lines=2)
+    assert out.sources == ["Hallo Welt", "Guten Tag"]
+    assert out.line_numbers == [1, 2]
+    assert out.skipped == {}
+
+
+def test_misaligned_names_both_files(tmp_path):
+    s = write_lines(tmp_path / "a.de", ["eins", "zwei", "drei"])
+    t = write_lines(tmp_path / "a.en", ["one", "two"])
+    with pytest.raises(CorpusError) as e:
+        read_parallel(s, t, REJECT)
+    assert "a.de has 3 lines" in str(e.value) and "a.en has 2" in str(e.value)
+
+
+def test_expected_line_count(tmp_path):
+    s = write_lines(tmp_path / "a.de", ["eins"])
+    t = write_lines(tmp_path / "a.en", ["one"])
+    with pytest.raises(CorpusError, match="expected 5 lines"):
+        read_parallel(s, t, REJECT, expected_lines=5)
+
+
+def test_empty_line_rejected_with_file_and_line(tmp_path):
+    s = write_lines(tmp_path / "a.de", ["eins", "   ", "drei"])
+    t = write_lines(tmp_path / "a.en", ["one", "two", "three"])
+    with pytest.raises(CorpusError, match=r"a\.de:2: empty or whitespace-only"):
+        read_parallel(s, t, REJECT)
+
+
+def test_skip_policy_counts_every_drop(tmp_path):
+    s = write_lines(tmp_path / "a.de", b"eins\n\nzwei\n" + b"\xff\xfe kaputt\n" + b"x" * 30 + b"\nvier\n")
+    t = write_lines(tmp_path / "a.en", ["one", "two", "", "broken", "long", "four"])
+    out = read_parallel(s, t, SKIP)
+    assert out.sources == ["eins", "vier"]
+    assert out.line_numbers == [1, 6]
+    assert out.skipped_counts == {"empty": 2, "undecodable": 1, "overlong": 1}
+    assert out.skipped["undecodable"] == [f"{s}:4"]
+    assert out.skipped["empty"] == [f"{s}:2", f"{t}:3"]
+
+
+def test_undecodable_rejected(tmp_path):
+    s = write_lines(tmp_path / "a.de", b"gut\n\xc3\x28 schlecht\n")
+    t = write_lines(tmp_path / "a.en", ["good", "bad"])
+    with pytest.raises(CorpusError, match=r"a\.de:2: invalid UTF-8"):
+        read_parallel(s, t, REJECT)
+
+
+def test_overlong_rejected(tmp_path):
+    s = write_lines(tmp_path / "a.de", ["kurz", "y" * 50])
+    t = write_lines(tmp_path / "a.en", ["short", "long"])
+    with pytest.raises(CorpusError, match=r"a\.de:2: line has 50 characters"):
+        read_parallel(s, t, LinePolicy(max_chars=20))
+
+
+def test_crlf_and_no_final_newline(tmp_path):
+    s = write_lines(tmp_path / "a.de", b"eins\r\nzwei")
+    t = write_lines(tmp_path / "a.en", b"one\r\ntwo")
+    assert read_parallel(s, t, REJECT).targets == ["one", "two"]
+
+
+def test_mirror_fetch_verifies_sha(tmp_path, data_dir):
+    entry = DATASETS["multi30k_de_en"].splits["val"].source
+    assert fetch(entry, mirror=data_dir) == data_dir / entry.path
+    bad = CorpusFile(entry.path, "0" * 64, entry.lines)
+    with pytest.raises(FetchError, match="sha256 mismatch"):
+        fetch(bad, mirror=data_dir)
+    with pytest.raises(FetchError, match="not found in REST_DATA_DIR"):
+        fetch(CorpusFile("nope/missing.txt", "0" * 64, 1), mirror=tmp_path)
+
+
+def test_prepare_split_real_data_stable_ids(tmp_path, data_dir):
+    data = DataSpec(
+        dataset="multi30k_de_en",
+        source_lang="de",
+        target_lang="en",
+        train="train",
+        valid="val",
+        test="test_2016_flickr",
+    )
+    info = prepare_split(data, "valid", tmp_path, mirror=data_dir)
+    assert info.rows == 1014 and info.skipped == {}
+    df = pd.read_parquet(info.path)
+    assert df.source_id.iloc[0] == source_id("multi30k_de_en", "val", 1)
+    assert df.source_id.is_unique
+    first_de = (data_dir / "multi30k/val.de").read_text(encoding="utf-8").split("\n")[0]
+    assert df.source.iloc[0] == first_de.strip()
+    again = prepare_split(data, "valid", tmp_path / "again", mirror=data_dir)
+    assert hashlib.sha256(info.path.read_bytes()).digest() == hashlib.sha256(again.path.read_bytes()).digest()
+
+
+def test_wrong_language_pair_and_split(tmp_path, data_dir):
+    data = DataSpec(
+        dataset="multi30k_de_en",
+        source_lang="en",
+        target_lang="de",
+        train="train",
+        valid="val",
+        test="test_2016_flickr",
+    )
+    with pytest.raises(ValueError, match="dataset 'multi30k_de_en' is de->en"):
+        prepare_split(data, "valid", tmp_path, mirror=data_dir)
+    data = DataSpec(
+        dataset="multi30k_de_en",
+        source_lang="de",
+        target_lang="en",
+        train="train",
+        valid="dev",
+        test="test_2016_flickr",
+    )
+    with pytest.raises(ValueError, match="no split 'dev'"):
+        prepare_split(data, "valid", tmp_path, mirror=data_dir)
+
+
+def test_every_registered_file_matches_the_mirror(data_dir):
+    """The registry's sums and line counts are the real ones (shared/data/README.md)."""
+    for ds in DATASETS.values():
+        for split in ds.splits.values():
+            for f in (split.source, split.target):
+                path = fetch(f, mirror=data_dir)
+                assert path.read_bytes().count(b"\n") == f.lines, f.path

@@ -1,0 +1,70 @@
+from pathlib import Path
+
+import pytest
+
+from rest_pipeline.spec import SpecError, all_specs, find_spec, load_spec
+
+
+def test_shipped_specs_load():
+    names = {s.name for s in all_specs()}
+    assert {"default", "smoke"} <= names
+    default = load_spec(find_spec("default"))
+    assert default.data.dataset == "multi30k_de_en"
+    assert default.data.test == "test_2016_flickr"
+
+
+def _write(tmp_path: Path, name: str, body: str) -> Path:
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(body)
+    return p
+
+
+BASE = """
+data: {dataset: multi30k_de_en, source_lang: de, target_lang: en, train: train, valid: val, test: test_2016_flickr}
+"""
+
+
+def test_unknown_field_names_field_and_file(tmp_path):
+    p = _write(tmp_path, "typo", BASE + "bc: {learning_rate: 0.1}\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(p)
+    assert str(p) in str(e.value)
+    assert "bc.learning_rate" in str(e.value)
+
+
+def test_wrong_type_names_field(tmp_path):
+    p = _write(tmp_path, "wrongtype", BASE + "policy: {d_model: lots}\n")
+    with pytest.raises(SpecError, match=r"policy\.d_model"):
+        load_spec(p)
+
+
+def test_cross_field_rule(tmp_path):
+    p = _write(tmp_path, "heads", BASE + "policy: {d_model: 100, attention_heads: 3}\n")
+    with pytest.raises(SpecError, match="divisible"):
+        load_spec(p)
+
+
+def test_missing_section_and_bad_yaml(tmp_path):
+    with pytest.raises(SpecError, match=r"field 'data'"):
+        load_spec(_write(tmp_path, "nodata", "seed: 3\n"))
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(_write(tmp_path, "broken", "data: [unclosed\n"))
+
+
+def test_name_must_match_file(tmp_path):
+    with pytest.raises(SpecError, match="named"):
+        load_spec(_write(tmp_path, "alpha", BASE + "name: beta\n"))
+
+
+def test_section_hash_tracks_only_its_sections(tmp_path):
+    a = load_spec(_write(tmp_path, "a", BASE + "bc: {lr: 0.001}\n"))
+    (tmp_path / "b").mkdir()
+    b = load_spec(_write(tmp_path / "b", "a", BASE + "bc: {lr: 0.002}\n"))
+    assert a.section_hash("data") == b.section_hash("data")
+    assert a.section_hash("bc") != b.section_hash("bc")
+
+
+def test_experiments_dir_env_adds_specs(tmp_path, monkeypatch):
+    _write(tmp_path, "mine", BASE)
+    monkeypatch.setenv("REST_EXPERIMENTS_DIR", str(tmp_path))
+    assert "mine" in {s.name for s in all_specs()}
