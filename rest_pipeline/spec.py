@@ -127,19 +127,26 @@ class EvaluationSpec(_Strict):
 
 
 class GrowSpec(_Strict):
-    """Reserved for the Grow issue: sampling settings."""
+    """Grow: sample N candidates per training source from the current policy."""
 
     samples_per_source: int = Field(8, ge=1)
     temperature: float = Field(0.8, gt=0)
     top_k: int | None = Field(None, ge=1)
     top_p: float | None = Field(None, gt=0, le=1)
-    max_sources: int | None = Field(None, ge=1)
+    max_new_tokens: int = Field(128, ge=1)
+    max_sources: int | None = Field(None, ge=1)  # first N training sources (None = all)
+    shards: int = Field(4, ge=1)  # partitions of a grow: run, fail and resume independently
+    backend: Literal["hf"] = "hf"
+    batch_tokens: int = Field(4000, ge=64)
+    include_references: bool = True  # D_g = samples + original pairs, as in the paper
 
 
 class RewardSpec(_Strict):
-    """Reserved for the Grow issue: which reward model scores candidates."""
+    """Which reward model trains the policy, and which others are scored alongside it."""
 
-    model: str = "learned"
+    model: str = "learned"  # built-in name (chrf, bleu, comet, learned) or 'package.module:factory'
+    extra: list[str] = []  # independent rewards scored too (e.g. chrf as a reward-hacking check)
+    comet_path: str | None = None  # a local COMET checkpoint directory for model 'comet'
 
 
 class ImproveSpec(_Strict):

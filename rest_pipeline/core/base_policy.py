@@ -55,6 +55,10 @@ class Layout:
     def base_eval(self) -> Path:
         return self.root / "evaluations" / "base"
 
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
 
 def build_corpus(spec: ExperimentSpec, layout: Layout, mirror: Path | None = None) -> dict[str, SplitInfo]:
     return prepare_splits(spec.data, layout.corpus, mirror)

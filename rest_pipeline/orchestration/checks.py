@@ -44,3 +44,56 @@ def experiment_checks(spec: ExperimentSpec) -> list[dg.AssetChecksDefinition]:
         )
 
     return [splits_clean, loads_with_transformers]
+
+
+def grow_checks(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetChecksDefinition]:
+    from rest_pipeline.core.grow.run import grow_sources, shard_of
+    from rest_pipeline.core.store.candidates import CandidateStore
+    from rest_pipeline.orchestration.grow_assets import reward_names
+
+    name = spec.name
+    cand_key = dg.AssetKey([name, f"grow_{grow}", "candidates"])
+    reward_key = dg.AssetKey([name, f"grow_{grow}", "rewards"])
+
+    @dg.asset_check(asset=cand_key, name="n_candidates_per_source", blocking=True)
+    def n_candidates_per_source(context: dg.AssetCheckExecutionContext, storage: RestStorage) -> dg.AssetCheckResult:
+        """Every source of the shard has exactly N samples, plus its reference when configured."""
+        layout = storage.layout(spec)
+        store = CandidateStore(layout.store)
+        problems: list[str] = []
+        for shard in range(spec.grow.shards):
+            if not store.has_candidates(grow, shard):
+                continue
+            df = store.read_candidates(grow, shard)
+            expected = set(shard_of(grow_sources(spec, layout.corpus), spec.grow.shards, shard).source_id)
+            if set(df.source_id) != expected:
+                problems.append(f"shard {shard}: sources differ from the corpus shard")
+            counts = df[df.origin == "sample"].groupby("source_id").size()
+            if (counts != spec.grow.samples_per_source).any():
+                problems.append(f"shard {shard}: {(counts != spec.grow.samples_per_source).sum()} sources without N")
+            refs = df[df.origin == "reference"].source_id.nunique()
+            if spec.grow.include_references and refs != len(expected):
+                problems.append(f"shard {shard}: {len(expected) - refs} reference candidates missing")
+        return dg.AssetCheckResult(passed=not problems, metadata={"problems": "; ".join(problems) or "none"})
+
+    @dg.asset_check(asset=reward_key, name="rewards_valid", blocking=True)
+    def rewards_valid(storage: RestStorage) -> dg.AssetCheckResult:
+        """No NaN/inf, all within [0, 1], one score per candidate for each reward model."""
+        store = CandidateStore(storage.layout(spec).store)
+        problems: list[str] = []
+        for shard in range(spec.grow.shards):
+            if not store.has_candidates(grow, shard):
+                continue
+            ids = set(store.read_candidates(grow, shard).candidate_id)
+            for r in reward_names(spec):
+                path = store.scores_file(r, grow, shard)
+                if not path.is_file():
+                    continue
+                s = pd.read_parquet(path)
+                if s.score.isna().any() or not s.score.between(0, 1).all():
+                    problems.append(f"{r} shard {shard}: scores NaN or outside [0,1]")
+                if set(s.candidate_id) != ids:
+                    problems.append(f"{r} shard {shard}: scores do not cover the candidates exactly")
+        return dg.AssetCheckResult(passed=not problems, metadata={"problems": "; ".join(problems) or "none"})
+
+    return [n_candidates_per_source, rewards_valid]

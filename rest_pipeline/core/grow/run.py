@@ -1,0 +1,88 @@
+"""Grow as plain functions: sample a shard of training sources, then score it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rest_pipeline.core.corpus.splits import load_split
+from rest_pipeline.core.grow.sampling import HFSampler, SamplingSettings, sample_candidates
+from rest_pipeline.core.rewards.base import RewardModel
+from rest_pipeline.core.store.candidates import CandidateStore, ScoreReport
+from rest_pipeline.spec import ExperimentSpec
+
+Log = Callable[[str], None]
+
+
+def grow_sources(spec: ExperimentSpec, corpus_dir: Path) -> pd.DataFrame:
+    train = load_split(corpus_dir, "train")
+    return train.head(spec.grow.max_sources) if spec.grow.max_sources else train
+
+
+def shard_of(df: pd.DataFrame, shards: int, shard: int) -> pd.DataFrame:
+    """Contiguous, deterministic slices: shard k of n always holds the same sources."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} out of range for grow.shards={shards}")
+    bounds = np.linspace(0, len(df), shards + 1).astype(int)
+    return df.iloc[bounds[shard] : bounds[shard + 1]]
+
+
+def settings_for(spec: ExperimentSpec, grow: int, shard: int) -> SamplingSettings:
+    g = spec.grow
+    return SamplingSettings(
+        samples_per_source=g.samples_per_source,
+        temperature=g.temperature,
+        top_k=g.top_k,
+        top_p=g.top_p,
+        max_new_tokens=g.max_new_tokens,
+        seed=spec.seed * 10_007 + grow * 101 + shard,
+    )
+
+
+def grow_shard(
+    spec: ExperimentSpec,
+    corpus_dir: Path,
+    store: CandidateStore,
+    grow: int,
+    shard: int,
+    policy_dir: Path,
+    policy_id: str,
+    log: Log = print,
+) -> pd.DataFrame:
+    """Sample and store one shard; an existing shard file is kept (resume without re-sampling)."""
+    if store.has_candidates(grow, shard):
+        log(f"grow {grow} shard {shard}: already in the store, not re-sampled")
+        return store.read_candidates(grow, shard)
+    df = shard_of(grow_sources(spec, corpus_dir), spec.grow.shards, shard)
+    settings = settings_for(spec, grow, shard)
+    sampler = HFSampler(policy_dir, spec.tokenizer.max_length)
+    step = max(len(df) // 10, 1)
+
+    def progress(done: int, total: int) -> None:
+        if done % step < 64 or done == total:
+            log(f"grow {grow} shard {shard}: sampled {done}/{total} sources")
+
+    samples = sample_candidates(
+        sampler, list(df.source), settings, batch_tokens=spec.grow.batch_tokens, progress=progress
+    )
+    return store.write_candidates(
+        experiment=spec.name,
+        grow=grow,
+        shard=shard,
+        source_ids=list(df.source_id),
+        sources=list(df.source),
+        references=list(df.target),
+        samples=samples,
+        policy=policy_id,
+        decoding=f"{sampler.name}:{settings.describe()}",
+        include_references=spec.grow.include_references,
+    )
+
+
+def score_shard(
+    store: CandidateStore, models: list[RewardModel], grow: int, shard: int, log: Log = print
+) -> list[ScoreReport]:
+    return [store.score_shard(m, grow, shard, log=log) for m in models]

@@ -1,0 +1,99 @@
+"""Grow's sampling engine: N candidates per source from a policy checkpoint.
+
+Backends sit behind one small protocol so the engine does not care whether Hugging Face
+`generate` or CTranslate2 does the work. Sampling is seeded per (seed, batch) and batches
+are formed by length deterministically, so the same inputs give the same candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from rest_pipeline.core.policy.generate import length_batches, pad
+from rest_pipeline.core.policy.model import load_policy
+from rest_pipeline.core.policy.tokenizer import FastEncoder, load_tokenizer
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    samples_per_source: int
+    temperature: float = 0.8
+    top_k: int | None = None
+    top_p: float | None = None
+    max_new_tokens: int = 128
+    seed: int = 0
+
+    def describe(self) -> str:
+        return (
+            f"n={self.samples_per_source},t={self.temperature},top_k={self.top_k},top_p={self.top_p},"
+            f"max_new={self.max_new_tokens},seed={self.seed}"
+        )
+
+
+class SamplingBackend(Protocol):
+    name: str
+
+    def sample(self, sources: Sequence[str], settings: SamplingSettings, batch_seed: int) -> list[list[str]]:
+        """Return `settings.samples_per_source` hypotheses for each source, in order."""
+        ...
+
+
+class HFSampler:
+    """Ancestral sampling with transformers' `generate` (CUDA when available)."""
+
+    name = "hf"
+
+    def __init__(self, checkpoint: Path, max_source_length: int = 128):
+        self.model = load_policy(checkpoint).eval()
+        self.tokenizer = load_tokenizer(checkpoint)
+        self.encoder = FastEncoder(self.tokenizer)
+        self.max_source_length = max_source_length
+
+    @torch.inference_mode()
+    def sample(self, sources: Sequence[str], settings: SamplingSettings, batch_seed: int) -> list[list[str]]:
+        device = next(self.model.parameters()).device
+        ids, mask = pad(self.encoder.encode(sources, self.max_source_length), self.tokenizer.pad_token_id)
+        torch.manual_seed(batch_seed)
+        out = self.model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            do_sample=True,
+            temperature=settings.temperature,
+            top_k=settings.top_k or 0,
+            top_p=settings.top_p or 1.0,
+            num_beams=1,
+            num_return_sequences=settings.samples_per_source,
+            max_new_tokens=settings.max_new_tokens,
+        )
+        texts = [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        n = settings.samples_per_source
+        return [texts[i * n : (i + 1) * n] for i in range(len(sources))]
+
+
+def sample_candidates(
+    backend: SamplingBackend,
+    sources: Sequence[str],
+    settings: SamplingSettings,
+    *,
+    batch_tokens: int = 4000,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[list[str]]:
+    """Candidates for every source, batched by length; order follows `sources`."""
+    lengths = [len(s.split()) + 2 for s in sources]
+    # Budget counts every returned sequence, so divide by N.
+    budget = max(batch_tokens // settings.samples_per_source, 16)
+    out: list[list[str]] = [[] for _ in sources]
+    done = 0
+    for b, batch in enumerate(length_batches(lengths, budget, max_batch=256)):
+        hyps = backend.sample([sources[i] for i in batch], settings, batch_seed=settings.seed * 1_000_003 + b)
+        for i, h in zip(batch, hyps, strict=True):
+            out[i] = h
+        done += len(batch)
+        if progress:
+            progress(done, len(sources))
+    return out

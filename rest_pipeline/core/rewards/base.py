@@ -1,0 +1,126 @@
+"""Reward models behind one protocol: a batch of (source, hypothesis, reference) -> scores in [0, 1].
+
+Each model declares whether it needs a reference and how its raw score was normalised, so
+the candidate store can record both and a score cache can key on exactly the inputs that
+matter (a reference-free model's score does not depend on the reference).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import math
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+class RewardError(ValueError):
+    """A reward model is missing, misconfigured, or produced an invalid score."""
+
+
+@runtime_checkable
+class RewardModel(Protocol):
+    name: str
+    version: str  # changes whenever scores could change (weights, normalisation, settings)
+    needs_reference: bool
+    normalisation: str
+
+    def score(
+        self, sources: Sequence[str], hypotheses: Sequence[str], references: Sequence[str] | None
+    ) -> np.ndarray: ...
+
+
+def cache_key(model: RewardModel, source: str, hypothesis: str, reference: str | None) -> str:
+    """Content hash of the inputs a model's score depends on, plus the model's version."""
+    parts = [model.name, model.version, source, hypothesis]
+    if model.needs_reference:
+        parts.append(reference or "")
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
+
+
+def check_scores(model: RewardModel, scores: np.ndarray, n: int) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (n,):
+        raise RewardError(f"reward '{model.name}' returned shape {scores.shape} for {n} inputs")
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        raise RewardError(f"reward '{model.name}' returned NaN/inf for {bad.size} inputs (first at index {bad[0]})")
+    out = np.flatnonzero((scores < 0) | (scores > 1))
+    if out.size:
+        raise RewardError(
+            f"reward '{model.name}' returned {out.size} scores outside [0, 1] (e.g. {scores[out[0]]:.4f}); "
+            f"its normalisation '{model.normalisation}' is wrong"
+        )
+    return scores
+
+
+class ChrFReward:
+    """Sentence-level chrF / 100 (sacrebleu). Needs the reference."""
+
+    name = "chrf"
+    needs_reference = True
+    normalisation = "chrF/100"
+
+    def __init__(self) -> None:
+        import sacrebleu
+
+        self.version = f"sacrebleu-{sacrebleu.__version__}"
+        self._metric = sacrebleu.metrics.CHRF()
+
+    def score(self, sources, hypotheses, references) -> np.ndarray:
+        if references is None:
+            raise RewardError("reward 'chrf' needs references")
+        return np.array(
+            [self._metric.sentence_score(h, [r]).score / 100.0 for h, r in zip(hypotheses, references, strict=True)]
+        )
+
+
+class BleuReward:
+    """Sentence-level BLEU / 100 with exponential smoothing (sacrebleu). Needs the reference."""
+
+    name = "bleu"
+    needs_reference = True
+    normalisation = "BLEU/100 (smooth=exp, effective_order)"
+
+    def __init__(self) -> None:
+        import sacrebleu
+
+        self.version = f"sacrebleu-{sacrebleu.__version__}"
+        self._metric = sacrebleu.metrics.BLEU(effective_order=True)
+
+    def score(self, sources, hypotheses, references) -> np.ndarray:
+        if references is None:
+            raise RewardError("reward 'bleu' needs references")
+        return np.array(
+            [self._metric.sentence_score(h, [r]).score / 100.0 for h, r in zip(hypotheses, references, strict=True)]
+        )
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def clip01(x: float) -> float:
+    return min(max(x, 0.0), 1.0) if math.isfinite(x) else x
+
+
+BUILTIN = {"chrf": ChrFReward, "bleu": BleuReward}
+
+
+def load_reward(name: str, **kwargs: object) -> RewardModel:
+    """A built-in reward by name, or a user class/factory by import path `package.module:attr`."""
+    if name in BUILTIN:
+        return BUILTIN[name](**kwargs)
+    if ":" not in name:
+        raise RewardError(f"unknown reward model '{name}': use one of {sorted(BUILTIN)} or 'package.module:factory'")
+    module_name, attr = name.split(":", 1)
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise RewardError(f"reward model '{name}' could not be imported: {e}") from e
+    model = factory(**kwargs)
+    if not isinstance(model, RewardModel):
+        raise RewardError(f"'{name}' did not return a reward model (needs name, version, needs_reference, score)")
+    return model

@@ -1,0 +1,255 @@
+"""The candidate store: immutable Parquet files + DuckDB views over them.
+
+Layout under the store root (hive-style folders, so DuckDB sees `grow`/`shard` columns):
+
+    candidates/grow=G/shard=S/part.parquet        one row per candidate (samples + references)
+    scores/reward=R/grow=G/shard=S/part.parquet   candidate_id -> score, per reward model
+    cache/reward=R/<uuid>.parquet                 content-hash -> score, shared by all grows
+
+Every file is written to a temp name and renamed, so readers never see half a file and a
+killed run leaves either the whole shard or nothing. Parallel shards never write the same
+file, so no locking is needed; DuckDB only reads (`:memory:` connections with views).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rest_pipeline.core.paths import atomic_path
+from rest_pipeline.core.rewards.base import RewardModel, cache_key, check_scores
+
+CANDIDATE_SCHEMA = pa.schema(
+    [
+        ("experiment", pa.string()),
+        ("source_id", pa.string()),
+        ("candidate_id", pa.string()),
+        ("source", pa.string()),
+        ("hypothesis", pa.string()),
+        ("reference", pa.string()),
+        ("origin", pa.string()),  # 'sample' | 'reference'
+        ("policy", pa.string()),  # checkpoint id that produced the sample
+        ("decoding", pa.string()),
+        ("pair_hash", pa.string()),  # sha256(source, hypothesis): identical pairs share it
+    ]
+)
+
+
+def pair_hash(source: str, hypothesis: str) -> str:
+    return hashlib.sha256(f"{source}\x1f{hypothesis}".encode()).hexdigest()[:24]
+
+
+def shard_name(shard: int) -> str:
+    return f"{shard:04d}"
+
+
+@dataclass(frozen=True)
+class CandidateStore:
+    root: Path
+
+    # -- paths -------------------------------------------------------------------------------
+    def candidates_file(self, grow: int, shard: int) -> Path:
+        return self.root / "candidates" / f"grow={grow}" / f"shard={shard_name(shard)}" / "part.parquet"
+
+    def scores_file(self, reward: str, grow: int, shard: int) -> Path:
+        return (
+            self.root / "scores" / f"reward={reward}" / f"grow={grow}" / f"shard={shard_name(shard)}" / "part.parquet"
+        )
+
+    def cache_dir(self, reward: str) -> Path:
+        return self.root / "cache" / f"reward={reward}"
+
+    # -- writes ------------------------------------------------------------------------------
+    def write_candidates(
+        self,
+        *,
+        experiment: str,
+        grow: int,
+        shard: int,
+        source_ids: Sequence[str],
+        sources: Sequence[str],
+        references: Sequence[str],
+        samples: Sequence[Sequence[str]],
+        policy: str,
+        decoding: str,
+        include_references: bool = True,
+    ) -> pd.DataFrame:
+        """Write one shard atomically: N samples per source plus the reference pair (origin='reference')."""
+        rows: dict[str, list[str]] = {f.name: [] for f in CANDIDATE_SCHEMA}
+        for sid, src, ref, hyps in zip(source_ids, sources, references, samples, strict=True):
+            items = [(f"{sid}#g{grow}#s{k:03d}", h, "sample", policy, decoding) for k, h in enumerate(hyps)]
+            if include_references:
+                items.append((f"{sid}#g{grow}#ref", ref, "reference", "", ""))
+            for cid, hyp, origin, pol, dec in items:
+                rows["experiment"].append(experiment)
+                rows["source_id"].append(sid)
+                rows["candidate_id"].append(cid)
+                rows["source"].append(src)
+                rows["hypothesis"].append(hyp)
+                rows["reference"].append(ref)
+                rows["origin"].append(origin)
+                rows["policy"].append(pol)
+                rows["decoding"].append(dec)
+                rows["pair_hash"].append(pair_hash(src, hyp))
+        table = pa.table(rows, schema=CANDIDATE_SCHEMA)
+        path = self.candidates_file(grow, shard)
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        return table.to_pandas()
+
+    def has_candidates(self, grow: int, shard: int) -> bool:
+        return self.candidates_file(grow, shard).is_file()
+
+    def read_candidates(self, grow: int, shard: int) -> pd.DataFrame:
+        path = self.candidates_file(grow, shard)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: candidates of grow {grow} shard {shard} not materialized")
+        return pd.read_parquet(path)
+
+    # -- scoring with a content-hash cache ---------------------------------------------------
+    def cached_scores(self, reward: str, keys: Sequence[str]) -> dict[str, float]:
+        folder = self.cache_dir(reward)
+        if not folder.is_dir() or not any(folder.glob("*.parquet")):
+            return {}
+        con = duckdb.connect()
+        con.register("wanted", pd.DataFrame({"key": list(set(keys))}))
+        df = con.execute(
+            f"SELECT c.key, any_value(c.score) AS score FROM read_parquet('{folder}/*.parquet') c "
+            "JOIN wanted USING (key) GROUP BY c.key"
+        ).df()
+        return dict(zip(df.key, df.score, strict=True))
+
+    def _append_cache(self, reward: str, keys: Sequence[str], scores: np.ndarray) -> None:
+        path = self.cache_dir(reward) / f"{uuid.uuid4().hex}.parquet"
+        with atomic_path(path) as tmp:
+            pq.write_table(pa.table({"key": list(keys), "score": scores.astype(np.float64)}), tmp)
+
+    def score_shard(
+        self,
+        model: RewardModel,
+        grow: int,
+        shard: int,
+        *,
+        chunk: int = 2048,
+        log: Callable[[str], None] | None = None,
+    ) -> ScoreReport:
+        """Score a shard's candidates; identical inputs are scored once and cached across runs."""
+        cand = self.read_candidates(grow, shard)
+        refs = cand.reference.tolist()
+        keys = [cache_key(model, s, h, r) for s, h, r in zip(cand.source, cand.hypothesis, refs, strict=True)]
+        known = self.cached_scores(model.name, keys)
+        todo: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            if k not in known and k not in todo:
+                todo[k] = i
+        todo_items = list(todo.items())
+        for start in range(0, len(todo_items), chunk):
+            part = todo_items[start : start + chunk]
+            idx = [i for _, i in part]
+            scores = model.score(
+                [cand.source.iat[i] for i in idx],
+                [cand.hypothesis.iat[i] for i in idx],
+                [refs[i] for i in idx] if model.needs_reference else None,
+            )
+            scores = check_scores(model, scores, len(idx))
+            self._append_cache(model.name, [k for k, _ in part], scores)
+            known.update({k: float(s) for (k, _), s in zip(part, scores, strict=True)})
+            if log:
+                log(f"scored {min(start + chunk, len(todo_items))}/{len(todo_items)} new inputs with {model.name}")
+        out = pd.DataFrame(
+            {
+                "candidate_id": cand.candidate_id,
+                "score": [known[k] for k in keys],
+                "reward_version": model.version,
+            }
+        )
+        path = self.scores_file(model.name, grow, shard)
+        with atomic_path(path) as tmp:
+            out.to_parquet(tmp, index=False)
+        return ScoreReport(candidates=len(keys), unique_inputs=len(set(keys)), newly_scored=len(todo_items), path=path)
+
+    # -- queries -----------------------------------------------------------------------------
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with views `candidates`, `scores` and `scored`."""
+        con = duckdb.connect()
+        cand_glob = self.root / "candidates" / "*" / "*" / "*.parquet"
+        score_glob = self.root / "scores" / "*" / "*" / "*" / "*.parquet"
+        if list(self.root.glob("candidates/*/*/*.parquet")):
+            con.execute(f"CREATE VIEW candidates AS SELECT * FROM read_parquet('{cand_glob}', hive_partitioning=true)")
+        else:
+            con.execute(
+                "CREATE VIEW candidates AS SELECT NULL::VARCHAR AS candidate_id, NULL::BIGINT AS grow, "
+                "NULL::VARCHAR AS source_id, NULL::VARCHAR AS origin, NULL::VARCHAR AS hypothesis, "
+                "NULL::VARCHAR AS source WHERE false"
+            )
+        rewards = sorted(p.name.split("=", 1)[1] for p in (self.root / "scores").glob("reward=*"))
+        if rewards:
+            con.execute(
+                f"CREATE VIEW scores AS SELECT candidate_id, reward, score, reward_version, grow "
+                f"FROM read_parquet('{score_glob}', hive_partitioning=true)"
+            )
+            cols = ", ".join(
+                f"max(score) FILTER (WHERE reward = '{r}') AS reward_{r}" for r in rewards if r.isidentifier()
+            )
+            con.execute(
+                f"CREATE VIEW scored AS SELECT c.*, s.* EXCLUDE (candidate_id) FROM candidates c LEFT JOIN "
+                f"(SELECT candidate_id, {cols} FROM scores GROUP BY candidate_id) s USING (candidate_id)"
+            )
+        else:
+            con.execute("CREATE VIEW scored AS SELECT * FROM candidates")
+        return con
+
+    def query(self, sql: str) -> pd.DataFrame:
+        return self.connect().execute(sql).df()
+
+
+@dataclass(frozen=True)
+class ScoreReport:
+    candidates: int
+    unique_inputs: int
+    newly_scored: int
+    path: Path
+
+
+CANNED: dict[str, str] = {
+    "reward_distribution": (
+        "SELECT grow, origin, count(*) AS n, avg({r}) AS mean, quantile_cont({r}, 0.1) AS p10, "
+        "median({r}) AS p50, quantile_cont({r}, 0.9) AS p90 FROM scored GROUP BY ALL ORDER BY ALL"
+    ),
+    "yield_per_threshold": (
+        "SELECT grow, t AS threshold, avg(CASE WHEN {r} > t THEN 1 ELSE 0 END) AS kept_fraction, "
+        "count(DISTINCT CASE WHEN {r} > t THEN source_id END) AS sources_covered "
+        "FROM scored, (SELECT unnest([0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]) AS t) "
+        "WHERE origin = 'sample' GROUP BY ALL ORDER BY ALL"
+    ),
+    "top_k_per_source": (
+        "SELECT * FROM (SELECT source_id, grow, hypothesis, {r}, "
+        "row_number() OVER (PARTITION BY grow, source_id ORDER BY {r} DESC) AS rank FROM scored "
+        "WHERE origin = 'sample') WHERE rank <= 3 ORDER BY grow, source_id, rank LIMIT 300"
+    ),
+    "duplicate_rate": (
+        "SELECT grow, count(*) AS samples, count(DISTINCT pair_hash) AS distinct_pairs, "
+        "1 - count(DISTINCT pair_hash) / count(*) AS duplicate_rate FROM candidates "
+        "WHERE origin = 'sample' GROUP BY grow ORDER BY grow"
+    ),
+    "distinct_per_source": (
+        "SELECT grow, avg(d) AS mean_distinct, min(d) AS min_distinct, max(d) AS max_distinct FROM "
+        "(SELECT grow, source_id, count(DISTINCT hypothesis) AS d FROM candidates WHERE origin = 'sample' "
+        "GROUP BY ALL) GROUP BY grow ORDER BY grow"
+    ),
+}
+
+
+def canned_query(store: CandidateStore, name: str, reward: str) -> pd.DataFrame:
+    if name not in CANNED:
+        raise KeyError(f"unknown canned query '{name}'; known: {', '.join(CANNED)}")
+    return store.query(CANNED[name].format(r=f"reward_{reward}"))
