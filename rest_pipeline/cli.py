@@ -19,6 +19,9 @@ def dagster_home() -> Path:
     """The persistent instance shared by `rest main` and `rest ui` (DAGSTER_HOME wins)."""
     path = Path(os.environ.get("DAGSTER_HOME") or home() / "dagster_home").resolve()
     path.mkdir(parents=True, exist_ok=True)
+    config = path / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
     os.environ["DAGSTER_HOME"] = str(path)
     return path
 
