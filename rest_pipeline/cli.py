@@ -29,28 +29,24 @@ def dagster_home() -> Path:
 def cmd_main(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from rest_pipeline.orchestration.definitions import build_definitions
+    from rest_pipeline.orchestration.headless import materialize_experiment
 
     spec = load_spec(find_spec(args.experiment))
     dh = dagster_home()
-    defs = build_definitions([spec])
     instance = dg.DagsterInstance.get()
     t0 = time.perf_counter()
     print(f"rest: materializing experiment '{spec.name}' (Dagster instance: {dh})", flush=True)
-    result = dg.materialize(
-        [*defs.assets, *defs.asset_checks],
-        instance=instance,
-        resources=defs.resources,
-        raise_on_error=False,
-    )
+    results = materialize_experiment(spec, instance)
     wall = time.perf_counter() - t0
-    if not result.success:
-        print(f"rest: run {result.run_id} FAILED after {wall:.0f}s; see `rest ui` or the log above", file=sys.stderr)
+    failed = [r for r in results if not r.success]
+    if failed:
+        print(f"rest: run {failed[0].run_id} FAILED after {wall:.0f}s; see `rest ui` or the log above", file=sys.stderr)
         return 1
+    result = results[0]
     from rest_pipeline.core.base_policy import Layout
 
     layout = Layout(home() / "experiments" / spec.name)
-    print(f"rest: run {result.run_id} succeeded in {wall / 60:.1f} min")
+    print(f"rest: {len(results)} run(s) succeeded in {wall / 60:.1f} min (first: {result.run_id})")
     print(f"  base policy checkpoint : {layout.base_policy}")
     print(f"  evaluation (hypotheses): {layout.base_eval}")
     scores = json.loads((layout.base_eval / "scores.json").read_text())
@@ -89,6 +85,35 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_query(args: argparse.Namespace) -> int:
+    """Read-only SQL over an experiment's candidate store (views: candidates, scores, scored)."""
+    import pandas as pd
+
+    from rest_pipeline.core.base_policy import Layout
+    from rest_pipeline.core.store.candidates import CANNED, CandidateStore, canned_query
+
+    spec = load_spec(find_spec(args.experiment))
+    store = CandidateStore(Layout(home() / "experiments" / spec.name).store)
+    reward = args.reward or spec.reward.model
+    if args.sql in CANNED:
+        df = canned_query(store, args.sql, reward)
+    else:
+        con = store.connect()
+        first = args.sql.lstrip().split(None, 1)[0].upper() if args.sql.strip() else ""
+        if first not in {"SELECT", "WITH", "DESCRIBE", "SUMMARIZE", "SHOW", "FROM"}:
+            print(
+                f"rest: only read-only queries are allowed (got {first or 'nothing'}); canned: {', '.join(CANNED)}",
+                file=sys.stderr,
+            )
+            return 2
+        df = con.execute(args.sql).df()
+    with pd.option_context(
+        "display.max_rows", args.limit, "display.max_columns", 20, "display.width", 200, "display.max_colwidth", 60
+    ):
+        print(df.head(args.limit).to_string(index=False))
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     dh = dagster_home()
     root = Path(__file__).resolve().parent.parent
@@ -122,6 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("fetch", help="download (or verify the mirror of) registered datasets")
     p.add_argument("datasets", nargs="*")
     p.set_defaults(func=cmd_fetch)
+    p = sub.add_parser("query", help="read-only SQL (or a canned query name) over the candidate store")
+    p.add_argument(
+        "sql",
+        help="SELECT ... over candidates/scores/scored, or: reward_distribution, "
+        "yield_per_threshold, top_k_per_source, duplicate_rate, distinct_per_source",
+    )
+    p.add_argument("--experiment", default="default")
+    p.add_argument("--reward", default=None, help="reward column for canned queries (default: the spec's)")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_query)
     p = sub.add_parser("ui", help="serve the Dagster web UI on 127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
     p.set_defaults(func=cmd_ui)

@@ -147,6 +147,8 @@ class RewardSpec(_Strict):
     model: str = "learned"  # built-in name (chrf, bleu, comet, learned) or 'package.module:factory'
     extra: list[str] = []  # independent rewards scored too (e.g. chrf as a reward-hacking check)
     comet_path: str | None = None  # a local COMET checkpoint directory for model 'comet'
+    learned_max_rows: int | None = Field(None, ge=50)  # subsample the judgements (smoke runs)
+    learned_epochs: int = Field(60, ge=1)
 
 
 class ImproveSpec(_Strict):

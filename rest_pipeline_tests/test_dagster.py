@@ -8,12 +8,14 @@ from pathlib import Path
 import dagster as dg
 from transformers import AutoModelForSeq2SeqLM
 
+from rest_pipeline.core.store.candidates import CandidateStore, canned_query
 from rest_pipeline.orchestration.definitions import build_definitions
 from rest_pipeline.orchestration.resources import RestStorage
 from rest_pipeline.spec import find_spec, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
-KEYS = ["corpus", "tokenizer", "base_policy", "base_policy_eval"]
+KEYS = ["corpus", "tokenizer", "base_policy", "base_policy_eval", "reward_model"]
+GROW_KEYS = [["grow_1", "candidates"], ["grow_1", "rewards"]]
 
 
 def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir):
@@ -46,6 +48,15 @@ def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir):
     assert type(AutoModelForSeq2SeqLM.from_pretrained(str(ckpt))).__name__ == "MarianMTModel"
     # Each experiment keeps to its own folder.
     assert sorted(p.name for p in (tmp_path / "home" / "experiments").iterdir()) == ["smoke"]
+    # The store answers the canned queries over what Grow wrote.
+    store = CandidateStore(tmp_path / "home" / "experiments" / "smoke" / "store")
+    n = spec.grow.max_sources * (spec.grow.samples_per_source + 1)
+    counts = store.query("SELECT count(*) AS n, count(reward_learned) AS l, count(reward_chrf) AS c FROM scored")
+    assert counts.n.item() == counts.l.item() == counts.c.item() == n
+    dist = canned_query(store, "reward_distribution", "learned")
+    assert set(dist.origin) == {"sample", "reference"}
+    ref_mean = dist[dist.origin == "reference"]["mean"].item()
+    assert ref_mean > dist[dist.origin == "sample"]["mean"].item()  # references beat a 30-step policy
 
 
 def test_asset_graph_lineage_and_groups():

@@ -56,6 +56,10 @@ class Layout:
         return self.root / "evaluations" / "base"
 
     @property
+    def reward_model(self) -> Path:
+        return self.root / "reward_model"
+
+    @property
     def store(self) -> Path:
         return self.root / "store"
 

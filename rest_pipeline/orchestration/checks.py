@@ -48,8 +48,8 @@ def experiment_checks(spec: ExperimentSpec) -> list[dg.AssetChecksDefinition]:
 
 def grow_checks(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetChecksDefinition]:
     from rest_pipeline.core.grow.run import grow_sources, shard_of
+    from rest_pipeline.core.rewards.factory import reward_names
     from rest_pipeline.core.store.candidates import CandidateStore
-    from rest_pipeline.orchestration.grow_assets import reward_names
 
     name = spec.name
     cand_key = dg.AssetKey([name, f"grow_{grow}", "candidates"])

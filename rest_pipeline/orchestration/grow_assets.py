@@ -3,11 +3,13 @@
 import dagster as dg
 import pandas as pd
 
+from rest_pipeline.core.corpus.fetch import fetch
+from rest_pipeline.core.corpus.registry import HUMAN_JUDGEMENTS
 from rest_pipeline.core.grow.run import grow_shard, score_shard
-from rest_pipeline.core.rewards.base import load_reward
+from rest_pipeline.core.rewards.factory import make_rewards, reward_names
 from rest_pipeline.core.store.candidates import CandidateStore
 from rest_pipeline.orchestration.assets import GPU_POOL
-from rest_pipeline.orchestration.metadata import md_table
+from rest_pipeline.orchestration.metadata import histogram_md, md_table
 from rest_pipeline.orchestration.resources import RestStorage
 from rest_pipeline.spec import ExperimentSpec
 
@@ -16,8 +18,37 @@ def shard_partitions(spec: ExperimentSpec) -> dg.StaticPartitionsDefinition:
     return dg.StaticPartitionsDefinition([f"{i:04d}" for i in range(spec.grow.shards)])
 
 
-def reward_names(spec: ExperimentSpec) -> list[str]:
-    return list(dict.fromkeys([spec.reward.model, *spec.reward.extra]))
+def reward_model_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
+    name = spec.name
+
+    @dg.asset(
+        key=[name, "reward_model"],
+        group_name=name,
+        code_version="learned-v1-" + spec.section_hash("reward"),
+        kinds={"pytorch", "comet"},
+        description=(
+            "The `learned` reward: a COMET regression model (frozen all-MiniLM-L6-v2 encoder) trained on "
+            "WMT15-17 DA judgements, split by source sentence; reloads with comet.load_from_checkpoint."
+        ),
+    )
+    def reward_model(context: dg.AssetExecutionContext, storage: RestStorage) -> dg.MaterializeResult:
+        from rest_pipeline.core.rewards.learned import train_learned_reward
+
+        layout = storage.layout(spec)
+        tsv = fetch(HUMAN_JUDGEMENTS, mirror=storage.mirror())
+        rep = train_learned_reward(
+            tsv,
+            layout.reward_model,
+            seed=spec.seed,
+            epochs=spec.reward.learned_epochs,
+            max_rows=spec.reward.learned_max_rows,
+            log=context.log.info,
+        )
+        meta = {k: v for k, v in rep.__dict__.items() if k != "path"}
+        meta["path"] = dg.MetadataValue.path(rep.path)
+        return dg.MaterializeResult(metadata=meta)
+
+    return reward_model
 
 
 def grow_assets(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetsDefinition]:
@@ -55,10 +86,14 @@ def grow_assets(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetsDefinition
             }
         )
 
+    reward_deps = [candidates.key]
+    if "learned" in reward_names(spec):
+        reward_deps.append(dg.AssetKey([name, "reward_model"]))
+
     @dg.asset(
         key=[name, f"grow_{grow}", "rewards"],
         group_name=name,
-        deps=[candidates.key],
+        deps=reward_deps,
         partitions_def=parts,
         code_version=spec.section_hash("reward"),
         kinds={"parquet"},
@@ -68,11 +103,17 @@ def grow_assets(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetsDefinition
         layout = storage.layout(spec)
         store = CandidateStore(layout.store)
         shard = int(context.partition_key)
-        models = [load_reward(r) for r in reward_names(spec)]
+        models = make_rewards(spec, layout.reward_model)
         reports = score_shard(store, models, grow, shard, log=context.log.info)
         meta: dict[str, object] = {}
+        origin = store.read_candidates(grow, shard).set_index("candidate_id").origin
         for m, rep in zip(models, reports, strict=True):
-            s = pd.read_parquet(rep.path).score
+            scored = pd.read_parquet(rep.path)
+            s = scored.score
+            by_origin = scored.assign(origin=scored.candidate_id.map(origin)).groupby("origin").score
+            meta[f"{m.name}_histogram"] = histogram_md(
+                {o: v.tolist() for o, v in by_origin}, f"grow {grow} shard {shard}: {m.name} ({m.normalisation})"
+            )
             meta[f"{m.name}_mean"] = round(float(s.mean()), 4)
             for q in (0.1, 0.5, 0.9):
                 meta[f"{m.name}_p{int(q * 100)}"] = round(float(s.quantile(q)), 4)

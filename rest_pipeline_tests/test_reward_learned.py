@@ -1,0 +1,68 @@
+"""The learned COMET reward, trained for real on a slice of the WMT DA judgements."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rest_pipeline.core.rewards.base import RewardError
+from rest_pipeline.core.rewards.learned import (
+    CometReward,
+    load_judgements,
+    split_by_source,
+    train_learned_reward,
+)
+
+JUDGEMENTS = "human_judgements/wmt15-17_da_seg.tsv"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("learned") / "reward"
+    report = train_learned_reward(data_dir / JUDGEMENTS, out, seed=3, epochs=8, max_rows=700, log=lambda m: None)
+    return out, report
+
+
+def test_split_by_source_never_leaks(data_dir):
+    df = load_judgements(data_dir / JUDGEMENTS)
+    assert set(df.lp.str[-2:]) == {"en"}
+    parts = split_by_source(df, seed=0)
+    assert sum(len(p) for p in parts.values()) == len(df)
+    srcs = [set(p.src) for p in parts.values()]
+    assert not (srcs[0] & srcs[1]) and not (srcs[0] & srcs[2]) and not (srcs[1] & srcs[2])
+
+
+def test_malformed_judgements_name_the_line(tmp_path, data_dir):
+    lines = (data_dir / JUDGEMENTS).read_text(encoding="utf-8").splitlines()[:6]
+    cells = lines[3].split("\t")
+    cells[-1] = "nan"
+    lines[3] = "\t".join(cells)
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(RewardError, match=r"bad\.tsv:4: da_z is not a finite number"):
+        load_judgements(bad)
+
+
+def test_trained_model_reloads_with_comet_and_ranks_sensibly(trained):
+    out, report = trained
+    assert -1 <= report.kendall_tau <= 1 and report.test_rows > 0
+    from comet import load_from_checkpoint
+
+    model = load_from_checkpoint(str(out / "checkpoints" / "model.ckpt"), local_files_only=True)
+    assert type(model).__name__ == "RegressionMetric"
+    reward = CometReward(out, name="learned")
+    assert reward.needs_reference
+    ref = "A man in a red jacket is riding a bicycle down the street."
+    src = ["Ein Mann in einer roten Jacke fährt mit dem Fahrrad die Straße hinunter."] * 3
+    good, corrupted, empty = reward.score(src, [ref, "Cats sleep under the table at night.", ""], [ref] * 3)
+    assert good > corrupted and good > empty
+    assert empty < 0.2
+    scores = reward.score(src[:1] * 2, [ref, f"{ref} {ref}"], [ref] * 2)
+    assert np.all((scores >= 0) & (scores <= 1))
+    # The paper warns that repetition can fool reward models; we measure and report it.
+    assert 0.0 <= report.repeat_raises_score_fraction <= 1.0
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(RewardError, match="not a COMET checkpoint"):
+        CometReward(Path(tmp_path), name="learned")
