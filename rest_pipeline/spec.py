@@ -50,7 +50,7 @@ class DataSpec(_Strict):
 
 class TokenizerSpec(_Strict):
     kind: Literal["sentencepiece", "pretrained"] = "sentencepiece"
-    vocab_size: int = Field(8000, ge=100)
+    vocab_size: int = Field(8000, ge=16)
     model_type: Literal["unigram", "bpe"] = "unigram"
     character_coverage: float = Field(1.0, gt=0.0, le=1.0)
     max_length: int = Field(128, ge=8)
@@ -136,7 +136,7 @@ class GrowSpec(_Strict):
     max_new_tokens: int = Field(128, ge=1)
     max_sources: int | None = Field(None, ge=1)  # first N training sources (None = all)
     shards: int = Field(4, ge=1)  # partitions of a grow: run, fail and resume independently
-    backend: Literal["hf"] = "hf"
+    backend: Literal["hf", "ctranslate2"] = "hf"
     batch_tokens: int = Field(4000, ge=64)
     include_references: bool = True  # D_g = samples + original pairs, as in the paper
 

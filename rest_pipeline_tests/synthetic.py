@@ -1,4 +1,4 @@
-"""A tiny, learnable synthetic translation task: word-for-word substitution, reversed order."""
+"""A tiny, learnable synthetic translation task: word-for-word substitution."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def pairs(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     for _ in range(n):
         idx = [rng.randrange(len(SRC_WORDS)) for _ in range(rng.randint(2, 6))]
         src.append(" ".join(SRC_WORDS[i] for i in idx))
-        tgt.append(" ".join(TGT_WORDS[i] for i in reversed(idx)))
+        tgt.append(" ".join(TGT_WORDS[i] for i in idx))
     return src, tgt
 
 
@@ -29,11 +29,11 @@ def tokenizer_dir(root: Path) -> Path:
     path = root / "tok"
     if not path.exists():
         s, t = pairs(400)
-        train_sentencepiece(s + t, TokenizerSpec(vocab_size=60, model_type="unigram"), path)
+        train_sentencepiece(s + t, TokenizerSpec(vocab_size=41, model_type="unigram"), path)
     return path
 
 
-TINY = PolicySpec(d_model=32, encoder_layers=1, decoder_layers=1, attention_heads=2, ffn_dim=64, dropout=0.1)
+TINY = PolicySpec(d_model=64, encoder_layers=1, decoder_layers=1, attention_heads=2, ffn_dim=128, dropout=0.1)
 
 
 def tiny_model(tok_dir: Path, seed: int = 0):

@@ -18,16 +18,16 @@ from rest_pipeline_tests.synthetic import pairs, tiny_model, tokenizer_dir
 ROOT = Path(__file__).resolve().parent.parent
 
 SPEC = BCSpec(
-    max_tokens=400,
-    epochs=40,
-    max_steps=160,
-    lr=3e-3,
-    warmup_steps=20,
-    validate_every_steps=40,
+    max_tokens=200,
+    epochs=100,
+    max_steps=600,
+    lr=5e-3,
+    warmup_steps=60,
+    validate_every_steps=150,
     validate_pairs=40,
     save_every_steps=10,
     average_last=2,
-    label_smoothing=0.1,
+    label_smoothing=0.0,
 )
 
 

@@ -10,6 +10,7 @@ from transformers import AutoModelForSeq2SeqLM
 
 from rest_pipeline.core.store.candidates import CandidateStore, canned_query
 from rest_pipeline.orchestration.definitions import build_definitions
+from rest_pipeline.orchestration.headless import materialize_experiment
 from rest_pipeline.orchestration.resources import RestStorage
 from rest_pipeline.spec import find_spec, load_spec
 
@@ -20,14 +21,26 @@ GROW_KEYS = [["grow_1", "candidates"], ["grow_1", "rewards"]]
 
 def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir):
     spec = load_spec(find_spec("smoke"))
-    defs = build_definitions([spec])
     storage = RestStorage(home=str(tmp_path / "home"), data_dir=str(data_dir))
+    (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
-        result = dg.materialize([*defs.assets, *defs.asset_checks], instance=instance, resources={"storage": storage})
-        assert result.success
+        results = materialize_experiment(spec, instance, {"storage": storage})
+        assert all(r.success for r in results)
+        assert len(results) == 1 + spec.grow.shards  # unpartitioned run + one run per shard
+        result = results[0]
         for key in KEYS:
             event = instance.get_latest_materialization_event(dg.AssetKey(["smoke", key]))
             assert event is not None, key
+        for key in GROW_KEYS:
+            mats = instance.fetch_materializations(dg.AssetKey(["smoke", *key]), limit=10).records
+            assert sorted(m.partition_key for m in mats) == ["0000", "0001"], key
+        reward_meta = instance.get_latest_materialization_event(
+            dg.AssetKey(["smoke", "reward_model"])
+        ).asset_materialization.metadata
+        assert -1 <= reward_meta["kendall_tau"].value <= 1
+        grow_checks = [c for r in results[1:] for c in r.get_asset_check_evaluations()]
+        assert {c.check_name for c in grow_checks} == {"n_candidates_per_source", "rewards_valid"}
+        assert all(c.passed for c in grow_checks)
         meta = instance.get_latest_materialization_event(
             dg.AssetKey(["smoke", "base_policy_eval"])
         ).asset_materialization.metadata
@@ -48,6 +61,15 @@ def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir):
     assert type(AutoModelForSeq2SeqLM.from_pretrained(str(ckpt))).__name__ == "MarianMTModel"
     # Each experiment keeps to its own folder.
     assert sorted(p.name for p in (tmp_path / "home" / "experiments").iterdir()) == ["smoke"]
+    # The store answers the canned queries over what Grow wrote.
+    store = CandidateStore(tmp_path / "home" / "experiments" / "smoke" / "store")
+    n = spec.grow.max_sources * (spec.grow.samples_per_source + 1)
+    counts = store.query("SELECT count(*) AS n, count(reward_learned) AS l, count(reward_chrf) AS c FROM scored")
+    assert counts.n.item() == counts.l.item() == counts.c.item() == n
+    dist = canned_query(store, "reward_distribution", "learned")
+    assert set(dist.origin) == {"sample", "reference"}
+    ref_mean = dist[dist.origin == "reference"]["mean"].item()
+    assert ref_mean > dist[dist.origin == "sample"]["mean"].item()  # references beat a 30-step policy
     # The store answers the canned queries over what Grow wrote.
     store = CandidateStore(tmp_path / "home" / "experiments" / "smoke" / "store")
     n = spec.grow.max_sources * (spec.grow.samples_per_source + 1)

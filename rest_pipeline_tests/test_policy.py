@@ -6,7 +6,7 @@ from transformers import AutoModelForSeq2SeqLM, MarianTokenizer
 from rest_pipeline.core.evaluation.metrics import corpus_scores
 from rest_pipeline.core.policy.generate import length_batches, translate
 from rest_pipeline.core.policy.model import save_policy
-from rest_pipeline.core.policy.tokenizer import EOS_ID, PAD_ID, FastEncoder, load_tokenizer
+from rest_pipeline.core.policy.tokenizer import EOS_ID, FastEncoder, load_tokenizer
 from rest_pipeline.spec import DecodingSpec
 from rest_pipeline_tests.synthetic import pairs, tiny_model, tokenizer_dir
 
@@ -14,9 +14,10 @@ from rest_pipeline_tests.synthetic import pairs, tiny_model, tokenizer_dir
 def test_tokenizer_is_a_marian_tokenizer_with_fixed_special_ids(tmp_path):
     tok = load_tokenizer(tokenizer_dir(tmp_path))
     assert isinstance(tok, MarianTokenizer)
-    assert (tok.eos_token_id, tok.pad_token_id) == (EOS_ID, PAD_ID)
+    assert tok.eos_token_id == EOS_ID
+    assert tok.pad_token_id == len(tok) - 1  # opus-mt layout: <pad> last, outside SentencePiece
     vocab = json.loads((tmp_path / "tok" / "vocab.json").read_text())
-    assert vocab["</s>"] == EOS_ID and vocab["<pad>"] == PAD_ID
+    assert vocab["</s>"] == EOS_ID and vocab["<pad>"] == len(vocab) - 1
 
 
 def test_fast_encoder_matches_hf_tokenizer(tmp_path):
@@ -64,7 +65,7 @@ def test_length_batches_respect_budget():
 def test_corpus_scores():
     refs = ["the cat sat on the mat", "a dog runs in the park"]
     perfect = corpus_scores(refs, refs)
-    assert perfect.bleu == 100.0 and perfect.chrf == 100.0
-    worse = corpus_scores(["the cat", "a dog runs"], refs)
+    assert round(perfect.bleu, 6) == 100.0 and round(perfect.chrf, 6) == 100.0
+    worse = corpus_scores(["the cat sat on a mat", "a dog runs in a park"], refs)
     assert 0 < worse.bleu < 100 and worse.chrf < 100
     assert "BLEU" in perfect.bleu_signature or "nrefs" in perfect.bleu_signature

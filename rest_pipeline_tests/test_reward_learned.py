@@ -19,7 +19,7 @@ JUDGEMENTS = "human_judgements/wmt15-17_da_seg.tsv"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("learned") / "reward"
-    report = train_learned_reward(data_dir / JUDGEMENTS, out, seed=3, epochs=8, max_rows=700, log=lambda m: None)
+    report = train_learned_reward(data_dir / JUDGEMENTS, out, seed=3, epochs=8, max_rows=300, log=lambda m: None)
     return out, report
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from rest_pipeline.core.corpus.splits import load_split
-from rest_pipeline.core.grow.sampling import HFSampler, SamplingSettings, sample_candidates
+from rest_pipeline.core.grow.sampling import SamplingSettings, make_sampler, sample_candidates
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.candidates import CandidateStore, ScoreReport
 from rest_pipeline.spec import ExperimentSpec
@@ -58,7 +58,7 @@ def grow_shard(
         return store.read_candidates(grow, shard)
     df = shard_of(grow_sources(spec, corpus_dir), spec.grow.shards, shard)
     settings = settings_for(spec, grow, shard)
-    sampler = HFSampler(policy_dir, spec.tokenizer.max_length)
+    sampler = make_sampler(spec.grow.backend, policy_dir, spec.tokenizer.max_length)
     step = max(len(df) // 10, 1)
 
     def progress(done: int, total: int) -> None:

@@ -97,3 +97,59 @@ def sample_candidates(
         if progress:
             progress(done, len(sources))
     return out
+
+
+class CT2Sampler:
+    """Random sampling with CTranslate2 (converted once from the HF checkpoint and cached beside it)."""
+
+    name = "ctranslate2"
+
+    def __init__(self, checkpoint: Path, max_source_length: int = 128, compute_type: str = "default"):
+        import ctranslate2
+
+        from rest_pipeline.core.paths import atomic_dir
+
+        checkpoint = Path(checkpoint)
+        converted = checkpoint.parent / f".{checkpoint.name}.ct2"
+        stamp = (checkpoint / "model.safetensors").stat().st_mtime_ns
+        marker = converted / "source_mtime"
+        if not marker.is_file() or marker.read_text() != str(stamp):
+            with atomic_dir(converted) as tmp:
+                ctranslate2.converters.TransformersConverter(str(checkpoint)).convert(str(tmp), force=True)
+                (tmp / "source_mtime").write_text(str(stamp))
+        self.converted = converted
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.compute_type = compute_type
+        self.tokenizer = load_tokenizer(checkpoint)
+        self.encoder = FastEncoder(self.tokenizer)
+        self.max_source_length = max_source_length
+
+    def sample(self, sources: Sequence[str], settings: SamplingSettings, batch_seed: int) -> list[list[str]]:
+        ids = self.encoder.encode(sources, self.max_source_length)
+        tokens = [self.tokenizer.convert_ids_to_tokens(x) for x in ids]
+        import ctranslate2
+
+        # CTranslate2 seeds a worker's generator when the worker starts, so a seeded batch
+        # needs a fresh translator (cheap: the converted model is memory-mapped and small).
+        ctranslate2.set_random_seed(batch_seed % (2**31))
+        translator = ctranslate2.Translator(
+            str(self.converted), device=self.device, compute_type=self.compute_type, inter_threads=1
+        )
+        results = translator.translate_batch(
+            tokens,
+            beam_size=1,
+            num_hypotheses=settings.samples_per_source,
+            sampling_topk=settings.top_k or 0,
+            sampling_topp=settings.top_p or 1.0,
+            sampling_temperature=settings.temperature,
+            max_decoding_length=settings.max_new_tokens,
+        )
+        return [[self.tokenizer.convert_tokens_to_string(h).strip() for h in r.hypotheses] for r in results]
+
+
+def make_sampler(backend: str, checkpoint: Path, max_source_length: int = 128) -> SamplingBackend:
+    if backend == "hf":
+        return HFSampler(checkpoint, max_source_length)
+    if backend == "ctranslate2":
+        return CT2Sampler(checkpoint, max_source_length)
+    raise ValueError(f"grow.backend: unknown sampling backend '{backend}' (hf, ctranslate2)")

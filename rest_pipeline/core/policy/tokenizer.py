@@ -19,7 +19,9 @@ from rest_pipeline.core.paths import atomic_dir
 from rest_pipeline.spec import TokenizerSpec
 
 # Ids fixed by the trained vocabulary; the model config reads them from the tokenizer.
-EOS_ID, UNK_ID, PAD_ID = 0, 1, 2
+# As in opus-mt models, <pad> is the *last* id (it is not a SentencePiece piece): the decoder
+# starts from its zero embedding, and CTranslate2's Marian converter relies on that layout.
+EOS_ID, UNK_ID = 0, 1
 
 
 def train_sentencepiece(texts: Sequence[str], spec: TokenizerSpec, out_dir: Path, seed: int = 0) -> Path:
@@ -37,12 +39,12 @@ def _train_into(texts: Sequence[str], spec: TokenizerSpec, out_dir: Path, seed: 
         kwargs = {
             "input": str(corpus),
             "model_prefix": str(prefix),
-            "vocab_size": spec.vocab_size,
+            "vocab_size": spec.vocab_size - 1,  # + <pad> = vocab_size
             "model_type": spec.model_type,
             "character_coverage": spec.character_coverage,
             "eos_id": EOS_ID,
             "unk_id": UNK_ID,
-            "pad_id": PAD_ID,
+            "pad_id": -1,
             "bos_id": -1,
             "num_threads": 2,
             "minloglevel": 2,
@@ -60,6 +62,7 @@ def _train_into(texts: Sequence[str], spec: TokenizerSpec, out_dir: Path, seed: 
     (out_dir / "target.spm").write_bytes(model_bytes)
     sp = spm.SentencePieceProcessor(model_proto=model_bytes)
     vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
+    vocab["<pad>"] = len(vocab)
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     tok = MarianTokenizer(
         source_spm=str(out_dir / "source.spm"),
@@ -99,7 +102,7 @@ class FastEncoder:
         self._sp: spm.SentencePieceProcessor | None = None
         if isinstance(tokenizer, MarianTokenizer):
             sp = tokenizer.spm_source
-            if sp.get_piece_size() == len(tokenizer.encoder) and all(
+            if sp.get_piece_size() <= len(tokenizer.encoder) and all(
                 tokenizer.encoder.get(sp.id_to_piece(i)) == i for i in range(sp.get_piece_size())
             ):
                 self._sp = sp

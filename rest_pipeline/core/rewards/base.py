@@ -72,9 +72,8 @@ class ChrFReward:
     def score(self, sources, hypotheses, references) -> np.ndarray:
         if references is None:
             raise RewardError("reward 'chrf' needs references")
-        return np.array(
-            [self._metric.sentence_score(h, [r]).score / 100.0 for h, r in zip(hypotheses, references, strict=True)]
-        )
+        raw = [self._metric.sentence_score(h, [r]).score for h, r in zip(hypotheses, references, strict=True)]
+        return np.clip(np.array(raw) / 100.0, 0.0, 1.0)  # sacrebleu can return 100.00000000000004
 
 
 class BleuReward:
@@ -93,9 +92,8 @@ class BleuReward:
     def score(self, sources, hypotheses, references) -> np.ndarray:
         if references is None:
             raise RewardError("reward 'bleu' needs references")
-        return np.array(
-            [self._metric.sentence_score(h, [r]).score / 100.0 for h, r in zip(hypotheses, references, strict=True)]
-        )
+        raw = [self._metric.sentence_score(h, [r]).score for h, r in zip(hypotheses, references, strict=True)]
+        return np.clip(np.array(raw) / 100.0, 0.0, 1.0)  # sacrebleu can return 100.00000000000004
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

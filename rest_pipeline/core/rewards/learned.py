@@ -142,7 +142,8 @@ def train_learned_reward(
         df = df.sample(n=max_rows, random_state=seed).reset_index(drop=True)
     parts = split_by_source(df, seed)
     model = _build(minilm_dir(), hidden, dropout=0.1)
-    texts = pd.concat([df.src, df.mt, df.ref, df.mt + " " + df.mt]).tolist()
+    # "mt mt" (the paper's repetition probe) is only ever scored on the held-out part.
+    texts = pd.concat([df.src, df.mt, df.ref, parts["test"].mt + " " + parts["test"].mt]).tolist()
     cache = embed(model, texts, log=log)
 
     def feats(part: pd.DataFrame, mt: pd.Series | None = None) -> tuple[torch.Tensor, ...]:
