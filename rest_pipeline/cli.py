@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -130,7 +129,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         str(args.port),
     ]
     print(f"rest: Dagster UI on http://127.0.0.1:{args.port} (DAGSTER_HOME={dh})", flush=True)
-    return subprocess.call(cmd, cwd=root)
+    os.chdir(root)
+    os.execv(sys.executable, cmd)  # replace this process: signals reach dagster dev directly
 
 
 def main(argv: list[str] | None = None) -> int:
