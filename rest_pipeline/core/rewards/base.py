@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import math
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -105,19 +106,29 @@ def clip01(x: float) -> float:
 
 
 BUILTIN = {"chrf": ChrFReward, "bleu": BleuReward}
+# Third-party packages register scorers under this entry-point group (name -> factory).
+ENTRY_POINT_GROUP = "rest_pipeline.rewards"
 
 
 def load_reward(name: str, **kwargs: object) -> RewardModel:
-    """A built-in reward by name, or a user class/factory by import path `package.module:attr`."""
+    """A built-in reward, an installed entry point, or a user factory by import path `package.module:attr`."""
     if name in BUILTIN:
         return BUILTIN[name](**kwargs)
-    if ":" not in name:
-        raise RewardError(f"unknown reward model '{name}': use one of {sorted(BUILTIN)} or 'package.module:factory'")
-    module_name, attr = name.split(":", 1)
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise RewardError(f"reward model '{name}' could not be imported: {e}") from e
+    plugins = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    if name in plugins:
+        factory = plugins[name].load()
+    elif ":" in name:
+        module_name, attr = name.split(":", 1)
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise RewardError(f"reward model '{name}' could not be imported: {e}") from e
+    else:
+        raise RewardError(
+            f"unknown reward model '{name}': use one of {sorted(BUILTIN)}, an installed "
+            f"'{ENTRY_POINT_GROUP}' entry point ({', '.join(sorted(plugins)) or 'none installed'}), "
+            "or 'package.module:factory'"
+        )
     model = factory(**kwargs)
     if not isinstance(model, RewardModel):
         raise RewardError(f"'{name}' did not return a reward model (needs name, version, needs_reference, score)")
