@@ -57,44 +57,47 @@ def check_scores(model: RewardModel, scores: np.ndarray, n: int) -> np.ndarray:
     return scores
 
 
-class ChrFReward:
-    """Sentence-level chrF / 100 (sacrebleu). Needs the reference."""
+class _SentenceMetricReward:
+    """A sacrebleu sentence metric / 100 as a reward. Needs the reference."""
+
+    name: str
+    normalisation: str
+    needs_reference = True
+
+    def __init__(self) -> None:
+        import sacrebleu
+
+        self.version = f"sacrebleu-{sacrebleu.__version__}"
+        self._metric = self._make_metric(sacrebleu.metrics)
+
+    def _make_metric(self, metrics):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def score(self, sources, hypotheses, references) -> np.ndarray:
+        if references is None:
+            raise RewardError(f"reward '{self.name}' needs references")
+        raw = [self._metric.sentence_score(h, [r]).score for h, r in zip(hypotheses, references, strict=True)]
+        return np.clip(np.array(raw) / 100.0, 0.0, 1.0)  # sacrebleu can return 100.00000000000004
+
+
+class ChrFReward(_SentenceMetricReward):
+    """Sentence-level chrF / 100."""
 
     name = "chrf"
-    needs_reference = True
     normalisation = "chrF/100"
 
-    def __init__(self) -> None:
-        import sacrebleu
-
-        self.version = f"sacrebleu-{sacrebleu.__version__}"
-        self._metric = sacrebleu.metrics.CHRF()
-
-    def score(self, sources, hypotheses, references) -> np.ndarray:
-        if references is None:
-            raise RewardError("reward 'chrf' needs references")
-        raw = [self._metric.sentence_score(h, [r]).score for h, r in zip(hypotheses, references, strict=True)]
-        return np.clip(np.array(raw) / 100.0, 0.0, 1.0)  # sacrebleu can return 100.00000000000004
+    def _make_metric(self, metrics):
+        return metrics.CHRF()
 
 
-class BleuReward:
-    """Sentence-level BLEU / 100 with exponential smoothing (sacrebleu). Needs the reference."""
+class BleuReward(_SentenceMetricReward):
+    """Sentence-level BLEU / 100 with exponential smoothing and effective order."""
 
     name = "bleu"
-    needs_reference = True
     normalisation = "BLEU/100 (smooth=exp, effective_order)"
 
-    def __init__(self) -> None:
-        import sacrebleu
-
-        self.version = f"sacrebleu-{sacrebleu.__version__}"
-        self._metric = sacrebleu.metrics.BLEU(effective_order=True)
-
-    def score(self, sources, hypotheses, references) -> np.ndarray:
-        if references is None:
-            raise RewardError("reward 'bleu' needs references")
-        raw = [self._metric.sentence_score(h, [r]).score for h, r in zip(hypotheses, references, strict=True)]
-        return np.clip(np.array(raw) / 100.0, 0.0, 1.0)  # sacrebleu can return 100.00000000000004
+    def _make_metric(self, metrics):
+        return metrics.BLEU(effective_order=True)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

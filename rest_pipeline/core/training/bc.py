@@ -179,6 +179,17 @@ def train_bc(
             "validate_seconds": round(time.perf_counter() - t0, 1),
         }
 
+    def record(row: dict, what: str) -> bool:
+        """Validate, log and append to history; save the checkpoint if it is the best so far."""
+        row.update(validate())
+        row["metric"] = row["valid_bleu"] if spec.keep_best_by == "bleu" else -row["valid_loss"]
+        row["best"] = row["metric"] > best
+        history.append(row)
+        log(f"bc: {what} {row}")
+        if row["best"]:
+            save_policy(model, tokenizer, best_dir)
+        return row["best"]
+
     stopped = "max_steps" if spec.max_steps else "epochs"
     model.train()
     t_start = time.perf_counter() - elapsed
@@ -225,14 +236,8 @@ def train_bc(
             out_of_time = spec.time_budget_minutes is not None and elapsed >= spec.time_budget_minutes * 60
             if step % validate_every == 0 or step == total_steps or out_of_time:
                 row = {"step": step, "epoch": round(step / batches_per_epoch, 2), "elapsed": round(elapsed, 1)}
-                row.update(validate())
-                metric = row["valid_bleu"] if spec.keep_best_by == "bleu" else -row["valid_loss"]
-                row["best"] = metric > best
-                history.append(row)
-                log(f"bc: validation {row}")
-                if metric > best:
-                    best = metric
-                    save_policy(model, tokenizer, best_dir)
+                if record(row, "validation"):
+                    best = history[-1]["metric"]
                 if spec.average_last > 1:
                     snap = snap_dir / f"step_{step:07d}.safetensors"
                     with atomic_path(snap) as tmp:
@@ -258,15 +263,8 @@ def train_bc(
             avg = {k: sum(sd[k].float() for sd in sds) / len(sds) for k in sds[0]}
             model.load_state_dict({k: v.to(sds[-1][k].dtype) for k, v in avg.items()}, strict=False)
             model.tie_weights()
-            row = {"step": step, "averaged_snapshots": len(snaps)}
-            row.update(validate())
-            metric = row["valid_bleu"] if spec.keep_best_by == "bleu" else -row["valid_loss"]
-            row["best"] = metric > best
-            history.append(row)
-            log(f"bc: averaged last {len(snaps)} snapshots: {row}")
-            if metric > best:
-                best, averaged = metric, True
-                save_policy(model, tokenizer, best_dir)
+            if record({"step": step, "averaged_snapshots": len(snaps)}, f"averaged last {len(snaps)} snapshots"):
+                best, averaged = history[-1]["metric"], True
 
     result = BCResult(
         best_dir=best_dir,
