@@ -48,7 +48,9 @@ def cmd_main(args: argparse.Namespace) -> int:
     print(f"rest: {len(results)} run(s) succeeded in {wall / 60:.1f} min (first: {result.run_id})")
     print(f"  base policy checkpoint : {layout.base_policy}")
     print(f"  evaluation (hypotheses): {layout.base_eval}")
-    scores = json.loads((layout.base_eval / "scores.json").read_text())
+    from rest_pipeline.core.evaluation.evaluate import read_scores
+
+    scores = read_scores(layout.base_eval)
     for s in scores:
         print(
             f"  {s['split']:>5} {s['decoding']:<7} BLEU {s['bleu']:6.2f}  chrF {s['chrf']:6.2f}"

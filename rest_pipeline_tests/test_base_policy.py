@@ -50,3 +50,19 @@ def test_pretrained_checkpoint_is_fine_tuned_and_evaluated(tmp_path, data_dir, m
     assert [(r.split, r.decoding) for r in rows] == [("valid", "greedy"), ("test", "greedy")]
     hyps = pd.read_parquet(rows[-1].hypotheses_path)
     assert len(hyps) == 10 and list(hyps.columns) == ["source_id", "source", "reference", "hypothesis"]
+
+
+def test_second_run_reuses_finished_training_and_evaluation(tmp_path, data_dir, monkeypatch):
+    """The main job trains once; re-materializing reuses the finished policy and its scores."""
+    monkeypatch.setenv("REST_DATA_DIR", str(data_dir))
+    spec = load_spec(__import__("rest_pipeline.spec", fromlist=["find_spec"]).find_spec("smoke"))
+    layout = core.Layout(tmp_path / "exp")
+    core.build_corpus(spec, layout)
+    core.build_tokenizer(spec, layout)
+    first = core.train_base_policy(spec, layout, log=lambda m: None)
+    rows = core.evaluate_base_policy(spec, layout, log=lambda m: None)
+    logs: list[str] = []
+    again = core.train_base_policy(spec, layout, log=logs.append)
+    rows_again = core.evaluate_base_policy(spec, layout, log=logs.append)
+    assert any("already trained" in m for m in logs) and any("already evaluated" in m for m in logs)
+    assert again.steps == first.steps and rows_again == rows

@@ -6,6 +6,7 @@ so every number can be traced back to the exact outputs that produced it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -44,6 +45,13 @@ def evaluate_checkpoint(
     max_source_length: int = 128,
     log: Callable[[str], None] = print,
 ) -> list[EvalRow]:
+    key = _eval_key(checkpoint, spec, splits)
+    scores_file = out_dir / "scores.json"
+    if scores_file.is_file():
+        saved = json.loads(scores_file.read_text())
+        if isinstance(saved, dict) and saved.get("key") == key:
+            log(f"eval: {checkpoint} already evaluated with these settings; reusing {scores_file}")
+            return [EvalRow(**r) for r in saved["rows"]]
     model = load_policy(checkpoint)
     tokenizer = load_tokenizer(checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -80,9 +88,24 @@ def evaluate_checkpoint(
             )
             log(f"eval: {split}/{dec.name}: BLEU {row.bleu} chrF {row.chrf} ({row.seconds}s, {len(df)} sentences)")
             rows.append(row)
-    with atomic_path(out_dir / "scores.json") as tmp:
-        tmp.write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    with atomic_path(scores_file) as tmp:
+        tmp.write_text(json.dumps({"key": key, "rows": [asdict(r) for r in rows]}, indent=1))
     return rows
+
+
+def _eval_key(checkpoint: Path, spec: EvaluationSpec, splits: dict[str, pd.DataFrame]) -> str:
+    """Same weights + same settings + same data = same scores: no need to decode again."""
+    h = hashlib.sha256()
+    h.update((checkpoint / "model.safetensors").read_bytes())
+    h.update(spec.model_dump_json().encode())
+    for name in sorted(splits):
+        h.update(name.encode())
+        h.update(pd.util.hash_pandas_object(splits[name][["source", "target"]], index=False).values.tobytes())
+    return h.hexdigest()[:24]
+
+
+def read_scores(out_dir: Path) -> list[dict]:
+    return json.loads((out_dir / "scores.json").read_text())["rows"]
 
 
 def example_table(out_dir: Path, split: str, decoding: str, n: int) -> pd.DataFrame:

@@ -135,6 +135,15 @@ def train_learned_reward(
     max_rows: int | None = None,
     log: Log = print,
 ) -> LearnedRewardReport:
+    key = hashlib.sha256(
+        f"v1|{hashlib.sha256(judgements.read_bytes()).hexdigest()}|{seed}|{epochs}|{hidden}|{max_rows}".encode()
+    ).hexdigest()[:24]
+    saved = out_dir / "rest_reward.json"
+    if saved.is_file() and (out_dir / "checkpoints" / "model.ckpt").is_file():
+        extra = json.loads(saved.read_text())
+        if extra.get("key") == key:
+            log(f"learned reward: already trained with these settings; reusing {out_dir}")
+            return LearnedRewardReport(**extra["report"])
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     df = load_judgements(judgements)
@@ -196,7 +205,7 @@ def train_learned_reward(
         normalisation=f"clip((raw - {lo:.4f}) / ({hi:.4f} - {lo:.4f}), 0, 1)",
         repeat_raises_score_fraction=round(repeat, 4),
     )
-    save_comet_checkpoint(model, out_dir, {"lo": lo, "hi": hi, "report": asdict(report)})
+    save_comet_checkpoint(model, out_dir, {"lo": lo, "hi": hi, "key": key, "report": asdict(report)})
     log(f"learned reward: held-out kendall {report.kendall_tau} pearson {report.pearson} in {report.seconds}s")
     return report
 

@@ -110,6 +110,10 @@ def train_bc(
     """Train `model` in place on (sources, targets); returns where the best checkpoint is."""
     if not train[0]:
         raise ValueError("bc: the training set is empty")
+    done = finished_result(work_dir, fingerprint)
+    if done is not None:
+        log(f"bc: already trained with this spec ({done.steps} steps); reusing {done.best_dir}")
+        return done
     device = next(model.parameters()).device
     work_dir.mkdir(parents=True, exist_ok=True)
     _seed_all(seed)
@@ -277,11 +281,23 @@ def train_bc(
         averaged=averaged,
         history=history,
     )
+    record_json = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
+    record_json["fingerprint"] = fingerprint
     with atomic_path(work_dir / "history.json") as tmp:
-        tmp.write_text(
-            json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}, indent=1)
-        )
+        tmp.write_text(json.dumps(record_json, indent=1))
     return result
+
+
+def finished_result(work_dir: Path, fingerprint: str) -> BCResult | None:
+    """The recorded result of a finished run with the same fingerprint, if its checkpoint is there."""
+    path = work_dir / "history.json"
+    if not path.is_file() or not (work_dir / "best" / "config.json").is_file():
+        return None
+    data = json.loads(path.read_text())
+    if data.pop("fingerprint", None) != fingerprint:
+        return None
+    data["best_dir"] = Path(data["best_dir"])
+    return BCResult(**data)
 
 
 def _no_improvement_for(history: list[dict], patience: int) -> bool:
