@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import math
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Protocol, runtime_checkable
@@ -98,14 +97,6 @@ class BleuReward(_SentenceMetricReward):
 
     def _make_metric(self, metrics):
         return metrics.BLEU(effective_order=True)
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def clip01(x: float) -> float:
-    return min(max(x, 0.0), 1.0) if math.isfinite(x) else x
 
 
 BUILTIN = {"chrf": ChrFReward, "bleu": BleuReward}
