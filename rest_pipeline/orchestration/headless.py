@@ -16,28 +16,23 @@ def materialize_experiment(
     plain = [a for a in defs.assets if a.partitions_def is None]
     parted = [a for a in defs.assets if a.partitions_def is not None]
     results = []
-    plain_keys = [k for a in plain for k in a.keys]
-    res = dg.materialize(
-        everything,
-        instance=instance,
-        resources=resources,
-        raise_on_error=False,
-        selection=dg.AssetSelection.assets(*plain_keys),
-    )
-    results.append(res)
-    if not res.success or not parted:
-        return results
-    part_keys = [k for a in parted for k in a.keys]
-    for key in parted[0].partitions_def.get_partition_keys():
-        res = dg.materialize(
+
+    def run(assets: list[dg.AssetsDefinition], partition_key: str | None = None) -> dg.ExecuteInProcessResult:
+        keys = [k for a in assets for k in a.keys]
+        return dg.materialize(
             everything,
             instance=instance,
             resources=resources,
             raise_on_error=False,
-            selection=dg.AssetSelection.assets(*part_keys),
-            partition_key=key,
+            selection=dg.AssetSelection.assets(*keys),
+            partition_key=partition_key,
         )
-        results.append(res)
-        if not res.success:
+
+    results.append(run(plain))
+    if not results[-1].success or not parted:
+        return results
+    for key in parted[0].partitions_def.get_partition_keys():
+        results.append(run(parted, key))
+        if not results[-1].success:
             break
     return results
