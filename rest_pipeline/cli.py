@@ -44,7 +44,7 @@ def cmd_main(args: argparse.Namespace) -> int:
     result = results[0]
     from rest_pipeline.core.base_policy import Layout
 
-    layout = Layout(home() / "experiments" / spec.name)
+    layout = Layout.of(spec)
     print(f"rest: {len(results)} run(s) succeeded in {wall / 60:.1f} min (first: {result.run_id})")
     print(f"  base policy checkpoint : {layout.base_policy}")
     print(f"  evaluation (hypotheses): {layout.base_eval}")
@@ -94,7 +94,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     from rest_pipeline.core.store.candidates import CANNED, CandidateStore, canned_query
 
     spec = load_spec(find_spec(args.experiment))
-    store = CandidateStore(Layout(home() / "experiments" / spec.name).store)
+    store = CandidateStore(Layout.of(spec).store)
     reward = args.reward or spec.reward.model
     if args.sql in CANNED:
         df = canned_query(store, args.sql, reward)
