@@ -31,9 +31,12 @@ from rest_pipeline.core.policy.generate import translate
 from rest_pipeline.core.policy.model import save_policy
 from rest_pipeline.core.policy.tokenizer import FastEncoder
 from rest_pipeline.core.training.batching import collate, make_batches
+from rest_pipeline.core.training.losses import NLLLoss, SequenceLoss
 from rest_pipeline.spec import BCSpec, DecodingSpec
 
 Log = Callable[[str], None]
+# (sources, hypotheses, references) -> mean reward: validation by reward instead of BLEU (Improve).
+RewardFn = Callable[[list[str], list[str], list[str]], float]
 
 
 @dataclass
@@ -106,10 +109,20 @@ def train_bc(
     max_length: int,
     fingerprint: str,
     log: Log = print,
+    reward_fn: RewardFn | None = None,
+    loss_fn: SequenceLoss | None = None,
+    rewards: Sequence[float] | None = None,
 ) -> BCResult:
-    """Train `model` in place on (sources, targets); returns where the best checkpoint is."""
+    """Train `model` in place on (sources, targets); returns where the best checkpoint is.
+
+    `rewards` (one per training pair) reach `loss_fn`; plain BC ignores them.
+    """
     if not train[0]:
         raise ValueError("bc: the training set is empty")
+    if spec.keep_best_by == "reward" and reward_fn is None:
+        raise ValueError("bc: keep_best_by 'reward' needs a reward_fn")
+    loss_fn = loss_fn or NLLLoss()
+    example_rewards = torch.tensor(list(rewards) if rewards is not None else [1.0] * len(train[0]))
     done = finished_result(work_dir, fingerprint)
     if done is not None:
         log(f"bc: already trained with this spec ({done.steps} steps); reusing {done.best_dir}")
@@ -175,18 +188,18 @@ def train_bc(
         loss = validation_loss(model, v_src, v_tgt, spec.max_tokens * 2, pad_id, start_id)
         hyps = translate(model, tokenizer, v_src_text, greedy, max_source_length=max_length)
         scores = corpus_scores(hyps, v_ref)
+        out = {"valid_loss": round(loss, 4), "valid_bleu": round(scores.bleu, 2), "valid_chrf": round(scores.chrf, 2)}
+        if reward_fn is not None:
+            out["valid_reward"] = round(float(reward_fn(v_src_text, hyps, v_ref)), 5)
         model.train()
-        return {
-            "valid_loss": round(loss, 4),
-            "valid_bleu": round(scores.bleu, 2),
-            "valid_chrf": round(scores.chrf, 2),
-            "validate_seconds": round(time.perf_counter() - t0, 1),
-        }
+        out["validate_seconds"] = round(time.perf_counter() - t0, 1)
+        return out
 
     def record(row: dict, what: str) -> bool:
         """Validate, log and append to history; save the checkpoint if it is the best so far."""
         row.update(validate())
-        row["metric"] = row["valid_bleu"] if spec.keep_best_by == "bleu" else -row["valid_loss"]
+        by = spec.keep_best_by
+        row["metric"] = -row["valid_loss"] if by == "loss" else row[f"valid_{by}"]
         row["best"] = row["metric"] > best
         history.append(row)
         log(f"bc: {what} {row}")
@@ -201,6 +214,9 @@ def train_bc(
     while step < total_steps:
         epoch, pos = divmod(step, batches_per_epoch)
         order = make_batches(src, tgt, spec.max_tokens, seed, epoch)
+        # Length noise can give an epoch one batch more or less than epoch 0; wrap to a fixed count so
+        # step -> (epoch, position) stays a pure function (exact resume, no empty epoch that never advances).
+        order = [order[i % len(order)] for i in range(batches_per_epoch)]
         for idx in order[pos:]:
             if step >= total_steps:
                 break
@@ -212,12 +228,7 @@ def train_bc(
                 attention_mask=b.attention_mask.to(device),
                 decoder_input_ids=b.decoder_input_ids.to(device),
             ).logits
-            loss_sum = F.cross_entropy(
-                logits.flatten(0, 1).float(),
-                b.labels.to(device).flatten(),
-                label_smoothing=spec.label_smoothing,
-                reduction="sum",
-            )
+            loss_sum = loss_fn(logits, b.labels.to(device), example_rewards[idx].to(device), spec.label_smoothing)
             loss = loss_sum / b.target_tokens
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -272,7 +283,7 @@ def train_bc(
 
     result = BCResult(
         best_dir=best_dir,
-        best_metric=best if spec.keep_best_by == "bleu" else -best,
+        best_metric=-best if spec.keep_best_by == "loss" else best,
         keep_best_by=spec.keep_best_by,
         steps=step,
         epochs=round(step / batches_per_epoch, 2),
