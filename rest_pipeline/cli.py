@@ -13,14 +13,23 @@ from pathlib import Path
 from rest_pipeline.core.paths import home
 from rest_pipeline.spec import SpecError, all_specs, find_spec, load_spec
 
+# The `gpu` pool admits one step at a time across all runs (generation and training share the device);
+# raise it with `dagster instance concurrency set gpu N` or by editing this file.
+INSTANCE_CONFIG = """telemetry:
+  enabled: false
+concurrency:
+  pools:
+    default_limit: 1
+"""
+
 
 def dagster_home() -> Path:
     """The persistent instance shared by `rest main` and `rest ui` (DAGSTER_HOME wins)."""
     path = Path(os.environ.get("DAGSTER_HOME") or home() / "dagster_home").resolve()
     path.mkdir(parents=True, exist_ok=True)
     config = path / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+    if not config.exists() or "concurrency:" not in config.read_text():
+        config.write_text(INSTANCE_CONFIG)
     os.environ["DAGSTER_HOME"] = str(path)
     return path
 
@@ -56,6 +65,13 @@ def cmd_main(args: argparse.Namespace) -> int:
             f"  {s['split']:>5} {s['decoding']:<7} BLEU {s['bleu']:6.2f}  chrF {s['chrf']:6.2f}"
             f"  ({s['sentences']} sents)"
         )
+    report = layout.report / "report.json"
+    if report.is_file():
+        from rest_pipeline.core.report import md_table
+
+        print(f"\nReST report: {layout.report / 'report.md'}")
+        print(md_table(json.loads(report.read_text())["table1"]))
+        print(f"  lineage of the final checkpoint: ./scripts/rest lineage {spec.name}")
     print("  open the web UI with: ./scripts/rest ui")
     return 0
 
@@ -115,6 +131,71 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lineage(args: argparse.Namespace) -> int:
+    """The chain of a checkpoint back to the BC policy, from the store's lineage table (and Dagster's)."""
+    from rest_pipeline.core.base_policy import Layout
+    from rest_pipeline.core.evaluation.policy_eval import weights_hash
+    from rest_pipeline.core.improve.evaluation import final_step
+    from rest_pipeline.core.improve.lineage import parse_checkpoint, render, store_chain
+    from rest_pipeline.core.store.candidates import CandidateStore
+
+    experiment, _, rest = args.checkpoint.partition("/")
+    spec = load_spec(find_spec(experiment))
+    try:
+        grow, step = parse_checkpoint(rest) or final_step(spec)
+        layout = Layout.of(spec)
+        chain = store_chain(CandidateStore(layout.store), spec, grow, step)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"rest: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(chain.to_json(orient="records", indent=1))
+    else:
+        print(render(chain, str(layout.base_policy), weights_hash(layout.base_policy)))
+    if args.dagster:
+        import dagster as dg
+
+        from rest_pipeline.orchestration.lineage import dagster_chain
+
+        dagster_home()
+        rows = dagster_chain(dg.DagsterInstance.get(), spec, grow, step)
+        print("\nDagster (asset graph + latest materializations):")
+        for r in rows:
+            print(f"  {r['asset']}  data_version {r['data_version']}  parent {r['parent']}  {r['path']}")
+    return 0
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    """Candidate explorer: every candidate of one source, its rewards, and the slices that kept it."""
+    import pandas as pd
+
+    from rest_pipeline.core.base_policy import Layout
+    from rest_pipeline.core.store.candidates import CandidateStore
+
+    spec = load_spec(find_spec(args.experiment))
+    con = CandidateStore(Layout.of(spec).store).connect()
+    has_slices = "slices" in {r[0] for r in con.execute("SHOW TABLES").fetchall()}
+    kept = (
+        ", (SELECT string_agg(DISTINCT 'g' || s.grow || 'i' || s.step, ' ' ORDER BY 'g' || s.grow || 'i' || s.step) "
+        "FROM slices s WHERE s.candidate_id = c.candidate_id) AS kept_in"
+        if has_slices
+        else ""
+    )
+    df = con.execute(
+        f"SELECT c.* EXCLUDE (experiment, source, reference, pair_hash, policy, decoding, shard){kept} "
+        "FROM scored c WHERE c.source_id = ? OR c.source ILIKE ? ORDER BY grow, origin, candidate_id",
+        [args.source, f"%{args.source}%"],
+    ).df()
+    if df.empty:
+        print(f"rest: no candidates for source '{args.source}'", file=sys.stderr)
+        return 2
+    src = con.execute("SELECT any_value(source) FROM candidates WHERE source_id = ?", [df.source_id.iloc[0]]).fetchone()
+    print(f"source {df.source_id.iloc[0]}: {src[0]}")
+    with pd.option_context("display.max_rows", 500, "display.width", 220, "display.max_colwidth", 70):
+        print(df.head(args.limit).to_string(index=False))
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     dh = dagster_home()
     root = Path(__file__).resolve().parent.parent
@@ -159,6 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reward", default=None, help="reward column for canned queries (default: the spec's)")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_query)
+    p = sub.add_parser("lineage", help="chain of a checkpoint back to the BC policy")
+    p.add_argument("checkpoint", help="<experiment>[/grow_<g>/improve_<i>], default: the experiment's final one")
+    p.add_argument("--json", action="store_true", help="print the lineage rows as JSON")
+    p.add_argument("--dagster", action="store_true", help="also print Dagster's view of the same chain")
+    p.set_defaults(func=cmd_lineage)
+    p = sub.add_parser("explore", help="candidates of one source (id or text fragment) with rewards and slices")
+    p.add_argument("source")
+    p.add_argument("--experiment", default="default")
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=cmd_explore)
     p = sub.add_parser("ui", help="serve the Dagster web UI on 127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
     p.set_defaults(func=cmd_ui)

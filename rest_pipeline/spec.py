@@ -96,7 +96,7 @@ class BCSpec(_Strict):
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     validate_every_steps: int | None = Field(None, ge=1)  # None = once per epoch
     validate_pairs: int | None = Field(None, ge=1)  # valid pairs decoded for BLEU (None = all)
-    keep_best_by: Literal["bleu", "loss"] = "bleu"
+    keep_best_by: Literal["bleu", "loss", "reward"] = "bleu"  # reward: mean validation reward (Improve)
     patience: int | None = Field(None, ge=1)  # validations without improvement before stopping
     average_last: int = Field(1, ge=1)  # average the last k validation checkpoints' weights
     save_every_steps: int = Field(200, ge=1)  # resume checkpoint cadence
@@ -151,12 +151,109 @@ class RewardSpec(_Strict):
     learned_epochs: int = Field(60, ge=1)
 
 
+IMPLEMENTED_LOSSES = ("bc",)
+
+
+class ImproveTrainSpec(BCSpec):
+    """Fine-tuning in one Improve step: BC's knobs, with Improve's defaults (lower lr, short budget)."""
+
+    max_tokens: int = Field(2500, ge=64)
+    epochs: int = Field(2, ge=1)
+    time_budget_minutes: float | None = Field(3.0, gt=0)
+    lr: float = Field(3e-4, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+    decay: Literal["inverse_sqrt", "linear", "cosine"] = "linear"
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    validate_every_steps: int | None = Field(150, ge=1)
+    validate_pairs: int | None = Field(400, ge=1)
+    keep_best_by: Literal["bleu", "loss", "reward"] = "reward"
+    save_every_steps: int = Field(100, ge=1)
+
+
 class ImproveSpec(_Strict):
-    """Reserved for the Improve issue: filter schedule and fine-tuning."""
+    """Improve: filter each grow's candidates with a rising bar and fine-tune the previous policy.
+
+    The schedule has `grows` Grow generations, each followed by one Improve step per entry of
+    the active filter list (`thresholds`, `percentiles` or `gammas`).
+    """
 
     grows: int = Field(2, ge=0)
+    filter: Literal["threshold", "percentile", "interpolated"] = "threshold"
+    # Global reward threshold per Improve step (rewards are in [0, 1]); candidates with reward >= tau stay.
     thresholds: list[float] = [0.0, 0.7, 0.8, 0.9, 0.95]
+    # Paper: tau_1 is chosen above the mean reward of D_g. Steps whose threshold is not above the
+    # grow's mean reward are skipped (recorded as such) instead of training on nearly everything.
+    first_threshold_above_mean: bool = True
+    # Per-source percentile per step: keep candidates at or above the p-th percentile of their source.
+    percentiles: list[float] = [50.0, 75.0, 90.0, 95.0]
+    # Per-source interpolated bar per step: tau_s = gamma * max_s + (1 - gamma) * mean_s.
+    gammas: list[float] = [0.0, 0.25, 0.5, 0.75]
+    # The original (reference) pairs of the grown sources join every slice, whatever their reward.
+    mix_originals: bool = True
     loss: Literal["bc", "gold", "bvmpo", "oac"] = "bc"
+    # Fine-tuning of each step; keep_best_by 'reward' keeps the checkpoint with the best validation reward.
+    train: ImproveTrainSpec = ImproveTrainSpec()
+    # Learning rate of the k-th Improve step overall (k = 1, 2, ... across grows): train.lr * lr_decay**(k-1).
+    lr_decay: float = Field(0.8, gt=0, le=1)
+    # A step counts as improving only if its best validation reward beats its parent's by more than this.
+    min_improvement: float = Field(0.0, ge=0)
+    # Reward-hacking guard per checkpoint, against its parent: training reward up while test BLEU falls
+    # by more than `hacking_bleu_drop` points and the independent reward falls by more than
+    # `hacking_independent_drop`.
+    hacking_bleu_drop: float = Field(1.0, ge=0)
+    hacking_independent_drop: float = Field(0.01, ge=0)
+    # Best-of-N at inference, on the first `best_of_n_sources` validation sources.
+    best_of_n: list[int] = [1, 2, 4, 8, 16, 32]
+    best_of_n_sources: int = Field(300, ge=1)
+    # Diversity probe per checkpoint: this many samples on `diversity_sources` validation sources.
+    diversity_samples: int = Field(8, ge=1)
+    diversity_sources: int = Field(200, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ImproveSpec:
+        if self.loss not in IMPLEMENTED_LOSSES:
+            raise ValueError(
+                f"improve.loss '{self.loss}' is reserved for the paper's ablation but not implemented yet; "
+                f"use one of {list(IMPLEMENTED_LOSSES)}"
+            )
+        if self.train.keep_best_by != "reward":
+            raise ValueError("improve.train.keep_best_by must be 'reward' (the paper keeps the best validation reward)")
+        for name, values, lo, hi in (
+            ("thresholds", self.thresholds, 0.0, 1.0),
+            ("percentiles", self.percentiles, 0.0, 100.0),
+            ("gammas", self.gammas, 0.0, 1.0),
+        ):
+            if not values:
+                raise ValueError(f"improve.{name} must not be empty")
+            if any(not lo <= v <= hi for v in values):
+                raise ValueError(f"improve.{name} must lie in [{lo}, {hi}], got {values}")
+            if any(b < a for a, b in zip(values, values[1:], strict=False)):
+                raise ValueError(f"improve.{name} must not decrease (the bar rises step by step), got {values}")
+        if sorted(set(self.best_of_n)) != self.best_of_n or self.best_of_n[0] < 1:
+            raise ValueError(f"improve.best_of_n must be increasing positive integers, got {self.best_of_n}")
+        return self
+
+    @property
+    def schedule(self) -> list[float]:
+        """The filter parameter of each Improve step of a grow."""
+        return {"threshold": self.thresholds, "percentile": self.percentiles, "interpolated": self.gammas}[self.filter]
+
+    @property
+    def steps(self) -> int:
+        return len(self.schedule)
+
+
+class AutomationSpec(_Strict):
+    """How rounds run without clicking, once Grow 1 has been materialized (from the UI or `rest main`).
+
+    eager: each Improve step, evaluation and the next Grow start as soon as their inputs are
+    materialized and every blocking check upstream passed; schedule: the same for Improve steps,
+    but the next Grow waits for the cron tick (one round per tick); manual: nothing starts alone.
+    """
+
+    rounds: Literal["eager", "schedule", "manual"] = "eager"
+    cron: str = "0 2 * * *"  # used when rounds = schedule
+    sensor_running: bool = True  # the automation sensor starts RUNNING (it only acts downstream of Grow 1)
 
 
 class ExperimentSpec(_Strict):
@@ -171,6 +268,7 @@ class ExperimentSpec(_Strict):
     grow: GrowSpec = GrowSpec()
     reward: RewardSpec = RewardSpec()
     improve: ImproveSpec = ImproveSpec()
+    automation: AutomationSpec = AutomationSpec()
 
     def section_hash(self, *sections: str) -> str:
         """A short content hash of the named sections: a code/data version for Dagster."""

@@ -16,7 +16,8 @@ from rest_pipeline.spec import find_spec, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ["corpus", "tokenizer", "base_policy", "base_policy_eval", "reward_model"]
-GROW_KEYS = [["grow_1", "candidates"], ["grow_1", "rewards"]]
+GROW_KEYS = [[f"grow_{g}", a] for g in (1, 2) for a in ("candidates", "rewards")]
+IMPROVE_KEYS = [[f"grow_{g}", f"improve_{i}", a] for g in (1, 2) for i in (1, 2) for a in ("slice", "policy", "eval")]
 
 
 def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir):
@@ -26,7 +27,8 @@ def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir):
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
         results = materialize_experiment(spec, instance, {"storage": storage})
         assert all(r.success for r in results)
-        assert len(results) == 1 + spec.grow.shards  # unpartitioned run + one run per shard
+        # BC stage, then per grow: one run per shard and one run for its Improve steps.
+        assert len(results) == 1 + spec.improve.grows * (spec.grow.shards + 1)
         result = results[0]
         for key in KEYS:
             event = instance.get_latest_materialization_event(dg.AssetKey(["smoke", key]))
@@ -34,13 +36,22 @@ def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir):
         for key in GROW_KEYS:
             mats = instance.fetch_materializations(dg.AssetKey(["smoke", *key]), limit=10).records
             assert sorted(m.partition_key for m in mats) == ["0000", "0001"], key
+        for key in [*IMPROVE_KEYS, ["base_policy_rewards"], ["best_of_n"], ["report"]]:
+            assert instance.get_latest_materialization_event(dg.AssetKey(["smoke", *key])) is not None, key
         reward_meta = instance.get_latest_materialization_event(
             dg.AssetKey(["smoke", "reward_model"])
         ).asset_materialization.metadata
         assert -1 <= reward_meta["kendall_tau"].value <= 1
-        grow_checks = [c for r in results[1:] for c in r.get_asset_check_evaluations()]
-        assert {c.check_name for c in grow_checks} == {"n_candidates_per_source", "rewards_valid"}
-        assert all(c.passed for c in grow_checks)
+        later = [c for r in results[1:] for c in r.get_asset_check_evaluations()]
+        assert {c.check_name for c in later} == {
+            "n_candidates_per_source",
+            "rewards_valid",
+            "no_reward_hacking",
+            "lineage_complete",
+            "slice_usable",
+        }
+        assert all(c.passed for c in later if c.check_name != "slice_usable")
+        _assert_rest_chain(instance, tmp_path / "home" / "experiments" / "smoke", spec)
         meta = instance.get_latest_materialization_event(
             dg.AssetKey(["smoke", "base_policy_eval"])
         ).asset_materialization.metadata
@@ -72,6 +83,46 @@ def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir):
     assert ref_mean > dist[dist.origin == "sample"]["mean"].item()  # references beat a 30-step policy
 
 
+def _assert_rest_chain(instance: dg.DagsterInstance, root: Path, spec) -> None:
+    """Each Improve checkpoint's metadata and record agree with the asset graph's chain."""
+    import json
+
+    from rest_pipeline.core.base_policy import Layout
+    from rest_pipeline.core.improve.step import lineage
+
+    layout = Layout(root)
+    chain = lineage(spec, layout, 2, 2)
+    assert [(r.grow, r.step) for r in chain] == [(2, 2), (2, 1), (1, 2), (1, 1)]
+    assert chain[-1].parent == "base"
+    for rec in chain:
+        assert rec.status in {"improved", "not_improved", "skipped"}
+        if rec.status == "improved":
+            assert rec.valid_reward > rec.parent_valid_reward and rec.checkpoint == rec.trained_checkpoint
+        else:
+            assert rec.checkpoint == rec.parent_checkpoint
+        meta = instance.get_latest_materialization_event(
+            dg.AssetKey(["smoke", f"grow_{rec.grow}", f"improve_{rec.step}", "policy"])
+        ).asset_materialization.metadata
+        assert meta["status"].value == rec.status and meta["parent"].value == rec.parent
+        assert meta["path"].value == rec.checkpoint
+    # Grow 2 sampled from the checkpoint grow 1 handed on.
+    g2 = CandidateStore(layout.store).query(
+        "SELECT DISTINCT policy FROM candidates WHERE grow = 2 AND origin = 'sample'"
+    )
+    assert g2.policy.tolist() == [f"grow_1/improve_2@{chain[2].checkpoint_hash}"]
+    report = json.loads((layout.report / "report.json").read_text())
+    assert [r["checkpoint"] for r in report["checkpoints"]] == ["BC", "G=1 I=1", "G=1 I=2", "G=2 I=1", "G=2 I=2"]
+    assert set(report["best_of_n"]["bc"]["curve"]) == {"1", "2", "4"}
+    curve = report["best_of_n"]["rest"]["curve"]
+    assert curve["1"] <= curve["2"] <= curve["4"]
+    for png in ("reward_per_checkpoint", "bleu_per_checkpoint", "reward_histograms", "best_of_n"):
+        assert (layout.report / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+    eval_meta = instance.get_latest_materialization_event(
+        dg.AssetKey(["smoke", "grow_2", "improve_2", "eval"])
+    ).asset_materialization.metadata
+    assert {"valid_reward_learned", "test_reward_chrf", "test_bleu", "distinct_samples_per_source"} <= set(eval_meta)
+
+
 def test_asset_graph_lineage_and_groups():
     defs = build_definitions([load_spec(find_spec("smoke")), load_spec(find_spec("default"))])
     graph = defs.resolve_asset_graph()
@@ -80,6 +131,12 @@ def test_asset_graph_lineage_and_groups():
         assert graph.get(policy).parent_keys == {dg.AssetKey([exp, "tokenizer"]), dg.AssetKey([exp, "corpus"])}
         assert graph.get(policy).group_name == exp
         assert graph.get(policy).code_version
+    # The chain of checkpoints is the path through the graph.
+    g2i1 = dg.AssetKey(["default", "grow_2", "improve_1", "policy"])
+    assert dg.AssetKey(["default", "grow_1", "improve_5", "policy"]) in graph.get(g2i1).parent_keys
+    assert dg.AssetKey(["default", "grow_2", "improve_1", "slice"]) in graph.get(g2i1).parent_keys
+    g2 = graph.get(dg.AssetKey(["default", "grow_2", "candidates"])).parent_keys
+    assert g2 == {dg.AssetKey(["default", "grow_1", "improve_5", k]) for k in ("policy", "eval")}
 
 
 def test_definitions_validate_cli():

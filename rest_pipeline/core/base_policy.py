@@ -63,6 +63,24 @@ class Layout:
     def store(self) -> Path:
         return self.root / "store"
 
+    def improve_dir(self, grow: int, step: int) -> Path:
+        """One Improve step: training/ (resume point, best/ checkpoint) and step.json (its lineage)."""
+        return self.root / "policies" / f"grow_{grow}" / f"improve_{step}"
+
+    def eval_dir(self, grow: int, step: int) -> Path:
+        """Evaluation of a checkpoint; grow 0 step 0 is the BC policy."""
+        if grow == 0:
+            return self.root / "evaluations" / "base_rewards"
+        return self.root / "evaluations" / f"grow_{grow}" / f"improve_{step}"
+
+    @property
+    def best_of_n(self) -> Path:
+        return self.root / "evaluations" / "best_of_n"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
 
 def build_corpus(spec: ExperimentSpec, layout: Layout, mirror: Path | None = None) -> dict[str, SplitInfo]:
     return prepare_splits(spec.data, layout.corpus, mirror)

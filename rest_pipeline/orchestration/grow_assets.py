@@ -5,10 +5,13 @@ import pandas as pd
 
 from rest_pipeline.core.corpus.fetch import fetch
 from rest_pipeline.core.corpus.registry import HUMAN_JUDGEMENTS
+from rest_pipeline.core.evaluation.policy_eval import weights_hash
 from rest_pipeline.core.grow.run import grow_shard, score_shard
+from rest_pipeline.core.improve.step import grow_policy, parent_of, step_name
 from rest_pipeline.core.rewards.factory import make_rewards, reward_names
 from rest_pipeline.core.store.candidates import CandidateStore
 from rest_pipeline.orchestration.assets import GPU_POOL
+from rest_pipeline.orchestration.automation import grow_condition
 from rest_pipeline.orchestration.metadata import histogram_md, md_table
 from rest_pipeline.orchestration.resources import RestStorage
 from rest_pipeline.spec import ExperimentSpec
@@ -51,18 +54,35 @@ def reward_model_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
     return reward_model
 
 
+def policy_key(spec: ExperimentSpec, grow: int, step: int) -> dg.AssetKey:
+    """Asset of the checkpoint (grow, step) hands on; (0, 0) is the BC policy."""
+    if grow == 0:
+        return dg.AssetKey([spec.name, "base_policy"])
+    return dg.AssetKey([spec.name, f"grow_{grow}", f"improve_{step}", "policy"])
+
+
+def eval_key(spec: ExperimentSpec, grow: int, step: int) -> dg.AssetKey:
+    if grow == 0:
+        return dg.AssetKey([spec.name, "base_policy_rewards"])
+    return dg.AssetKey([spec.name, f"grow_{grow}", f"improve_{step}", "eval"])
+
+
 def grow_assets(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetsDefinition]:
-    """Grow 1 samples from the base policy (later grows from the last Improve checkpoint)."""
+    """Grow 1 samples from the BC policy, grow g > 1 from the last Improve checkpoint of grow g-1."""
     name = spec.name
     parts = shard_partitions(spec)
-    policy_key = dg.AssetKey([name, "base_policy"])
+    sampler_step = parent_of(spec, grow, 1)
+    upstream = [policy_key(spec, *sampler_step)]
+    if grow > 1:  # a failed reward-hacking check on the previous grow's last eval stops the loop here
+        upstream.append(eval_key(spec, *sampler_step))
 
     @dg.asset(
         key=[name, f"grow_{grow}", "candidates"],
         group_name=name,
-        deps=[policy_key],
+        deps=upstream,
         partitions_def=parts,
         pool=GPU_POOL,
+        automation_condition=grow_condition(spec, grow),
         code_version=spec.section_hash("grow"),
         kinds={"parquet", "duckdb"},
         description=f"Grow {grow}: N sampled candidates per training source plus the reference pair, per shard.",
@@ -71,16 +91,17 @@ def grow_assets(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetsDefinition
         layout = storage.layout(spec)
         store = CandidateStore(layout.store)
         shard = int(context.partition_key)
-        policy_dir = layout.base_policy
-        df = grow_shard(
-            spec, layout.corpus, store, grow, shard, policy_dir, policy_id=str(policy_dir), log=context.log.info
-        )
+        policy_dir = grow_policy(spec, layout, grow)
+        policy_id = f"{step_name(*sampler_step)}@{weights_hash(policy_dir)}"
+        context.log.info(f"grow {grow} shard {shard}: sampling from {policy_id} ({policy_dir})")
+        df = grow_shard(spec, layout.corpus, store, grow, shard, policy_dir, policy_id=policy_id, log=context.log.info)
         samples = df[df.origin == "sample"]
         return dg.MaterializeResult(
             metadata={
                 "candidates": len(df),
                 "sources": int(df.source_id.nunique()),
                 "distinct_rate": round(samples.pair_hash.nunique() / max(len(samples), 1), 4),
+                "policy": policy_id,
                 "path": dg.MetadataValue.path(str(store.candidates_file(grow, shard))),
                 "sample": md_table(samples.head(6)[["source", "hypothesis", "reference"]].to_dict("records")),
             }
@@ -95,6 +116,7 @@ def grow_assets(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetsDefinition
         group_name=name,
         deps=reward_deps,
         partitions_def=parts,
+        automation_condition=grow_condition(spec, grow),
         code_version=spec.section_hash("reward"),
         kinds={"parquet"},
         description=f"Grow {grow}: every candidate scored by each reward model (content-hash cached).",

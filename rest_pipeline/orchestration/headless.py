@@ -1,10 +1,45 @@
-"""Materialize an experiment's whole graph without the UI: unpartitioned assets first, then
-each shard partition of the Grow assets (Dagster runs one partition key per run)."""
+"""Materialize an experiment's whole graph without the UI, in dependency order.
+
+Dagster runs one partition key per run, so the graph is cut into stages: consecutive
+unpartitioned assets run together, and each Grow's shard-partitioned assets run once per
+shard. Every run lands in the same instance the web UI reads.
+"""
 
 import dagster as dg
 
 from rest_pipeline.orchestration.definitions import build_definitions
 from rest_pipeline.spec import ExperimentSpec
+
+
+def stages(defs: dg.Definitions) -> list[tuple[list[dg.AssetKey], dg.PartitionsDefinition | None]]:
+    """Topologically ordered groups of asset keys that can share a run."""
+    graph = defs.resolve_asset_graph()
+    by_key = {k: a for a in defs.assets for k in a.keys}
+    order: list[dg.AssetKey] = []
+    done: set[dg.AssetKey] = set()
+    pending = sorted(by_key, key=lambda k: k.to_user_string())
+    while pending:
+        ready = [k for k in pending if all(p in done or p not in by_key for p in graph.get(k).parent_keys)]
+        # Prefer finishing unpartitioned work before opening the next partitioned stage.
+        ready.sort(key=lambda k: by_key[k].partitions_def is not None)
+        key = ready[0]
+        order.append(key)
+        done.add(key)
+        pending.remove(key)
+    out: list[tuple[list[dg.AssetKey], dg.PartitionsDefinition | None]] = []
+    for key in order:
+        parts = by_key[key].partitions_def
+        if out and _same_partitions(out[-1][1], parts):
+            out[-1][0].append(key)
+        else:
+            out.append(([key], parts))
+    return out
+
+
+def _same_partitions(a: dg.PartitionsDefinition | None, b: dg.PartitionsDefinition | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return list(a.get_partition_keys()) == list(b.get_partition_keys())
 
 
 def materialize_experiment(
@@ -13,26 +48,18 @@ def materialize_experiment(
     defs = build_definitions([spec])
     everything = [*defs.assets, *defs.asset_checks]
     resources = resources or defs.resources
-    plain = [a for a in defs.assets if a.partitions_def is None]
-    parted = [a for a in defs.assets if a.partitions_def is not None]
     results = []
-
-    def run(assets: list[dg.AssetsDefinition], partition_key: str | None = None) -> dg.ExecuteInProcessResult:
-        keys = [k for a in assets for k in a.keys]
-        return dg.materialize(
-            everything,
-            instance=instance,
-            resources=resources,
-            raise_on_error=False,
-            selection=dg.AssetSelection.assets(*keys),
-            partition_key=partition_key,
-        )
-
-    results.append(run(plain))
-    if not results[-1].success or not parted:
-        return results
-    for key in parted[0].partitions_def.get_partition_keys():
-        results.append(run(parted, key))
-        if not results[-1].success:
-            break
+    for keys, parts in stages(defs):
+        for partition_key in parts.get_partition_keys() if parts else [None]:
+            result = dg.materialize(
+                everything,
+                instance=instance,
+                resources=resources,
+                raise_on_error=False,
+                selection=dg.AssetSelection.assets(*keys),
+                partition_key=partition_key,
+            )
+            results.append(result)
+            if not result.success:
+                return results
     return results

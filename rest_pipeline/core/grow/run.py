@@ -52,13 +52,19 @@ def grow_shard(
     policy_id: str,
     log: Log = print,
 ) -> pd.DataFrame:
-    """Sample and store one shard; an existing shard file is kept (resume without re-sampling)."""
-    if store.has_candidates(grow, shard):
-        log(f"grow {grow} shard {shard}: already in the store, not re-sampled")
-        return store.read_candidates(grow, shard)
+    """Sample and store one shard. A shard already sampled by the same policy with the same settings
+    is kept (resume without re-sampling); one from another policy or settings is replaced."""
     df = shard_of(grow_sources(spec, corpus_dir), spec.grow.shards, shard)
     settings = settings_for(spec, grow, shard)
     sampler = make_sampler(spec.grow.backend, policy_dir, spec.tokenizer.max_length)
+    decoding = f"{sampler.name}:{settings.describe()}"
+    if store.has_candidates(grow, shard):
+        old = store.read_candidates(grow, shard)
+        made_by = old[old.origin == "sample"][["policy", "decoding"]].drop_duplicates()
+        if made_by.values.tolist() == [[policy_id, decoding]] and set(old.source_id) == set(df.source_id):
+            log(f"grow {grow} shard {shard}: already in the store, not re-sampled")
+            return old
+        log(f"grow {grow} shard {shard}: stored shard came from {made_by.values.tolist()}; re-sampling")
     step = max(len(df) // 10, 1)
 
     def progress(done: int, total: int) -> None:
@@ -77,7 +83,7 @@ def grow_shard(
         references=list(df.target),
         samples=samples,
         policy=policy_id,
-        decoding=f"{sampler.name}:{settings.describe()}",
+        decoding=decoding,
         include_references=spec.grow.include_references,
     )
 

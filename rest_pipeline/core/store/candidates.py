@@ -14,6 +14,7 @@ file, so no locking is needed; DuckDB only reads (`:memory:` connections with vi
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -177,6 +178,18 @@ class CandidateStore:
             out.to_parquet(tmp, index=False)
         return ScoreReport(candidates=len(keys), unique_inputs=len(set(keys)), newly_scored=len(todo_items), path=path)
 
+    # -- lineage of Improve checkpoints ------------------------------------------------------
+    def lineage_file(self, grow: int, step: int) -> Path:
+        return self.root / "lineage" / f"grow={grow}" / f"improve={step}" / "part.parquet"
+
+    def write_lineage(self, grow: int, step: int, record: dict) -> Path:
+        """One row per Improve checkpoint, so the chain survives outside Dagster (view `lineage`)."""
+        row = {k: (json.dumps(v) if isinstance(v, dict | list) else v) for k, v in record.items()}
+        path = self.lineage_file(grow, step)
+        with atomic_path(path) as tmp:
+            pd.DataFrame([row]).drop(columns=["grow", "step"], errors="ignore").to_parquet(tmp, index=False)
+        return path
+
     # -- queries -----------------------------------------------------------------------------
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with views `candidates`, `scores` and `scored`."""
@@ -206,6 +219,17 @@ class CandidateStore:
             )
         else:
             con.execute("CREATE VIEW scored AS SELECT * FROM candidates")
+        if list(self.root.glob("lineage/*/*/*.parquet")):
+            lin = self.root / "lineage" / "*" / "*" / "*.parquet"
+            con.execute(
+                f"CREATE VIEW lineage AS SELECT * RENAME (improve AS step) FROM "
+                f"read_parquet('{lin}', hive_partitioning=true, union_by_name=true)"
+            )
+        if list(self.root.glob("slices/*/*/*.parquet")):
+            sl = self.root / "slices" / "*" / "*" / "*.parquet"
+            con.execute(
+                f"CREATE VIEW slices AS SELECT * EXCLUDE (improve) FROM read_parquet('{sl}', hive_partitioning=true)"
+            )
         return con
 
     def query(self, sql: str) -> pd.DataFrame:

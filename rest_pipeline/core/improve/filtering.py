@@ -1,0 +1,151 @@
+"""Improve's filter: which candidates of a grow clear this step's bar.
+
+Three rules from the paper's ablation, all evaluated by DuckDB over the candidate store:
+a global threshold, a per-source percentile, and a per-source interpolated bar
+tau_s = gamma * max_s + (1 - gamma) * mean_s. The original pairs can be mixed back in
+whatever their reward. A slice is persisted as Parquet in the store (queryable beside the
+candidates) with a JSON summary of what was kept.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from rest_pipeline.core.paths import atomic_path
+from rest_pipeline.core.store.candidates import CandidateStore
+
+
+class FilterError(ValueError):
+    """The store does not hold what a slice needs (missing scores, unknown rule)."""
+
+
+@dataclass(frozen=True)
+class SliceStats:
+    grow: int
+    step: int
+    rule: str  # threshold | percentile | interpolated
+    parameter: float  # tau, percentile p, or gamma
+    reward: str
+    candidates: int  # |D_g|
+    mean_reward: float  # mean reward over D_g
+    kept: int  # rows in the slice (filtered + mixed-in originals)
+    kept_samples: int
+    kept_fraction: float  # kept samples / all samples
+    kept_originals: int
+    mean_reward_kept: float | None
+    sources: int
+    sources_covered: int  # sources with at least one candidate that cleared the bar
+    skip_reason: str | None  # why the step should not train (then the slice is empty)
+    path: str
+
+
+def slice_dir(store: CandidateStore, grow: int, step: int) -> Path:
+    return store.root / "slices" / f"grow={grow}" / f"improve={step}"
+
+
+def _keep_expression(rule: str, parameter: float) -> str:
+    if rule == "threshold":
+        return f"reward >= {float(parameter)!r}"
+    if rule == "percentile":
+        q = float(parameter) / 100.0
+        return f"reward >= quantile_cont(reward, {q!r}) OVER (PARTITION BY source_id)"
+    if rule == "interpolated":
+        g = float(parameter)
+        return f"reward >= {g!r} * max(reward) OVER w + {1 - g!r} * avg(reward) OVER w"
+    raise FilterError(f"improve.filter: unknown rule '{rule}' (threshold, percentile, interpolated)")
+
+
+def select(
+    store: CandidateStore, grow: int, reward: str, rule: str, parameter: float, mix_originals: bool
+) -> pd.DataFrame:
+    """The rows of D_g that clear the bar (`kept_by`='filter') plus, if asked, the originals ('original')."""
+    if not reward.isidentifier():
+        raise FilterError(f"reward name '{reward}' cannot be used as a column")
+    con = store.connect()
+    cols = set(con.execute("SELECT * FROM scored LIMIT 0").df().columns)
+    if f"reward_{reward}" not in cols:
+        raise FilterError(f"{store.root}: no '{reward}' scores in the store; materialize grow_{grow}/rewards first")
+    dg = con.execute(
+        f"SELECT candidate_id, source_id, source, hypothesis, origin, reward_{reward} AS reward "
+        f"FROM scored WHERE grow = {int(grow)}"
+    ).df()
+    if dg.empty:
+        raise FilterError(f"{store.root}: grow {grow} has no candidates")
+    missing = int(dg.reward.isna().sum())
+    if missing:
+        raise FilterError(f"{store.root}: {missing} candidates of grow {grow} have no '{reward}' score")
+    con.register("dg", dg)
+    keep = _keep_expression(rule, parameter)
+    window = " WINDOW w AS (PARTITION BY source_id)" if rule == "interpolated" else ""
+    mixed = "WHEN origin = 'reference' THEN 'original' " if mix_originals else ""
+    return con.execute(
+        f"SELECT * FROM (SELECT *, CASE WHEN {keep} THEN 'filter' {mixed}END AS kept_by FROM dg{window}) "
+        "WHERE kept_by IS NOT NULL ORDER BY candidate_id"
+    ).df()
+
+
+def build_slice(
+    store: CandidateStore,
+    grow: int,
+    step: int,
+    reward: str,
+    rule: str,
+    parameter: float,
+    *,
+    mix_originals: bool = True,
+    require_above_mean: bool = False,
+) -> SliceStats:
+    """Select, persist (atomically) and summarise the training slice of Improve step `step` of `grow`."""
+    rows = select(store, grow, reward, rule, parameter, mix_originals)  # validates the reward name
+    dg = store.query(f"SELECT origin, source_id, reward_{reward} AS reward FROM scored WHERE grow = {int(grow)}")
+    mean = float(dg.reward.mean())
+    skip = None
+    if require_above_mean and rule == "threshold" and parameter <= mean:
+        skip = (
+            f"threshold {parameter} is not above the mean reward of D_g ({mean:.3f}); "
+            "the paper starts the schedule above it"
+        )
+    filtered = rows[rows.kept_by == "filter"]
+    if skip is None and filtered.empty:
+        skip = f"empty slice: no candidate of grow {grow} has {reward} reward clearing {rule} {parameter}"
+    if skip is not None:
+        rows = rows.iloc[0:0]
+        filtered = rows
+    samples = int((dg.origin == "sample").sum())
+    kept_samples = int((filtered.origin == "sample").sum())
+    out = slice_dir(store, grow, step)
+    with atomic_path(out / "part.parquet") as tmp:
+        rows.assign(step=step).to_parquet(tmp, index=False)
+    stats = SliceStats(
+        grow=grow,
+        step=step,
+        rule=rule,
+        parameter=float(parameter),
+        reward=reward,
+        candidates=len(dg),
+        mean_reward=round(mean, 5),
+        kept=len(rows),
+        kept_samples=kept_samples,
+        kept_fraction=round(kept_samples / samples, 5) if samples else 0.0,
+        kept_originals=int((rows.kept_by == "original").sum()),
+        mean_reward_kept=round(float(rows.reward.mean()), 5) if len(rows) else None,
+        sources=int(dg.source_id.nunique()),
+        sources_covered=int(filtered.source_id.nunique()),
+        skip_reason=skip,
+        path=str(out / "part.parquet"),
+    )
+    with atomic_path(out / "slice.json") as tmp:
+        tmp.write_text(json.dumps(asdict(stats), indent=1))
+    return stats
+
+
+def read_slice(store: CandidateStore, grow: int, step: int) -> tuple[SliceStats, pd.DataFrame]:
+    out = slice_dir(store, grow, step)
+    if not (out / "slice.json").is_file():
+        raise FilterError(f"{out}: slice of grow {grow} improve {step} not materialized")
+    stats = SliceStats(**json.loads((out / "slice.json").read_text()))
+    return stats, pd.read_parquet(out / "part.parquet")

@@ -1,0 +1,165 @@
+"""The experiment report: Markdown plus PNG plots, built only from what the run stored on disk."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from rest_pipeline.core.base_policy import Layout  # noqa: E402
+from rest_pipeline.core.evaluation.evaluate import read_scores  # noqa: E402
+from rest_pipeline.core.improve.evaluation import read_summary  # noqa: E402
+from rest_pipeline.core.improve.step import read_step  # noqa: E402
+from rest_pipeline.core.paths import atomic_path  # noqa: E402
+from rest_pipeline.core.store.candidates import CandidateStore  # noqa: E402
+from rest_pipeline.spec import ExperimentSpec  # noqa: E402
+
+
+def checkpoint_rows(spec: ExperimentSpec, layout: Layout, train_reward: str, independent: str | None) -> list[dict]:
+    """One row per checkpoint of the chain: BC, then every Improve step in order."""
+    rows = []
+    steps = [(0, 0)] + [(g, i) for g in range(1, spec.improve.grows + 1) for i in range(1, spec.improve.steps + 1)]
+    for g, i in steps:
+        summary = read_summary(layout, g, i)
+        row: dict = {"checkpoint": "BC" if g == 0 else f"G={g} I={i}"}
+        if g:
+            rec = read_step(layout, g, i)
+            row.update(
+                status=rec.status,
+                filter=f"{rec.slice_rule} {rec.slice_parameter:g}",
+                kept=rec.slice_kept,
+                kept_fraction=rec.slice_kept_fraction,
+                valid_reward_subset=rec.valid_reward,
+            )
+        else:
+            row.update(status="base", filter="-", kept="-", kept_fraction="-", valid_reward_subset="-")
+        for split, s in summary["splits"].items():
+            row[f"{split}_{train_reward}"] = s[f"reward_{train_reward}"]
+            if independent:
+                row[f"{split}_{independent}"] = s[f"reward_{independent}"]
+            row[f"{split}_bleu"] = s["bleu"]
+        row["distinct_samples"] = summary.get("diversity", {}).get("distinct_samples_per_source")
+        rows.append(row)
+    return rows
+
+
+def table1(rows: list[dict], spec: ExperimentSpec, train_reward: str) -> list[dict]:
+    """The paper's Table 1 shape: BC, G=1 first step, G=1 last trained step, ..., G=g last."""
+    out = [rows[0]]
+    for g in range(1, spec.improve.grows + 1):
+        mine = [r for r in rows if r["checkpoint"].startswith(f"G={g} ")]
+        trained = [r for r in mine if r["status"] == "improved"]
+        if trained:
+            out.append(trained[0])
+            if trained[-1] is not trained[0]:
+                out.append(trained[-1])
+        else:
+            out.append(mine[-1])
+    keys = ["checkpoint", f"valid_{train_reward}", f"test_{train_reward}", "test_bleu", "distinct_samples"]
+    return [{k: r.get(k) for k in keys} for r in out]
+
+
+def md_table(rows: Sequence[dict]) -> str:
+    if not rows:
+        return "(none)\n"
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def build_report(spec: ExperimentSpec, layout: Layout, train_reward: str, independent: str | None) -> Path:
+    out = layout.report
+    out.mkdir(parents=True, exist_ok=True)
+    rows = checkpoint_rows(spec, layout, train_reward, independent)
+    labels = [r["checkpoint"] for r in rows]
+    x = range(len(rows))
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for split in spec.evaluation.splits:
+        ax.plot(x, [r[f"{split}_{train_reward}"] for r in rows], marker="o", label=f"{split} {train_reward}")
+        if independent:
+            ax.plot(x, [r[f"{split}_{independent}"] for r in rows], marker="s", ls="--", label=f"{split} {independent}")
+    ax.set_xticks(list(x), labels, rotation=45, ha="right")
+    ax.set_ylabel("mean reward (greedy)")
+    ax.legend(fontsize=8)
+    ax.set_title("Reward per checkpoint")
+    _save(fig, out / "reward_per_checkpoint.png")
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for split in spec.evaluation.splits:
+        ax.plot(x, [r[f"{split}_bleu"] for r in rows], marker="o", label=f"{split} BLEU")
+    ax.set_xticks(list(x), labels, rotation=45, ha="right")
+    ax.set_ylabel("BLEU (sacrebleu, greedy)")
+    ax.legend(fontsize=8)
+    ax.set_title("BLEU per checkpoint")
+    _save(fig, out / "bleu_per_checkpoint.png")
+
+    store = CandidateStore(layout.store)
+    hist = store.query(f"SELECT grow, origin, reward_{train_reward} AS r FROM scored")
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for (g, origin), part in hist.groupby(["grow", "origin"]):
+        ax.hist(part.r, bins=40, range=(0, 1), histtype="step", density=True, label=f"grow {g} {origin}")
+    ax.set_xlabel(f"{train_reward} reward")
+    ax.legend(fontsize=8)
+    ax.set_title("Reward histograms per grow")
+    _save(fig, out / "reward_histograms.png")
+
+    bon = json.loads((layout.best_of_n / "curves.json").read_text())
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label in ("bc", "rest"):
+        curve = bon[label]["curve"]
+        ns = sorted(curve, key=int)
+        ax.plot([int(n) for n in ns], [curve[n] for n in ns], marker="o", label=label.upper())
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("N (samples per source)")
+    ax.set_ylabel(f"best-of-N {train_reward} reward (valid)")
+    ax.legend()
+    ax.set_title("Best-of-N")
+    _save(fig, out / "best_of_n.png")
+
+    bc_eval = read_scores(layout.base_eval)
+    kept = store.query(
+        "SELECT grow, count(*) AS candidates, count(DISTINCT source_id) AS sources, "
+        "avg(CASE WHEN origin = 'sample' THEN 1 ELSE 0 END) AS sample_share FROM candidates GROUP BY grow ORDER BY grow"
+    )
+    text = [
+        f"# ReST report: experiment `{spec.name}`\n",
+        f"{spec.description}\n",
+        f"Training reward: `{train_reward}`; independent reward: `{independent}`. All rewards are means over the "
+        "split of greedy outputs, on [0, 1]. BLEU/chrF: sacrebleu corpus scores of the same outputs.\n",
+        "## Table 1 (the paper's shape)\n",
+        md_table(table1(rows, spec, train_reward)),
+        "\n## Every checkpoint\n",
+        md_table(rows),
+        "\n![reward](reward_per_checkpoint.png)\n\n![bleu](bleu_per_checkpoint.png)\n",
+        "\n## Grows\n",
+        md_table(kept.to_dict("records")),
+        "\n![histograms](reward_histograms.png)\n",
+        "\n## Best-of-N on valid\n",
+        md_table([{"N": n, "BC": bon["bc"]["curve"][str(n)], "ReST": bon["rest"]["curve"][str(n)]} for n in bon["ns"]]),
+        f"\nReST at small N reaches BC at a larger N: **{bon['rest_small_n_reaches_bc_larger_n']}** "
+        f"({json.dumps(bon['matching'])})\n",
+        "\n![best-of-n](best_of_n.png)\n",
+        "\n## BC policy, beam and greedy (base_policy_eval)\n",
+        md_table([{k: v for k, v in r.items() if k in ("split", "decoding", "bleu", "chrf")} for r in bc_eval]),
+    ]
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text("\n".join(text))
+    with atomic_path(out / "report.json") as tmp:
+        tmp.write_text(
+            json.dumps({"checkpoints": rows, "table1": table1(rows, spec, train_reward), "best_of_n": bon}, indent=1)
+        )
+    return out / "report.md"

@@ -1,0 +1,99 @@
+"""Automation of ReST rounds: declarative conditions on everything downstream of Grow 1, one
+automation sensor per experiment, and an optional cron schedule that starts one Grow per tick.
+
+Nothing upstream of Grow 1's rewards carries a condition, so turning automation on never
+starts BC training or a reward model by itself; and every condition requires the blocking
+checks of the inputs to have passed, so a failed check (reward hacking, lineage) stops the
+loop where it failed.
+"""
+
+import dagster as dg
+
+from rest_pipeline.core.improve.evaluation import read_summary
+from rest_pipeline.core.improve.step import parent_of
+from rest_pipeline.orchestration.resources import RestStorage
+from rest_pipeline.spec import ExperimentSpec
+
+
+def step_condition(spec: ExperimentSpec) -> dg.AutomationCondition | None:
+    """Condition for Improve slices, checkpoints, evaluations, Best-of-N and the report."""
+    if spec.automation.rounds == "manual":
+        return None
+    return dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+
+
+def grow_condition(spec: ExperimentSpec, grow: int) -> dg.AutomationCondition | None:
+    """Grow 1 is started by a person; later grows follow eagerly only in 'eager' mode."""
+    if grow == 1 or spec.automation.rounds != "eager":
+        return None
+    return step_condition(spec)
+
+
+def automation_sensor(spec: ExperimentSpec) -> dg.AutomationConditionSensorDefinition:
+    status = dg.DefaultSensorStatus.RUNNING if spec.automation.sensor_running else dg.DefaultSensorStatus.STOPPED
+    return dg.AutomationConditionSensorDefinition(
+        f"{spec.name}_rounds",
+        target=dg.AssetSelection.groups(spec.name),
+        default_status=status,
+        minimum_interval_seconds=30,
+        description=f"Runs the ReST rounds of '{spec.name}' after Grow 1: Improve steps, evaluations, "
+        f"{'the next Grow, ' if spec.automation.rounds == 'eager' else ''}Best-of-N and the report.",
+    )
+
+
+def next_grow(spec: ExperimentSpec, storage: RestStorage) -> tuple[int | None, str]:
+    """The grow a scheduled round should start, or why none should start."""
+    from rest_pipeline.core.improve.evaluation import hacking_verdict
+    from rest_pipeline.core.store.candidates import CandidateStore
+    from rest_pipeline.orchestration.improve_assets import independent_reward
+
+    layout = storage.layout(spec)
+    store = CandidateStore(layout.store)
+    for grow in range(2, spec.improve.grows + 1):
+        if all(store.has_candidates(grow, s) for s in range(spec.grow.shards)):
+            continue
+        last = parent_of(spec, grow, 1)
+        try:
+            summary, parent = read_summary(layout, *last), read_summary(layout, *parent_of(spec, *last))
+        except FileNotFoundError:
+            return None, f"grow {grow - 1} has not finished its Improve steps yet"
+        verdict = hacking_verdict(spec, summary, parent, spec.reward.model, independent_reward(spec))
+        if not verdict.passed:
+            return None, f"stopped: grow {grow - 1} failed the reward-hacking check ({verdict.explanation})"
+        return grow, f"grow {grow - 1} finished and passed its checks"
+    return None, f"all {spec.improve.grows} grows are materialized"
+
+
+def round_schedule(spec: ExperimentSpec) -> dg.ScheduleDefinition | None:
+    if spec.automation.rounds != "schedule" or spec.improve.grows < 2:
+        return None
+    keys = [
+        dg.AssetKey([spec.name, f"grow_{g}", a])
+        for g in range(2, spec.improve.grows + 1)
+        for a in ("candidates", "rewards")
+    ]
+
+    @dg.schedule(
+        name=f"{spec.name}_nightly_round",
+        cron_schedule=spec.automation.cron,
+        target=dg.AssetSelection.assets(*keys),
+        default_status=dg.DefaultScheduleStatus.RUNNING
+        if spec.automation.sensor_running
+        else dg.DefaultScheduleStatus.STOPPED,
+        description=f"Starts the next Grow of '{spec.name}' once per tick ({spec.automation.cron}).",
+    )
+    def nightly_round(context: dg.ScheduleEvaluationContext):
+        grow, why = next_grow(spec, RestStorage())
+        if grow is None:
+            return dg.SkipReason(why)
+        selection = [dg.AssetKey([spec.name, f"grow_{grow}", a]) for a in ("candidates", "rewards")]
+        return [
+            dg.RunRequest(
+                run_key=f"{spec.name}-grow{grow}-{key}-{context.scheduled_execution_time:%Y%m%d%H%M}",
+                partition_key=key,
+                asset_selection=selection,
+            )
+            for key in (f"{s:04d}" for s in range(spec.grow.shards))
+        ]
+
+    return nightly_round

@@ -1,0 +1,114 @@
+"""Improve's filter over a real candidate store: thresholds, percentiles, interpolation, mixing
+the originals back in, empty slices and the paper's 'first threshold above the mean'."""
+
+import json
+
+import numpy as np
+import pytest
+
+from rest_pipeline.core.improve.filtering import FilterError, build_slice, read_slice, select
+from rest_pipeline.core.store.candidates import CandidateStore
+
+# Per source: four samples and the reference, each hypothesis spelling its own reward.
+REWARDS = {
+    "s0": ([0.1, 0.5, 0.8, 0.9], 0.95),
+    "s1": ([0.2, 0.3, 0.4, 0.6], 0.7),
+    "s2": ([0.0, 0.0, 0.05, 0.1], 0.2),
+}
+
+
+class SpelledReward:
+    """A user-defined scorer: the reward is written in the hypothesis ('h0.8' -> 0.8)."""
+
+    name = "spelled"
+    version = "v1"
+    needs_reference = False
+    normalisation = "identity"
+
+    def score(self, sources, hypotheses, references):
+        return np.array([float(h.split(":")[1]) for h in hypotheses])
+
+
+@pytest.fixture
+def store(tmp_path) -> CandidateStore:
+    store = CandidateStore(tmp_path / "store")
+    ids = list(REWARDS)
+    store.write_candidates(
+        experiment="t",
+        grow=1,
+        shard=0,
+        source_ids=ids,
+        sources=[f"src {i}" for i in ids],
+        references=[f"{i} ref:{REWARDS[i][1]}" for i in ids],
+        samples=[[f"{i} h{k}:{r}" for k, r in enumerate(REWARDS[i][0])] for i in ids],
+        policy="p",
+        decoding="d",
+    )
+    store.score_shard(SpelledReward(), 1, 0)
+    return store
+
+
+def kept(rows) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for sid, r in zip(rows.source_id, rows.reward, strict=True):
+        out.setdefault(sid, []).append(round(r, 3))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_global_threshold_keeps_rewards_at_or_above_tau(store):
+    rows = select(store, 1, "spelled", "threshold", 0.5, mix_originals=False)
+    assert kept(rows) == {"s0": [0.5, 0.8, 0.9, 0.95], "s1": [0.6, 0.7]}
+    assert set(rows.kept_by) == {"filter"}
+
+
+def test_mixing_originals_adds_every_reference_whatever_its_reward(store):
+    rows = select(store, 1, "spelled", "threshold", 0.5, mix_originals=True)
+    assert kept(rows) == {"s0": [0.5, 0.8, 0.9, 0.95], "s1": [0.6, 0.7], "s2": [0.2]}
+    assert rows[rows.source_id == "s2"].kept_by.tolist() == ["original"]
+    # A reference that clears the bar is counted as kept by the filter, not twice.
+    assert len(rows) == 7
+
+
+def test_per_source_percentile(store):
+    rows = select(store, 1, "spelled", "percentile", 50, mix_originals=False)
+    assert kept(rows) == {"s0": [0.8, 0.9, 0.95], "s1": [0.4, 0.6, 0.7], "s2": [0.05, 0.1, 0.2]}
+
+
+def test_per_source_interpolated_bar(store):
+    # tau_s = 0.5 * max + 0.5 * mean: s0 0.8, s1 0.57, s2 0.135
+    rows = select(store, 1, "spelled", "interpolated", 0.5, mix_originals=False)
+    assert kept(rows) == {"s0": [0.8, 0.9, 0.95], "s1": [0.6, 0.7], "s2": [0.2]}
+    everything = select(store, 1, "spelled", "interpolated", 0.0, mix_originals=False)
+    assert all(min(v) >= 0 for v in kept(everything).values())
+
+
+def test_slice_is_persisted_with_its_statistics(store):
+    stats = build_slice(store, 1, 2, "spelled", "threshold", 0.5, mix_originals=True)
+    assert (stats.kept, stats.kept_samples, stats.kept_originals) == (7, 4, 1)
+    assert stats.kept_fraction == pytest.approx(4 / 12, abs=1e-5)
+    assert stats.sources == 3 and stats.sources_covered == 2
+    assert stats.mean_reward == pytest.approx(np.mean([r for s, ref in REWARDS.values() for r in [*s, ref]]), abs=1e-4)
+    assert stats.skip_reason is None
+    again, rows = read_slice(store, 1, 2)
+    assert again == stats and len(rows) == 7
+    assert json.loads((store.root / "slices" / "grow=1" / "improve=2" / "slice.json").read_text())["kept"] == 7
+
+
+def test_empty_slice_is_a_skip_not_a_crash(store):
+    stats = build_slice(store, 1, 1, "spelled", "threshold", 0.99, mix_originals=True)
+    assert stats.kept == 0 and stats.skip_reason.startswith("empty slice")
+    assert len(read_slice(store, 1, 1)[1]) == 0
+
+
+def test_threshold_not_above_the_mean_is_skipped_when_asked(store):
+    mean = np.mean([r for s, ref in REWARDS.values() for r in [*s, ref]])  # 0.387
+    stats = build_slice(store, 1, 1, "spelled", "threshold", 0.3, require_above_mean=True)
+    assert stats.skip_reason and "not above the mean" in stats.skip_reason and f"{mean:.3f}" in stats.skip_reason
+    assert build_slice(store, 1, 1, "spelled", "threshold", 0.5, require_above_mean=True).skip_reason is None
+
+
+def test_missing_scores_name_the_reward_and_grow(store):
+    with pytest.raises(FilterError, match="no 'chrf' scores.*grow_1/rewards"):
+        select(store, 1, "chrf", "threshold", 0.5, mix_originals=True)
+    with pytest.raises(FilterError, match="grow 2 has no candidates"):
+        select(store, 2, "spelled", "threshold", 0.5, mix_originals=True)

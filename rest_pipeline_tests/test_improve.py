@@ -1,0 +1,119 @@
+"""Improve steps on a real tiny model: a step that helps is kept, one that does not hands its
+parent on and stops the grow, an empty slice skips without training; lineage is complete."""
+
+import pandas as pd
+
+from rest_pipeline.core.base_policy import Layout
+from rest_pipeline.core.improve.filtering import build_slice
+from rest_pipeline.core.improve.step import checkpoint_of, lineage, read_step, run_improve_step
+from rest_pipeline.core.policy.model import save_policy
+from rest_pipeline.core.rewards.base import ChrFReward
+from rest_pipeline.core.store.candidates import CandidateStore
+from rest_pipeline.spec import DataSpec, ExperimentSpec, ImproveSpec, ImproveTrainSpec, TokenizerSpec
+from rest_pipeline_tests.synthetic import pairs, tiny_model, tokenizer_dir
+
+
+def make_experiment(
+    tmp_path, thresholds, lr_decay=1.0, include_references=True
+) -> tuple[ExperimentSpec, Layout, ChrFReward]:
+    spec = ExperimentSpec(
+        name="t",
+        seed=3,
+        data=DataSpec(dataset="synthetic", source_lang="x", target_lang="y", train="train", valid="v", test="t"),
+        tokenizer=TokenizerSpec(vocab_size=41, max_length=32),
+        improve=ImproveSpec(
+            grows=1,
+            thresholds=thresholds,
+            first_threshold_above_mean=False,
+            mix_originals=True,
+            lr_decay=lr_decay,
+            train=ImproveTrainSpec(
+                max_tokens=200,
+                epochs=50,
+                max_steps=150,
+                time_budget_minutes=None,
+                lr=5e-3,
+                warmup_steps=20,
+                validate_every_steps=50,
+                validate_pairs=30,
+                label_smoothing=0.0,
+                save_every_steps=50,
+            ),
+        ),
+    )
+    layout = Layout(tmp_path / "exp")
+    model, tok = tiny_model(tokenizer_dir(tmp_path), seed=1)  # untrained: the BC policy is poor
+    save_policy(model, tok, layout.base_policy)
+    src, tgt = pairs(200, seed=5)
+    layout.corpus.mkdir(parents=True)
+    for role, (s, t) in {"train": (src, tgt), "valid": pairs(30, seed=6)}.items():
+        pd.DataFrame({"source_id": [f"{role}{i}" for i in range(len(s))], "source": s, "target": t}).to_parquet(
+            layout.corpus / f"{role}.parquet"
+        )
+    # Grow 1 stand-in: one poor sample per source (a scrambled target) plus the reference pair.
+    store = CandidateStore(layout.store)
+    store.write_candidates(
+        experiment="t",
+        grow=1,
+        shard=0,
+        source_ids=[f"train{i}" for i in range(len(src))],
+        sources=src,
+        references=tgt,
+        samples=[[" ".join(reversed(t.split())) + " x"] for t in tgt],
+        policy="base@x",
+        decoding="hf:n=1",
+        include_references=include_references,
+    )
+    reward = ChrFReward()
+    store.score_shard(reward, 1, 0)
+    return spec, layout, reward
+
+
+def test_improve_chain_keeps_improvements_and_stops_when_they_end(tmp_path):
+    # Step 1 learns (lr 5e-3); step 2 has a vanishing lr (decay 1e-6) so it cannot beat its parent.
+    spec, layout, reward = make_experiment(tmp_path, [0.5, 0.6, 0.7], lr_decay=1e-6)
+    store = CandidateStore(layout.store)
+    for step, tau in enumerate(spec.improve.thresholds, start=1):
+        build_slice(store, 1, step, "chrf", "threshold", tau, mix_originals=True)
+
+    first = run_improve_step(spec, layout, 1, 1, reward, log=lambda m: None)
+    assert first.status == "improved"
+    assert first.valid_reward > first.parent_valid_reward
+    assert first.parent == "base" and first.parent_checkpoint == str(layout.base_policy)
+    assert first.checkpoint == first.trained_checkpoint != str(layout.base_policy)
+    assert first.slice_kept > 0 and first.train_steps == 150 and first.lr == 5e-3
+
+    second = run_improve_step(spec, layout, 1, 2, reward, log=lambda m: None)
+    assert second.status == "not_improved"
+    assert second.parent == "grow_1/improve_1"
+    assert second.checkpoint == first.checkpoint  # hands its parent on
+    assert second.valid_reward == first.valid_reward
+
+    third = run_improve_step(spec, layout, 1, 3, reward, log=lambda m: None)
+    assert third.status == "skipped" and "stopped improving at step 2" in third.skip_reason
+    assert third.trained_checkpoint is None
+    assert not (layout.improve_dir(1, 3) / "training").exists()
+    assert checkpoint_of(layout, 1, 3).as_posix() == first.checkpoint
+
+    chain = lineage(spec, layout, 1, 3)
+    assert [(r.grow, r.step, r.parent) for r in chain] == [
+        (1, 3, "grow_1/improve_2"),
+        (1, 2, "grow_1/improve_1"),
+        (1, 1, "base"),
+    ]
+    for rec in chain:
+        assert rec.reward_model == "chrf" and rec.reward_version.startswith("sacrebleu-")
+        assert rec.slice_path and rec.slice_hash and rec.corpus_hash and rec.grow_decoding == "hf:n=1"
+    # Re-running a finished step reuses its training instead of training again.
+    again = run_improve_step(spec, layout, 1, 1, reward, log=lambda m: None)
+    assert again.checkpoint_hash == first.checkpoint_hash and read_step(layout, 1, 1).status == "improved"
+
+
+def test_empty_slice_skips_the_step_without_training(tmp_path):
+    spec, layout, reward = make_experiment(tmp_path, [0.99], include_references=False)
+    stats = build_slice(CandidateStore(layout.store), 1, 1, "chrf", "threshold", 0.99, mix_originals=False)
+    assert stats.kept == 0 and stats.skip_reason.startswith("empty slice")
+    rec = run_improve_step(spec, layout, 1, 1, reward, log=lambda m: None)
+    assert rec.status == "skipped" and rec.skip_reason == stats.skip_reason
+    assert rec.checkpoint == str(layout.base_policy) and rec.trained_checkpoint is None
+    assert not (layout.improve_dir(1, 1) / "training").exists()
