@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rest_pipeline.core.grow.sampling import HFSampler, SamplingSettings, sample_candidates
+from rest_pipeline.core.grow.sampling import CT2Sampler, HFSampler, SamplingSettings, sample_candidates
 from rest_pipeline.core.policy.generate import pad
 from rest_pipeline.core.rewards.base import ChrFReward
 from rest_pipeline.core.store.candidates import CandidateStore, canned_query
@@ -55,12 +55,17 @@ def bench_sampling(policy: Path, sources: list[str], n: int, repeats: int) -> di
     settings = SamplingSettings(samples_per_source=n, temperature=0.8, max_new_tokens=128, seed=1)
     ours = timed(lambda: sample_candidates(sampler, sources, settings, batch_tokens=4000), repeats)
     base = timed(lambda: naive_hf(sampler, sources, settings), repeats)
+    ct2 = CT2Sampler(policy)
+    fast = timed(lambda: sample_candidates(ct2, sources, settings, batch_tokens=4000), repeats)
     total = len(sources) * n
     return {
         "candidates": total,
+        "device": ct2.device,
         "ours_cand_per_s": total / statistics.median(ours),
+        "ct2_cand_per_s": total / statistics.median(fast),
         "naive_cand_per_s": total / statistics.median(base),
         "speedup": statistics.median(base) / statistics.median(ours),
+        "ct2_speedup_vs_naive_hf": statistics.median(base) / statistics.median(fast),
     }
 
 
