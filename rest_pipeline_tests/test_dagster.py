@@ -52,6 +52,7 @@ def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir):
         }
         assert all(c.passed for c in later if c.check_name != "slice_usable")
         _assert_rest_chain(instance, tmp_path / "home" / "experiments" / "smoke", spec)
+        _assert_threshold_change_stales_exactly_downstream(instance, spec)
         meta = instance.get_latest_materialization_event(
             dg.AssetKey(["smoke", "base_policy_eval"])
         ).asset_materialization.metadata
@@ -117,10 +118,45 @@ def _assert_rest_chain(instance: dg.DagsterInstance, root: Path, spec) -> None:
     assert curve["1"] <= curve["2"] <= curve["4"]
     for png in ("reward_per_checkpoint", "bleu_per_checkpoint", "reward_histograms", "best_of_n"):
         assert (layout.report / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+    # `rest lineage` (the store's lineage table) and Dagster's asset graph tell the same chain.
+    from rest_pipeline.core.improve.lineage import store_chain
+    from rest_pipeline.orchestration.lineage import dagster_chain
+
+    table = store_chain(CandidateStore(layout.store), spec, 2, 2)
+    graph_rows = dagster_chain(instance, spec, 2, 2)
+    assert [(int(r.grow), int(r.step), r.parent, r.checkpoint, r.checkpoint_hash) for r in table.itertuples()] == [
+        (r["grow"], r["step"], r["parent"], r["path"], r["data_version"]) for r in graph_rows
+    ]
     eval_meta = instance.get_latest_materialization_event(
         dg.AssetKey(["smoke", "grow_2", "improve_2", "eval"])
     ).asset_materialization.metadata
     assert {"valid_reward_learned", "test_reward_chrf", "test_bleu", "distinct_samples_per_source"} <= set(eval_meta)
+
+
+def _assert_threshold_change_stales_exactly_downstream(instance: dg.DagsterInstance, spec) -> None:
+    from dagster._core.definitions.data_version import StaleStatus
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    def statuses(s) -> dict[str, StaleStatus]:
+        assets = build_definitions([s]).assets
+        resolver = get_stale_status_resolver(instance, assets)
+        keys = {
+            "g1i1_slice": ["grow_1", "improve_1", "slice"],
+            "g1i1_policy": ["grow_1", "improve_1", "policy"],
+            "g1i2_slice": ["grow_1", "improve_2", "slice"],
+            "g1i2_policy": ["grow_1", "improve_2", "policy"],
+            "g1i2_eval": ["grow_1", "improve_2", "eval"],
+            "base": ["base_policy"],
+            "report": ["report"],
+        }
+        return {name: resolver.get_status(dg.AssetKey(["smoke", *k])) for name, k in keys.items()}
+
+    before = statuses(spec)
+    assert before["g1i1_slice"] == before["g1i1_policy"] == before["g1i2_slice"] == StaleStatus.FRESH, before
+    raised = spec.model_copy(update={"improve": spec.improve.model_copy(update={"thresholds": [0.2, 0.45]})})
+    after = statuses(raised)
+    assert after["g1i1_slice"] == after["g1i1_policy"] == after["base"] == StaleStatus.FRESH, after
+    assert after["g1i2_slice"] == after["g1i2_policy"] == after["g1i2_eval"] == after["report"] == StaleStatus.STALE
 
 
 def test_asset_graph_lineage_and_groups():
@@ -169,3 +205,18 @@ def test_cli_rejects_bad_spec_with_field_and_file(tmp_path):
     )
     assert proc.returncode == 2
     assert str(bad) in proc.stderr and "bc.epochs" in proc.stderr
+
+
+def test_a_new_spec_file_becomes_its_own_group(tmp_path, monkeypatch):
+    """No Python to edit: a YAML in REST_EXPERIMENTS_DIR is picked up with its own keys and folder."""
+    text = (ROOT / "rest_pipeline" / "experiments" / "smoke.yaml").read_text()
+    (tmp_path / "mine.yaml").write_text(text.replace("seed: 7", "seed: 8"))
+    monkeypatch.setenv("REST_EXPERIMENTS_DIR", str(tmp_path))
+    defs = build_definitions()
+    groups = {n.group_name for n in defs.resolve_asset_graph().asset_nodes}
+    assert {"default", "smoke", "mine"} <= groups
+    mine = defs.resolve_asset_graph().get(dg.AssetKey(["mine", "grow_2", "improve_1", "policy"]))
+    assert dg.AssetKey(["mine", "grow_1", "improve_2", "policy"]) in mine.parent_keys
+    assert {s.name for s in defs.sensors} >= {"smoke_rounds", "mine_rounds"}
+    storage = RestStorage(home=str(tmp_path / "home"))
+    assert storage.layout(load_spec(tmp_path / "mine.yaml")).root != storage.layout(load_spec(find_spec("smoke"))).root

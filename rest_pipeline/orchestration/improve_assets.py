@@ -20,6 +20,16 @@ from rest_pipeline.orchestration.resources import RestStorage
 from rest_pipeline.spec import ExperimentSpec
 
 
+def improve_version(spec: ExperimentSpec, *fields: str, sections: tuple[str, ...] = ()) -> str:
+    """Code version from only the spec fields an asset reads, so a change stales exactly its dependents."""
+    import hashlib
+
+    payload = {f: getattr(spec.improve, f) for f in fields}
+    text = json.dumps(payload, sort_keys=True, default=lambda o: o.model_dump(mode="json"))
+    own = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return f"{spec.section_hash(*sections)[:12]}-{own}" if sections else own
+
+
 def slice_key(spec: ExperimentSpec, grow: int, step: int) -> dg.AssetKey:
     return dg.AssetKey([spec.name, f"grow_{grow}", f"improve_{step}", "slice"])
 
@@ -56,7 +66,10 @@ def base_rewards_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
         group_name=spec.name,
         automation_condition=step_condition(spec),
         deps=[policy_key(spec, 0, 0), *_reward_deps(spec)],
-        code_version=spec.section_hash("reward", "evaluation") + "-eval-v1",
+        code_version=improve_version(
+            spec, "diversity_samples", "diversity_sources", sections=("reward", "evaluation", "grow")
+        )
+        + "-eval-v1",
         pool=GPU_POOL,
         kinds={"sacrebleu", "comet"},
         description="The BC policy under the same evaluation as every Improve checkpoint: rewards, BLEU, chrF, "
@@ -121,7 +134,10 @@ def improve_step_assets(spec: ExperimentSpec, grow: int, step: int) -> list[dg.A
         group_name=name,
         automation_condition=step_condition(spec),
         deps=[slice_key(spec, grow, step), policy_key(spec, *parent), eval_key(spec, *parent), *_reward_deps(spec)],
-        code_version=spec.section_hash("improve", "reward") + f"-seed{spec.seed}",
+        code_version=improve_version(
+            spec, "loss", "train", "lr_decay", "min_improvement", "steps", sections=("reward",)
+        )
+        + f"-step{(grow - 1) * imp.steps + step}-seed{spec.seed}",
         pool=GPU_POOL,
         retry_policy=dg.RetryPolicy(max_retries=1),
         kinds={"pytorch", "transformers"},
@@ -160,7 +176,10 @@ def improve_step_assets(spec: ExperimentSpec, grow: int, step: int) -> list[dg.A
         group_name=name,
         automation_condition=step_condition(spec),
         deps=[policy_key(spec, grow, step), eval_key(spec, *parent), *_reward_deps(spec)],
-        code_version=spec.section_hash("reward", "evaluation", "improve") + "-eval-v1",
+        code_version=improve_version(
+            spec, "diversity_samples", "diversity_sources", sections=("reward", "evaluation", "grow")
+        )
+        + "-eval-v1",
         pool=GPU_POOL,
         kinds={"sacrebleu", "comet"},
         description=f"Grow {grow}, Improve {step}: rewards, BLEU, chrF and diversity of the checkpoint.",
@@ -181,7 +200,7 @@ def best_of_n_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
         group_name=spec.name,
         automation_condition=step_condition(spec),
         deps=[policy_key(spec, 0, 0), policy_key(spec, *final), eval_key(spec, *final), *_reward_deps(spec)],
-        code_version=spec.section_hash("improve", "reward", "grow") + "-bon-v1",
+        code_version=improve_version(spec, "best_of_n", "best_of_n_sources", sections=("reward", "grow")) + "-bon-v1",
         pool=GPU_POOL,
         kinds={"comet"},
         description="Best-of-N reward on valid for the BC policy and the final ReST policy, "
