@@ -58,8 +58,8 @@ def table1(rows: list[dict], spec: ExperimentSpec, train_reward: str) -> list[di
             out.append(trained[0])
             if trained[-1] is not trained[0]:
                 out.append(trained[-1])
-        else:
-            out.append(mine[-1])
+        else:  # no step of this grow beat its parent: it hands on the previous grow's checkpoint
+            out.append({**mine[-1], "checkpoint": f"G={g} (no step improved)"})
     keys = ["checkpoint", f"valid_{train_reward}", f"test_{train_reward}", "test_bleu", "distinct_samples"]
     return [{k: r.get(k) for k in keys} for r in out]
 
