@@ -75,7 +75,7 @@ def render(chain: pd.DataFrame, base_checkpoint: str, base_hash: str) -> str:
             f"    slice: {r.slice_rule} {r.slice_parameter:g} -> {r.slice_kept} pairs "
             f"({r.slice_kept_fraction:.1%} of samples)  {r.slice_path}"
         )
-        lines.append(f"    trained from: {r.parent} ({r.parent_hash}), loss {r.loss}, lr {r.lr:.2e}")
+        lines.append(f"    parent: {r.parent} ({r.parent_hash}); fine-tuning loss {r.loss}, lr {r.lr:.2e}")
         lines.append(f"    validation reward: parent {r.parent_valid_reward} -> {r.valid_reward}")
         lines.append(f"    grow {r.grow}: sampled by {r.grow_policy} with {r.grow_decoding}")
         lines.append(f"    reward: {r.reward_model} ({r.reward_version}); corpus {r.corpus_hash}")
