@@ -197,6 +197,8 @@ class ImproveSpec(_Strict):
     lr_decay: float = Field(0.8, gt=0, le=1)
     # A step counts as improving only if its best validation reward beats its parent's by more than this.
     min_improvement: float = Field(0.0, ge=0)
+    # Non-improving steps in a grow after which its remaining steps are skipped (1 = stop at the first).
+    patience: int = Field(1, ge=1)
     # Reward-hacking guard per checkpoint, against its parent: training reward up while test BLEU falls
     # by more than `hacking_bleu_drop` points and the independent reward falls by more than
     # `hacking_independent_drop`.

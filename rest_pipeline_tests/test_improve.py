@@ -104,6 +104,10 @@ def test_improve_chain_keeps_improvements_and_stops_when_they_end(tmp_path):
     for rec in chain:
         assert rec.reward_model == "chrf" and rec.reward_version.startswith("sacrebleu-")
         assert rec.slice_path and rec.slice_hash and rec.corpus_hash and rec.grow_decoding == "hf:n=1"
+    # With improve.patience 2 one miss does not end the grow: step 3 trains.
+    patient = spec.model_copy(update={"improve": spec.improve.model_copy(update={"patience": 2})})
+    third_again = run_improve_step(patient, layout, 1, 3, reward, log=lambda m: None)
+    assert third_again.trained_checkpoint is not None and third_again.status in {"improved", "not_improved"}
     # Re-running a finished step reuses its training instead of training again.
     again = run_improve_step(spec, layout, 1, 1, reward, log=lambda m: None)
     assert again.checkpoint_hash == first.checkpoint_hash and read_step(layout, 1, 1).status == "improved"

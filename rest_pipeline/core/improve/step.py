@@ -185,11 +185,12 @@ def run_improve_step(
         valid_reward=parent_valid,
     )
     earlier = [read_step(layout, grow, j) for j in range(1, step)]
-    stopped = [r for r in earlier if r.status == "not_improved"]
-    if stopped:
+    misses = [r for r in earlier if r.status == "not_improved"]
+    if len(misses) >= imp.patience:
         record.skip_reason = (
-            f"grow {grow} stopped improving at step {stopped[0].step} "
-            "(validation reward did not beat its parent); the best checkpoint goes on to the next grow"
+            f"grow {grow} stopped improving at step {misses[imp.patience - 1].step} "
+            f"({imp.patience} step(s) did not beat their parent's validation reward); "
+            "the best checkpoint goes on to the next grow"
         )
     elif stats.skip_reason:
         record.skip_reason = stats.skip_reason
