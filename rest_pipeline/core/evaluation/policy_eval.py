@@ -36,7 +36,8 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     return len(seen) / total if total else 0.0
 
 
-def mean_reward(model: RewardModel, sources: Sequence[str], hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
+def reward_scores(model: RewardModel, sources: Sequence[str], hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
+    """One validated score in [0, 1] per hypothesis (references passed only to models that need them)."""
     scores = model.score(list(sources), list(hyps), list(refs) if model.needs_reference else None)
     return check_scores(model, scores, len(hyps))
 
@@ -84,7 +85,7 @@ def evaluate_policy(
         corpus = corpus_scores(hyps, list(df.target))
         row: dict = {"sentences": len(df), "bleu": round(corpus.bleu, 2), "chrf": round(corpus.chrf, 2)}
         for m in rewards:
-            s = mean_reward(m, df.source, hyps, df.target)
+            s = reward_scores(m, df.source, hyps, df.target)
             table[f"reward_{m.name}"] = s
             row[f"reward_{m.name}"] = round(float(s.mean()), 5)
         row["distinct_1"] = round(distinct_n(hyps, 1), 4)
@@ -140,7 +141,7 @@ def best_of_n(
     flat_ref = [r for r, hyps in zip(references, samples, strict=True) for _ in hyps]
     flat_hyp = [h for hyps in samples for h in hyps]
     log(f"best-of-n: scoring {len(flat_hyp)} samples of {checkpoint}")
-    scores = mean_reward(reward, flat_src, flat_hyp, flat_ref).reshape(len(sources), n_max)
+    scores = reward_scores(reward, flat_src, flat_hyp, flat_ref).reshape(len(sources), n_max)
     curve = {int(n): round(float(scores[:, :n].max(axis=1).mean()), 5) for n in ns}
     with atomic_path(out_file) as tmp:
         pd.DataFrame(

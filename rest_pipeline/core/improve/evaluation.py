@@ -13,7 +13,7 @@ import pandas as pd
 
 from rest_pipeline.core.base_policy import Layout
 from rest_pipeline.core.corpus.splits import load_split
-from rest_pipeline.core.evaluation.policy_eval import best_of_n, evaluate_policy
+from rest_pipeline.core.evaluation.policy_eval import best_of_n, evaluate_policy, weights_hash
 from rest_pipeline.core.grow.run import settings_for
 from rest_pipeline.core.grow.sampling import SamplingSettings
 from rest_pipeline.core.improve.step import checkpoint_of, parent_of, read_step
@@ -116,8 +116,6 @@ def best_of_n_curves(spec: ExperimentSpec, layout: Layout, reward: RewardModel, 
     base = settings_for(spec, grow=0, shard=0)
     settings = SamplingSettings(**{**base.__dict__, "seed": spec.seed + 99})
     policies = {"bc": layout.base_policy, "rest": checkpoint_of(layout, *final_step(spec))}
-    from rest_pipeline.core.evaluation.policy_eval import weights_hash
-
     key = "|".join(
         [weights_hash(p) for p in policies.values()]
         + [reward.version, settings.describe(), str(spec.improve.best_of_n), str(len(valid)), spec.grow.backend]

@@ -21,7 +21,7 @@ import torch
 from rest_pipeline.core.base_policy import Layout
 from rest_pipeline.core.corpus.fetch import sha256_of
 from rest_pipeline.core.corpus.splits import load_split
-from rest_pipeline.core.evaluation.policy_eval import mean_reward, weights_hash
+from rest_pipeline.core.evaluation.policy_eval import reward_scores, weights_hash
 from rest_pipeline.core.improve.filtering import read_slice
 from rest_pipeline.core.paths import atomic_path
 from rest_pipeline.core.policy.generate import translate
@@ -114,7 +114,7 @@ def validation_set(spec: ExperimentSpec, layout: Layout) -> tuple[list[str], lis
 
 
 def make_reward_fn(model: RewardModel) -> Callable[[list[str], list[str], list[str]], float]:
-    return lambda src, hyp, ref: float(mean_reward(model, src, hyp, ref).mean())
+    return lambda src, hyp, ref: float(reward_scores(model, src, hyp, ref).mean())
 
 
 def valid_reward(spec: ExperimentSpec, layout: Layout, checkpoint: Path, reward: RewardModel) -> float:
