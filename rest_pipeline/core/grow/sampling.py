@@ -7,7 +7,8 @@ are formed by length deterministically, so the same inputs give the same candida
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -99,6 +100,45 @@ def sample_candidates(
     return out
 
 
+CT2_LAYOUT = "exact-start-v1"  # part of the conversion cache key: bump when the conversion changes
+
+
+@contextlib.contextmanager
+def _exact_marian_loader() -> Iterator[None]:
+    """Convert Marian checkpoints without CTranslate2's opus-mt shortcut.
+
+    Its stock loader drops <pad> from the vocabulary and starts decoding from a zero embedding,
+    which matches opus-mt (whose pad row stays zero) but not our checkpoints: their embeddings are
+    tied to the output layer, so the <pad> row (the decoder start token) is trained and non-zero.
+    With the shortcut the first sampled token is wrong ("men stand ..." for "Two men stand ...").
+    """
+    from ctranslate2.converters import transformers as ct2t
+
+    class ExactMarianLoader(ct2t.MarianMTLoader):
+        def get_model_spec(self, model):
+            model.config.normalize_before = False
+            model.config.normalize_embedding = False
+            return ct2t.BartLoader.get_model_spec(self, model)  # keep the <pad> row
+
+        def set_config(self, config, model, tokenizer):
+            super().set_config(config, model, tokenizer)
+            config.decoder_start_token = tokenizer.convert_ids_to_tokens(model.config.decoder_start_token_id)
+
+        def set_decoder(self, spec, decoder):
+            ct2t.BartLoader.set_decoder(self, spec, decoder)
+            spec.start_from_zero_embedding = False
+
+        def get_vocabulary(self, model, tokenizer):
+            return ct2t.BartLoader.get_vocabulary(self, model, tokenizer)
+
+    stock = ct2t._MODEL_LOADERS["MarianConfig"]
+    ct2t._MODEL_LOADERS["MarianConfig"] = ExactMarianLoader()
+    try:
+        yield
+    finally:
+        ct2t._MODEL_LOADERS["MarianConfig"] = stock
+
+
 class CT2Sampler:
     """Random sampling with CTranslate2 (converted once from the HF checkpoint and cached beside it)."""
 
@@ -111,10 +151,10 @@ class CT2Sampler:
 
         checkpoint = Path(checkpoint)
         converted = checkpoint.parent / f".{checkpoint.name}.ct2"
-        stamp = (checkpoint / "model.safetensors").stat().st_mtime_ns
+        stamp = f"{CT2_LAYOUT}:{(checkpoint / 'model.safetensors').stat().st_mtime_ns}"
         marker = converted / "source_mtime"
-        if not marker.is_file() or marker.read_text() != str(stamp):
-            with atomic_dir(converted) as tmp:
+        if not marker.is_file() or marker.read_text() != stamp:
+            with atomic_dir(converted) as tmp, _exact_marian_loader():
                 ctranslate2.converters.TransformersConverter(str(checkpoint)).convert(str(tmp), force=True)
                 (tmp / "source_mtime").write_text(str(stamp))
         self.converted = converted
@@ -143,6 +183,7 @@ class CT2Sampler:
             sampling_topp=settings.top_p or 1.0,
             sampling_temperature=settings.temperature,
             max_decoding_length=settings.max_new_tokens,
+            suppress_sequences=[[self.tokenizer.pad_token]],  # like HF's bad_words_ids in our configs
         )
         return [[self.tokenizer.convert_tokens_to_string(h).strip() for h in r.hypotheses] for r in results]
 
