@@ -142,7 +142,8 @@ def _exact_marian_loader() -> Iterator[None]:
 class CT2Sampler:
     """Random sampling with CTranslate2 (converted once from the HF checkpoint and cached beside it)."""
 
-    name = "ctranslate2"
+    # In every candidate's `decoding`: shards sampled by an older conversion are re-sampled, not reused.
+    name = f"ctranslate2-{CT2_LAYOUT}"
 
     def __init__(self, checkpoint: Path, max_source_length: int = 128, compute_type: str = "default"):
         import ctranslate2
