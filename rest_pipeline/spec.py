@@ -193,8 +193,11 @@ class ImproveSpec(_Strict):
     loss: Literal["bc", "gold", "bvmpo", "oac"] = "bc"
     # Fine-tuning of each step; keep_best_by 'reward' keeps the checkpoint with the best validation reward.
     train: ImproveTrainSpec = ImproveTrainSpec()
-    # Learning rate of the k-th Improve step overall (k = 1, 2, ... across grows): train.lr * lr_decay**(k-1).
+    # Learning rate of Improve step i of grow g: train.lr * grow_lr_decay**(g-1) * lr_decay**(i-1).
+    # The bar restarts with every grow (fresh samples from a better policy), so does the step decay;
+    # decaying across grows too (k-th step overall) left Grow 2 too small a rate to move in its budget.
     lr_decay: float = Field(0.8, gt=0, le=1)
+    grow_lr_decay: float = Field(1.0, gt=0, le=1)
     # A step counts as improving only if its best validation reward beats its parent's by more than this.
     min_improvement: float = Field(0.0, ge=0)
     # Non-improving steps in a grow after which its remaining steps are skipped (1 = stop at the first).

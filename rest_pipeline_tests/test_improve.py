@@ -2,10 +2,11 @@
 parent on and stops the grow, an empty slice skips without training; lineage is complete."""
 
 import pandas as pd
+import pytest
 
 from rest_pipeline.core.base_policy import Layout
 from rest_pipeline.core.improve.filtering import build_slice
-from rest_pipeline.core.improve.step import checkpoint_of, lineage, read_step, run_improve_step
+from rest_pipeline.core.improve.step import checkpoint_of, lineage, read_step, run_improve_step, step_lr
 from rest_pipeline.core.policy.model import save_policy
 from rest_pipeline.core.rewards.base import ChrFReward
 from rest_pipeline.core.store.candidates import CandidateStore
@@ -121,3 +122,10 @@ def test_empty_slice_skips_the_step_without_training(tmp_path):
     assert rec.status == "skipped" and rec.skip_reason == stats.skip_reason
     assert rec.checkpoint == str(layout.base_policy) and rec.trained_checkpoint is None
     assert not (layout.improve_dir(1, 1) / "training").exists()
+
+
+def test_learning_rate_falls_within_a_grow_and_restarts_with_the_next():
+    imp = ImproveSpec(thresholds=[0.0, 0.7, 0.8], lr_decay=0.5, grow_lr_decay=0.1)
+    lr = imp.train.lr
+    assert [step_lr(imp, 1, i) for i in (1, 2, 3)] == pytest.approx([lr, lr / 2, lr / 4])
+    assert [step_lr(imp, 2, i) for i in (1, 2, 3)] == pytest.approx([lr / 10, lr / 20, lr / 40])

@@ -135,7 +135,7 @@ def improve_step_assets(spec: ExperimentSpec, grow: int, step: int) -> list[dg.A
         automation_condition=step_condition(spec),
         deps=[slice_key(spec, grow, step), policy_key(spec, *parent), eval_key(spec, *parent), *_reward_deps(spec)],
         code_version=improve_version(
-            spec, "loss", "train", "lr_decay", "min_improvement", "steps", sections=("reward",)
+            spec, "loss", "train", "lr_decay", "grow_lr_decay", "min_improvement", "steps", sections=("reward",)
         )
         + f"-step{(grow - 1) * imp.steps + step}-seed{spec.seed}",
         pool=GPU_POOL,

@@ -31,7 +31,7 @@ from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.candidates import CandidateStore
 from rest_pipeline.core.training.bc import train_bc
 from rest_pipeline.core.training.losses import make_loss
-from rest_pipeline.spec import DecodingSpec, ExperimentSpec
+from rest_pipeline.spec import DecodingSpec, ExperimentSpec, ImproveSpec
 
 Log = Callable[[str], None]
 
@@ -140,6 +140,11 @@ def _frame_hash(df: pd.DataFrame) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(df, index=False).values.tobytes()).hexdigest()[:16]
 
 
+def step_lr(imp: ImproveSpec, grow: int, step: int) -> float:
+    """Lower with each step of a grow (the paper), restarting at each grow scaled by grow_lr_decay."""
+    return imp.train.lr * imp.grow_lr_decay ** (grow - 1) * imp.lr_decay ** (step - 1)
+
+
 def run_improve_step(
     spec: ExperimentSpec, layout: Layout, grow: int, step: int, reward: RewardModel, log: Log = print
 ) -> StepRecord:
@@ -149,8 +154,8 @@ def run_improve_step(
     pg, ps = parent_of(spec, grow, step)
     parent_ckpt = checkpoint_of(layout, pg, ps)
     imp = spec.improve
-    k = (grow - 1) * imp.steps + step  # Improve steps so far, across grows
-    lr = imp.train.lr * imp.lr_decay ** (k - 1)
+    k = (grow - 1) * imp.steps + step  # Improve steps so far, across grows (seeds each step)
+    lr = step_lr(imp, grow, step)
     decoding = store.query(
         f"SELECT any_value(decoding) AS d FROM candidates WHERE grow = {int(grow)} AND origin = 'sample'"
     ).d.iloc[0]
