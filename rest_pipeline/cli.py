@@ -40,6 +40,8 @@ def cmd_main(args: argparse.Namespace) -> int:
     from rest_pipeline.orchestration.headless import materialize_experiment
 
     spec = load_spec(find_spec(args.experiment))
+    if args.control:
+        spec = spec.model_copy(update={"improve": spec.improve.model_copy(update={"control": True})})
     dh = dagster_home()
     instance = dg.DagsterInstance.get()
     t0 = time.perf_counter()
@@ -70,7 +72,12 @@ def cmd_main(args: argparse.Namespace) -> int:
         from rest_pipeline.core.report import md_table
 
         print(f"\nReST report: {layout.report / 'report.md'}")
-        print(md_table(json.loads(report.read_text())["table1"]))
+        data = json.loads(report.read_text())
+        print(md_table(data["table1"]))
+        if data.get("control"):
+            for split, d in data["control"]["rest_minus_control"].items():
+                r = d.get(f"reward_{spec.reward.model}")
+                print(f"  ReST final minus originals-only control, {split}: reward {r:+.4f}, BLEU {d['bleu']:+.2f}")
         print(f"  lineage of the final checkpoint: ./scripts/rest lineage {spec.name}")
     print("  open the web UI with: ./scripts/rest ui")
     return 0
@@ -221,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("main", help="materialize an experiment's whole graph headless")
     p.add_argument("experiment", nargs="?", default="default")
+    p.add_argument(
+        "--control", action="store_true", help="also run the originals-only control (as improve.control: true)"
+    )
     p.set_defaults(func=cmd_main)
     p = sub.add_parser("check-spec", help="validate a spec (name or path) and print it resolved")
     p.add_argument("spec")

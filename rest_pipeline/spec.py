@@ -213,6 +213,9 @@ class ImproveSpec(_Strict):
     # Diversity probe per checkpoint: this many samples on `diversity_sources` validation sources.
     diversity_samples: int = Field(8, ge=1)
     diversity_sources: int = Field(200, ge=1)
+    # Control run: BC fine-tuned for the same steps (rates, budgets, keep-the-best rule) on the original
+    # pairs only, so the report separates ReST's gain from the gain of merely training longer.
+    control: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> ImproveSpec:

@@ -36,7 +36,7 @@ def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir):
         for key in GROW_KEYS:
             mats = instance.fetch_materializations(dg.AssetKey(["smoke", *key]), limit=10).records
             assert sorted(m.partition_key for m in mats) == ["0000", "0001"], key
-        for key in [*IMPROVE_KEYS, ["base_policy_rewards"], ["best_of_n"], ["report"]]:
+        for key in [*IMPROVE_KEYS, ["base_policy_rewards"], ["best_of_n"], ["control"], ["report"]]:
             assert instance.get_latest_materialization_event(dg.AssetKey(["smoke", *key])) is not None, key
         reward_meta = instance.get_latest_materialization_event(
             dg.AssetKey(["smoke", "reward_model"])
@@ -119,6 +119,10 @@ def _assert_rest_chain(instance: dg.DagsterInstance, root: Path, spec) -> None:
     assert set(report["best_of_n"]["bc"]["curve"]) == {"1", "2", "4"}
     curve = report["best_of_n"]["rest"]["curve"]
     assert curve["1"] <= curve["2"] <= curve["4"]
+    # The control mirrors every step that trained on the final chain, on the originals only.
+    trained = [f"grow_{r.grow}/improve_{r.step}" for r in reversed(chain) if r.trained_checkpoint]
+    assert [s["mirrors"] for s in report["control"]["steps"]] == trained
+    assert "## Control: the same steps on the original pairs only" in (layout.report / "report.md").read_text()
     for png in ("reward_per_checkpoint", "bleu_per_checkpoint", "reward_histograms", "best_of_n"):
         assert (layout.report / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
     # `rest lineage` (the store's lineage table) and Dagster's asset graph tell the same chain.

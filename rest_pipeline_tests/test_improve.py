@@ -5,12 +5,23 @@ import pandas as pd
 import pytest
 
 from rest_pipeline.core.base_policy import Layout
+from rest_pipeline.core.improve.control import ControlError, mirrored_steps, read_control, run_control
+from rest_pipeline.core.improve.evaluation import evaluate_step, read_summary
 from rest_pipeline.core.improve.filtering import build_slice
 from rest_pipeline.core.improve.step import checkpoint_of, lineage, read_step, run_improve_step, step_lr
 from rest_pipeline.core.policy.model import save_policy
 from rest_pipeline.core.rewards.base import ChrFReward
 from rest_pipeline.core.store.candidates import CandidateStore
-from rest_pipeline.spec import DataSpec, ExperimentSpec, ImproveSpec, ImproveTrainSpec, TokenizerSpec
+from rest_pipeline.spec import (
+    DataSpec,
+    EvaluationSpec,
+    ExperimentSpec,
+    GrowSpec,
+    ImproveSpec,
+    ImproveTrainSpec,
+    RewardSpec,
+    TokenizerSpec,
+)
 from rest_pipeline_tests.synthetic import pairs, tiny_model, tokenizer_dir
 
 
@@ -129,3 +140,34 @@ def test_learning_rate_falls_within_a_grow_and_restarts_with_the_next():
     lr = imp.train.lr
     assert [step_lr(imp, 1, i) for i in (1, 2, 3)] == pytest.approx([lr, lr / 2, lr / 4])
     assert [step_lr(imp, 2, i) for i in (1, 2, 3)] == pytest.approx([lr / 10, lr / 20, lr / 40])
+
+
+def test_control_mirrors_the_rest_chain_on_originals_only(tmp_path):
+    spec, layout, reward = make_experiment(tmp_path, [0.5])
+    spec = spec.model_copy(
+        update={
+            "reward": RewardSpec(model="chrf"),
+            "evaluation": EvaluationSpec(splits=["valid"]),
+            "grow": GrowSpec(backend="hf", samples_per_source=2),
+            "improve": spec.improve.model_copy(update={"diversity_sources": 5, "diversity_samples": 2}),
+        }
+    )
+    with pytest.raises(ControlError, match="not complete"):
+        mirrored_steps(spec, layout)
+    build_slice(CandidateStore(layout.store), 1, 1, "chrf", "threshold", 0.5, mix_originals=True)
+    rest = run_improve_step(spec, layout, 1, 1, reward, log=lambda m: None)
+    assert rest.status == "improved"
+    for g, i in ((0, 0), (1, 1)):
+        evaluate_step(spec, layout, g, i, [reward], log=lambda m: None)
+
+    result = run_control(spec, layout, [reward], log=lambda m: None)
+    (step,) = result["steps"]
+    assert step["mirrors"] == "grow_1/improve_1" and step["lr"] == rest.lr
+    assert step["pairs"] == 200  # the reference pairs of the grown sources, no samples
+    assert step["train_steps"] == rest.train_steps == 150
+    assert step["status"] == "improved" and step["valid_reward"] > step["parent_valid_reward"]
+    assert result["checkpoint"] not in (rest.checkpoint, str(layout.base_policy))
+    bc = read_summary(layout, 0, 0)["splits"]["valid"]["reward_chrf"]
+    ctl = result["splits"]["valid"]["reward_chrf"]
+    assert result["control_minus_bc"]["valid"]["reward_chrf"] == pytest.approx(ctl - bc, abs=1e-4)
+    assert read_control(layout) == result

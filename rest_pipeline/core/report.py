@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from rest_pipeline.core.base_policy import Layout  # noqa: E402
 from rest_pipeline.core.evaluation.evaluate import read_scores  # noqa: E402
+from rest_pipeline.core.improve.control import read_control  # noqa: E402
 from rest_pipeline.core.improve.evaluation import read_summary  # noqa: E402
 from rest_pipeline.core.improve.step import read_step  # noqa: E402
 from rest_pipeline.core.paths import atomic_path  # noqa: E402
@@ -62,6 +63,34 @@ def table1(rows: list[dict], spec: ExperimentSpec, train_reward: str) -> list[di
             out.append({**mine[-1], "checkpoint": f"G={g} (no step improved)"})
     keys = ["checkpoint", f"valid_{train_reward}", f"test_{train_reward}", "test_bleu", "distinct_samples"]
     return [{k: r.get(k) for k in keys} for r in out]
+
+
+def _control_section(layout: Layout, rows: list[dict], train_reward: str) -> list[str]:
+    """BC vs the originals-only control vs the final ReST checkpoint, when the control ran."""
+    control = read_control(layout)
+    if control is None:
+        return []
+    cols = [k for k in rows[0] if k.startswith(("valid_", "test_"))]  # e.g. test_learned, test_chrf, test_bleu
+
+    def score(split: str, name: str) -> float | None:
+        row = control["splits"].get(split, {})
+        return row.get(name) if name == "bleu" else row.get(f"reward_{name}")
+
+    steps = [{k: s[k] for k in ("mirrors", "status", "valid_reward")} for s in control["steps"]]
+    return [
+        "\n## Control: the same steps on the original pairs only\n",
+        "BC fine-tuned step for step like the final ReST checkpoint (same learning rates, budgets and "
+        "keep-the-best rule) on the original pairs of the grown sources. ReST's margin over it is what "
+        "the reward-filtered samples add beyond training longer.\n",
+        md_table(
+            [
+                {"policy": "BC", **{c: rows[0][c] for c in cols}},
+                {"policy": f"control ({len(steps)} steps)", **{c: score(*c.split("_", 1)) for c in cols}},
+                {"policy": f"ReST final ({rows[-1]['checkpoint']})", **{c: rows[-1][c] for c in cols}},
+            ]
+        ),
+        f"\nControl steps: {json.dumps(steps)}\n",
+    ]
 
 
 def md_table(rows: Sequence[dict]) -> str:
@@ -153,6 +182,7 @@ def build_report(spec: ExperimentSpec, layout: Layout, train_reward: str, indepe
         f"\nReST at small N reaches BC at a larger N: **{bon['rest_small_n_reaches_bc_larger_n']}** "
         f"({json.dumps(bon['matching'])})\n",
         "\n![best-of-n](best_of_n.png)\n",
+        *_control_section(layout, rows, train_reward),
         "\n## BC policy, beam and greedy (base_policy_eval)\n",
         md_table([{k: v for k, v in r.items() if k in ("split", "decoding", "bleu", "chrf")} for r in bc_eval]),
     ]
@@ -160,6 +190,14 @@ def build_report(spec: ExperimentSpec, layout: Layout, train_reward: str, indepe
         tmp.write_text("\n".join(text))
     with atomic_path(out / "report.json") as tmp:
         tmp.write_text(
-            json.dumps({"checkpoints": rows, "table1": table1(rows, spec, train_reward), "best_of_n": bon}, indent=1)
+            json.dumps(
+                {
+                    "checkpoints": rows,
+                    "table1": table1(rows, spec, train_reward),
+                    "best_of_n": bon,
+                    "control": read_control(layout),
+                },
+                indent=1,
+            )
         )
     return out / "report.md"

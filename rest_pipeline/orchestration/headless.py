@@ -45,11 +45,17 @@ def _same_partitions(a: dg.PartitionsDefinition | None, b: dg.PartitionsDefiniti
 def materialize_experiment(
     spec: ExperimentSpec, instance: dg.DagsterInstance, resources: dict | None = None
 ) -> list[dg.ExecuteInProcessResult]:
+    from rest_pipeline.orchestration.improve_assets import control_key
+
     defs = build_definitions([spec])
     everything = [*defs.assets, *defs.asset_checks]
     resources = resources or defs.resources
+    optional = set() if spec.improve.control else {control_key(spec)}
     results = []
     for keys, parts in stages(defs):
+        keys = [k for k in keys if k not in optional]
+        if not keys:
+            continue
         for partition_key in parts.get_partition_keys() if parts else [None]:
             result = dg.materialize(
                 everything,

@@ -221,6 +221,47 @@ def best_of_n_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
     return best_of_n
 
 
+def control_key(spec: ExperimentSpec) -> dg.AssetKey:
+    return dg.AssetKey([spec.name, "control"])
+
+
+def control_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
+    final = ev.final_step(spec)
+
+    @dg.asset(
+        key=control_key(spec),
+        group_name=spec.name,
+        # Always in the graph (a click away in the UI); automated and part of `rest main` only when asked.
+        automation_condition=step_condition(spec) if spec.improve.control else None,
+        deps=[policy_key(spec, 0, 0), eval_key(spec, 0, 0), policy_key(spec, *final), eval_key(spec, *final)]
+        + _reward_deps(spec),
+        code_version=improve_version(spec, "train", "lr_decay", "grow_lr_decay", "min_improvement")
+        + f"-control-v1-seed{spec.seed}",
+        pool=GPU_POOL,
+        retry_policy=dg.RetryPolicy(max_retries=1),
+        kinds={"pytorch", "transformers"},
+        description="Control: the BC policy fine-tuned for the same Improve steps as the final ReST checkpoint "
+        "(same rates, budgets and keep-the-best rule) on the original pairs only. ReST's gain over this "
+        "control is owed to its reward-filtered samples, not to training longer.",
+    )
+    def control(context: dg.AssetExecutionContext, storage: RestStorage) -> dg.MaterializeResult:
+        from rest_pipeline.core.improve.control import run_control
+
+        layout = storage.layout(spec)
+        res = run_control(spec, layout, make_rewards(spec, layout.reward_model), context.log.info)
+        meta: dict[str, object] = {
+            f"{split}_{k}": v for split, row in res["splits"].items() for k, v in row.items() if isinstance(v, float)
+        }
+        for split, row in res["rest_minus_control"].items():
+            meta[f"rest_minus_control_{split}_reward_{spec.reward.model}"] = row.get(f"reward_{spec.reward.model}")
+            meta[f"rest_minus_control_{split}_bleu"] = row.get("bleu")
+        meta["steps"] = md_table(res["steps"])
+        meta["checkpoint"] = dg.MetadataValue.path(res["checkpoint"])
+        return dg.MaterializeResult(metadata=meta)
+
+    return control
+
+
 def report_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
     steps = [(g, i) for g in range(1, spec.improve.grows + 1) for i in range(1, spec.improve.steps + 1)]
 
@@ -233,8 +274,9 @@ def report_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
             dg.AssetKey([spec.name, "base_policy_eval"]),
             eval_key(spec, 0, 0),
             *[eval_key(spec, g, i) for g, i in steps],
+            *([control_key(spec)] if spec.improve.control else []),
         ],
-        code_version="report-v1",
+        code_version="report-v2",
         kinds={"markdown"},
         description="Markdown report with PNG plots: reward and BLEU per checkpoint, reward histograms per grow, "
         "Best-of-N curves, and a table shaped like the paper's Table 1.",
@@ -268,7 +310,7 @@ def all_improve_assets(spec: ExperimentSpec) -> list[dg.AssetsDefinition]:
     for g in range(1, spec.improve.grows + 1):
         for i in range(1, spec.improve.steps + 1):
             assets += improve_step_assets(spec, g, i)
-    return [*assets, best_of_n_asset(spec), report_asset(spec)]
+    return [*assets, best_of_n_asset(spec), control_asset(spec), report_asset(spec)]
 
 
 def improve_checks(spec: ExperimentSpec) -> list[dg.AssetChecksDefinition]:
