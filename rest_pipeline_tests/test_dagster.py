@@ -123,6 +123,9 @@ def _assert_rest_chain(instance: dg.DagsterInstance, root: Path, spec) -> None:
     trained = [f"grow_{r.grow}/improve_{r.step}" for r in reversed(chain) if r.trained_checkpoint]
     assert [s["mirrors"] for s in report["control"]["steps"]] == trained
     assert "## Control: the same steps on the original pairs only" in (layout.report / "report.md").read_text()
+    against = {(r["final minus"], r["split"], r["metric"]) for r in report["significance"]}
+    pairs = [("valid", "learned"), ("valid", "chrf"), ("test", "learned"), ("test", "chrf")]
+    assert against == {(who, split, f"reward_{m}") for who in ("BC", "control") for split, m in pairs}
     for png in ("reward_per_checkpoint", "bleu_per_checkpoint", "reward_histograms", "best_of_n"):
         assert (layout.report / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
     # `rest lineage` (the store's lineage table) and Dagster's asset graph tell the same chain.

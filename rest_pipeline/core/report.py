@@ -13,8 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from rest_pipeline.core.base_policy import Layout  # noqa: E402
 from rest_pipeline.core.evaluation.evaluate import read_scores  # noqa: E402
-from rest_pipeline.core.improve.control import read_control  # noqa: E402
-from rest_pipeline.core.improve.evaluation import read_summary  # noqa: E402
+from rest_pipeline.core.evaluation.significance import eval_deltas  # noqa: E402
+from rest_pipeline.core.improve.control import control_dir, read_control  # noqa: E402
+from rest_pipeline.core.improve.evaluation import final_step, read_summary  # noqa: E402
 from rest_pipeline.core.improve.step import read_step  # noqa: E402
 from rest_pipeline.core.paths import atomic_path  # noqa: E402
 from rest_pipeline.core.store.candidates import CandidateStore  # noqa: E402
@@ -63,6 +64,20 @@ def table1(rows: list[dict], spec: ExperimentSpec, train_reward: str) -> list[di
             out.append({**mine[-1], "checkpoint": f"G={g} (no step improved)"})
     keys = ["checkpoint", f"valid_{train_reward}", f"test_{train_reward}", "test_bleu", "distinct_samples"]
     return [{k: r.get(k) for k in keys} for r in out]
+
+
+def significance(spec: ExperimentSpec, layout: Layout, train_reward: str, independent: str | None) -> list[dict]:
+    """Final minus BC (and minus the control, when it ran) with paired-bootstrap intervals."""
+    metrics = [f"reward_{train_reward}"] + ([f"reward_{independent}"] if independent else [])
+    final = layout.eval_dir(*final_step(spec))
+    against = {"BC": layout.eval_dir(0, 0)}
+    if read_control(layout) is not None:
+        against["control"] = control_dir(layout) / "eval"
+    return [
+        {"final minus": name, **row}
+        for name, folder in against.items()
+        for row in eval_deltas(folder, final, spec.evaluation.splits, metrics)
+    ]
 
 
 def _control_section(layout: Layout, rows: list[dict], train_reward: str) -> list[str]:
@@ -183,6 +198,10 @@ def build_report(spec: ExperimentSpec, layout: Layout, train_reward: str, indepe
         f"({json.dumps(bon['matching'])})\n",
         "\n![best-of-n](best_of_n.png)\n",
         *_control_section(layout, rows, train_reward),
+        "\n## Are the gains more than noise?\n",
+        "Final checkpoint minus the other policy, per sentence of the greedy outputs, with a 95 % paired-bootstrap "
+        "interval (2,000 resamples); `significant` means the interval excludes 0.\n",
+        md_table(significance(spec, layout, train_reward, independent)),
         "\n## BC policy, beam and greedy (base_policy_eval)\n",
         md_table([{k: v for k, v in r.items() if k in ("split", "decoding", "bleu", "chrf")} for r in bc_eval]),
     ]
@@ -196,6 +215,7 @@ def build_report(spec: ExperimentSpec, layout: Layout, train_reward: str, indepe
                     "table1": table1(rows, spec, train_reward),
                     "best_of_n": bon,
                     "control": read_control(layout),
+                    "significance": significance(spec, layout, train_reward, independent),
                 },
                 indent=1,
             )

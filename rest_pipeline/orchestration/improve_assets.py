@@ -284,7 +284,7 @@ def report_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
     def report(context: dg.AssetExecutionContext, storage: RestStorage) -> dg.MaterializeResult:
         import base64
 
-        from rest_pipeline.core.report import checkpoint_rows, table1
+        from rest_pipeline.core.report import checkpoint_rows, significance, table1
 
         layout = storage.layout(spec)
         ind = independent_reward(spec)
@@ -297,6 +297,7 @@ def report_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
                 "path": dg.MetadataValue.path(str(path)),
                 "table_1": md_table(table1(rows, spec, spec.reward.model)),
                 "checkpoints": md_table(rows),
+                "final_minus_bc_and_control": md_table(significance(spec, layout, spec.reward.model, ind)),
                 "reward_per_checkpoint": dg.MetadataValue.md(f"![reward](data:image/png;base64,{png})"),
                 "report_json": dg.MetadataValue.path(str(layout.report / "report.json")),
             }
