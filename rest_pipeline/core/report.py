@@ -87,11 +87,17 @@ def _control_section(layout: Layout, rows: list[dict], train_reward: str) -> lis
         return []
     cols = [k for k in rows[0] if k.startswith(("valid_", "test_"))]  # e.g. test_learned, test_chrf, test_bleu
 
+    steps = [{k: s[k] for k in ("mirrors", "status", "valid_reward")} for s in control["steps"]]
+
     def score(split: str, name: str) -> float | None:
+        if name == "reward_subset":  # the selection metric: the best validation reward the steps kept
+            return steps[-1]["valid_reward"] if steps else None
         row = control["splits"].get(split, {})
         return row.get(name) if name == "bleu" else row.get(f"reward_{name}")
 
-    steps = [{k: s[k] for k in ("mirrors", "status", "valid_reward")} for s in control["steps"]]
+    bc = {c: rows[0][c] for c in cols}
+    if "valid_reward_subset" in bc and control["steps"]:
+        bc["valid_reward_subset"] = control["steps"][0]["parent_valid_reward"]
     return [
         "\n## Control: the same steps on the original pairs only\n",
         "BC fine-tuned step for step like the final ReST checkpoint (same learning rates, budgets and "
@@ -99,7 +105,7 @@ def _control_section(layout: Layout, rows: list[dict], train_reward: str) -> lis
         "the reward-filtered samples add beyond training longer.\n",
         md_table(
             [
-                {"policy": "BC", **{c: rows[0][c] for c in cols}},
+                {"policy": "BC", **bc},
                 {"policy": f"control ({len(steps)} steps)", **{c: score(*c.split("_", 1)) for c in cols}},
                 {"policy": f"ReST final ({rows[-1]['checkpoint']})", **{c: rows[-1][c] for c in cols}},
             ]
