@@ -181,6 +181,7 @@ def build_report(spec: ExperimentSpec, layout: Layout, train_reward: str, indepe
     _save(fig, out / "best_of_n.png")
 
     bc_eval = read_scores(layout.base_eval)
+    sig = significance(spec, layout, train_reward, independent)
     kept = store.query(
         "SELECT grow, count(*) AS candidates, count(DISTINCT source_id) AS sources, "
         "avg(CASE WHEN origin = 'sample' THEN 1 ELSE 0 END) AS sample_share FROM candidates GROUP BY grow ORDER BY grow"
@@ -207,7 +208,7 @@ def build_report(spec: ExperimentSpec, layout: Layout, train_reward: str, indepe
         "\n## Are the gains more than noise?\n",
         "Final checkpoint minus the other policy, per sentence of the greedy outputs, with a 95 % paired-bootstrap "
         "interval (2,000 resamples); `significant` means the interval excludes 0.\n",
-        md_table(significance(spec, layout, train_reward, independent)),
+        md_table(sig),
         "\n## BC policy, beam and greedy (base_policy_eval)\n",
         md_table([{k: v for k, v in r.items() if k in ("split", "decoding", "bleu", "chrf")} for r in bc_eval]),
     ]
@@ -221,7 +222,7 @@ def build_report(spec: ExperimentSpec, layout: Layout, train_reward: str, indepe
                     "table1": table1(rows, spec, train_reward),
                     "best_of_n": bon,
                     "control": read_control(layout),
-                    "significance": significance(spec, layout, train_reward, independent),
+                    "significance": sig,
                 },
                 indent=1,
             )

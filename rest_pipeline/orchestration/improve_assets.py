@@ -9,7 +9,7 @@ import pandas as pd
 
 from rest_pipeline.core.improve import evaluation as ev
 from rest_pipeline.core.improve.filtering import build_slice
-from rest_pipeline.core.improve.step import parent_of, run_improve_step, step_name
+from rest_pipeline.core.improve.step import parent_of, run_improve_step, step_name, step_number
 from rest_pipeline.core.report import build_report
 from rest_pipeline.core.rewards.factory import make_reward, make_rewards, reward_names
 from rest_pipeline.orchestration.assets import GPU_POOL
@@ -137,7 +137,7 @@ def improve_step_assets(spec: ExperimentSpec, grow: int, step: int) -> list[dg.A
         code_version=improve_version(
             spec, "loss", "train", "lr_decay", "grow_lr_decay", "min_improvement", "steps", sections=("reward",)
         )
-        + f"-step{(grow - 1) * imp.steps + step}-seed{spec.seed}",
+        + f"-step{step_number(imp, grow, step)}-seed{spec.seed}",
         pool=GPU_POOL,
         retry_policy=dg.RetryPolicy(max_retries=1),
         kinds={"pytorch", "transformers"},
@@ -284,20 +284,17 @@ def report_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
     def report(context: dg.AssetExecutionContext, storage: RestStorage) -> dg.MaterializeResult:
         import base64
 
-        from rest_pipeline.core.report import checkpoint_rows, significance, table1
-
         layout = storage.layout(spec)
-        ind = independent_reward(spec)
-        path = build_report(spec, layout, spec.reward.model, ind)
-        rows = checkpoint_rows(spec, layout, spec.reward.model, ind)
+        path = build_report(spec, layout, spec.reward.model, independent_reward(spec))
+        built = json.loads((layout.report / "report.json").read_text())  # what the report shows, computed once
         context.log.info(f"report written to {path}")
         png = base64.b64encode((layout.report / "reward_per_checkpoint.png").read_bytes()).decode()
         return dg.MaterializeResult(
             metadata={
                 "path": dg.MetadataValue.path(str(path)),
-                "table_1": md_table(table1(rows, spec, spec.reward.model)),
-                "checkpoints": md_table(rows),
-                "final_minus_bc_and_control": md_table(significance(spec, layout, spec.reward.model, ind)),
+                "table_1": md_table(built["table1"]),
+                "checkpoints": md_table(built["checkpoints"]),
+                "final_minus_bc_and_control": md_table(built["significance"]),
                 "reward_per_checkpoint": dg.MetadataValue.md(f"![reward](data:image/png;base64,{png})"),
                 "report_json": dg.MetadataValue.path(str(layout.report / "report.json")),
             }

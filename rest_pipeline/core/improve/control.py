@@ -18,7 +18,7 @@ import torch
 from rest_pipeline.core.base_policy import Layout
 from rest_pipeline.core.evaluation.policy_eval import evaluate_policy
 from rest_pipeline.core.improve.evaluation import eval_splits, final_step, read_summary
-from rest_pipeline.core.improve.step import lineage, make_reward_fn, valid_reward, validation_set
+from rest_pipeline.core.improve.step import lineage, make_reward_fn, step_number, valid_reward, validation_set
 from rest_pipeline.core.paths import atomic_path
 from rest_pipeline.core.policy.model import load_policy
 from rest_pipeline.core.policy.tokenizer import load_tokenizer
@@ -82,7 +82,7 @@ def run_control(spec: ExperimentSpec, layout: Layout, rewards: list[RewardModel]
         pairs = originals(store, grow)
         parent_valid = valid_reward(spec, layout, parent, train_reward)
         train_spec = spec.improve.train.model_copy(update={"lr": lr})
-        seed = spec.seed + (grow - 1) * spec.improve.steps + step
+        seed = spec.seed + step_number(spec.improve, grow, step)  # the seed of the step it mirrors
         fingerprint = hashlib.sha256(
             f"control|{parent}|{len(pairs[0])}|{train_spec.model_dump_json()}|{seed}".encode()
         ).hexdigest()[:16]

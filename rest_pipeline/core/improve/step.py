@@ -140,6 +140,11 @@ def _frame_hash(df: pd.DataFrame) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(df, index=False).values.tobytes()).hexdigest()[:16]
 
 
+def step_number(imp: ImproveSpec, grow: int, step: int) -> int:
+    """Improve steps so far, across grows (1, 2, ...): seeds each step and versions its asset."""
+    return (grow - 1) * imp.steps + step
+
+
 def step_lr(imp: ImproveSpec, grow: int, step: int) -> float:
     """Lower with each step of a grow (the paper), restarting at each grow scaled by grow_lr_decay."""
     return imp.train.lr * imp.grow_lr_decay ** (grow - 1) * imp.lr_decay ** (step - 1)
@@ -154,7 +159,7 @@ def run_improve_step(
     pg, ps = parent_of(spec, grow, step)
     parent_ckpt = checkpoint_of(layout, pg, ps)
     imp = spec.improve
-    k = (grow - 1) * imp.steps + step  # Improve steps so far, across grows (seeds each step)
+    k = step_number(imp, grow, step)
     lr = step_lr(imp, grow, step)
     decoding = store.query(
         f"SELECT any_value(decoding) AS d FROM candidates WHERE grow = {int(grow)} AND origin = 'sample'"
