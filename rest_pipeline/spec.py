@@ -184,12 +184,16 @@ class ImproveSpec(_Strict):
     # Paper: tau_1 is chosen above the mean reward of D_g. Steps whose threshold is not above the
     # grow's mean reward are skipped (recorded as such) instead of training on nearly everything.
     first_threshold_above_mean: bool = True
-    # Per-source percentile per step: keep candidates at or above the p-th percentile of their source.
+    # Per-source percentile per step: keep candidates at or above the p-th percentile of their source's
+    # samples (p = 100: its best sample). Per-source bars are computed from the samples alone.
     percentiles: list[float] = [50.0, 75.0, 90.0, 95.0]
     # Per-source interpolated bar per step: tau_s = gamma * max_s + (1 - gamma) * mean_s.
     gammas: list[float] = [0.0, 0.25, 0.5, 0.75]
     # The original (reference) pairs of the grown sources join every slice, whatever their reward.
     mix_originals: bool = True
+    # Keep one row per distinct (source, output) in a slice: a translation sampled k times is not k
+    # times the evidence (off by default, as in the paper).
+    dedupe: bool = False
     loss: Literal["bc", "gold", "bvmpo", "oac"] = "bc"
     # Fine-tuning of each step; keep_best_by 'reward' keeps the checkpoint with the best validation reward.
     train: ImproveTrainSpec = ImproveTrainSpec()

@@ -75,11 +75,44 @@ def test_per_source_percentile(store):
 
 
 def test_per_source_interpolated_bar(store):
-    # tau_s = 0.5 * max + 0.5 * mean: s0 0.8, s1 0.57, s2 0.135
+    # tau_s = 0.5 * max + 0.5 * mean over the samples: s0 0.7375, s1 0.4875, s2 0.06875
     rows = select(store, 1, "spelled", "interpolated", 0.5, mix_originals=False)
-    assert kept(rows) == {"s0": [0.8, 0.9, 0.95], "s1": [0.6, 0.7], "s2": [0.2]}
+    assert kept(rows) == {"s0": [0.8, 0.9, 0.95], "s1": [0.6, 0.7], "s2": [0.1, 0.2]}
     everything = select(store, 1, "spelled", "interpolated", 0.0, mix_originals=False)
     assert all(min(v) >= 0 for v in kept(everything).values())
+
+
+def test_per_source_bars_come_from_the_samples_not_the_reference(store):
+    # p = 100 keeps each source's best sample; the reference (above every sample here) must not
+    # raise the bar past it, or a per-source filter keeps references only.
+    rows = select(store, 1, "spelled", "percentile", 100, mix_originals=True)
+    best = rows[rows.origin == "sample"]
+    assert kept(best) == {"s0": [0.9], "s1": [0.6], "s2": [0.1]}
+    assert set(rows[rows.origin == "reference"].kept_by) == {"filter"}  # references clear their source's bar
+    top = select(store, 1, "spelled", "interpolated", 1.0, mix_originals=False)
+    assert kept(top[top.origin == "sample"]) == kept(best)
+
+
+def test_dedupe_keeps_one_row_per_distinct_output(tmp_path):
+    store = CandidateStore(tmp_path / "store")
+    store.write_candidates(
+        experiment="t",
+        grow=1,
+        shard=0,
+        source_ids=["a"],
+        sources=["src a"],
+        references=["a h:0.9"],
+        samples=[["a h:0.9", "a h:0.9", "a g:0.8", "a k:0.1"]],
+        policy="p",
+        decoding="d",
+    )
+    store.score_shard(SpelledReward(), 1, 0)
+    plain = select(store, 1, "spelled", "threshold", 0.5, mix_originals=True)
+    assert sorted(plain.hypothesis) == ["a g:0.8", "a h:0.9", "a h:0.9", "a h:0.9"]
+    rows = select(store, 1, "spelled", "threshold", 0.5, mix_originals=True, dedupe=True)
+    assert sorted(zip(rows.hypothesis, rows.origin, strict=True)) == [("a g:0.8", "sample"), ("a h:0.9", "reference")]
+    stats = build_slice(store, 1, 1, "spelled", "threshold", 0.5, mix_originals=True, dedupe=True)
+    assert (stats.kept, stats.kept_samples, stats.kept_originals) == (2, 1, 0)
 
 
 def test_slice_is_persisted_with_its_statistics(store):

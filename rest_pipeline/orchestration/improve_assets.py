@@ -94,8 +94,9 @@ def improve_step_assets(spec: ExperimentSpec, grow: int, step: int) -> list[dg.A
         group_name=name,
         automation_condition=step_condition(spec),
         deps=[dg.AssetKey([name, f"grow_{grow}", "rewards"])],
+        # v2: per-source bars from the samples alone.
         code_version=spec.section_hash("reward") + f"-{imp.filter}-{parameter}-{imp.mix_originals}"
-        f"-{imp.first_threshold_above_mean}",
+        f"-{imp.first_threshold_above_mean}-{imp.dedupe}-v2",
         kinds={"parquet", "duckdb"},
         description=f"Grow {grow}, Improve {step}: candidates clearing {imp.filter} {parameter} "
         f"under reward '{spec.reward.model}'" + (" plus the original pairs." if imp.mix_originals else "."),
@@ -114,6 +115,7 @@ def improve_step_assets(spec: ExperimentSpec, grow: int, step: int) -> list[dg.A
             parameter,
             mix_originals=imp.mix_originals,
             require_above_mean=imp.first_threshold_above_mean,
+            dedupe=imp.dedupe,
         )
         context.log.info(f"slice {step_name(grow, step)}: {stats}")
         meta = {k: v for k, v in dataclasses.asdict(stats).items() if v is not None and k != "path"}

@@ -2,8 +2,9 @@
 
 Three rules from the paper's ablation, all evaluated by DuckDB over the candidate store:
 a global threshold, a per-source percentile, and a per-source interpolated bar
-tau_s = gamma * max_s + (1 - gamma) * mean_s. The original pairs can be mixed back in
-whatever their reward. A slice is persisted as Parquet in the store (queryable beside the
+tau_s = gamma * max_s + (1 - gamma) * mean_s, per-source statistics taken over the samples.
+The original pairs can be mixed back in whatever their reward, and repeated outputs of a
+source collapsed to one row. A slice is persisted as Parquet in the store (queryable beside the
 candidates) with a JSON summary of what was kept.
 """
 
@@ -47,20 +48,27 @@ def slice_dir(store: CandidateStore, grow: int, step: int) -> Path:
     return store.root / "slices" / f"grow={grow}" / f"improve={step}"
 
 
-def _keep_expression(rule: str, parameter: float) -> str:
+def _bar_expression(rule: str, parameter: float) -> str:
+    """The bar a row must clear, as SQL over `dg` joined with the per-source sample statistics `st`."""
     if rule == "threshold":
-        return f"reward >= {float(parameter)!r}"
+        return repr(float(parameter))
     if rule == "percentile":
-        q = float(parameter) / 100.0
-        return f"reward >= quantile_cont(reward, {q!r}) OVER (PARTITION BY source_id)"
+        return "st.p_bar"
     if rule == "interpolated":
         g = float(parameter)
-        return f"reward >= {g!r} * max(reward) OVER w + {1 - g!r} * avg(reward) OVER w"
+        return f"{g!r} * st.max_r + {1 - g!r} * st.mean_r"
     raise FilterError(f"improve.filter: unknown rule '{rule}' (threshold, percentile, interpolated)")
 
 
 def select(
-    store: CandidateStore, grow: int, reward: str, rule: str, parameter: float, mix_originals: bool
+    store: CandidateStore,
+    grow: int,
+    reward: str,
+    rule: str,
+    parameter: float,
+    mix_originals: bool,
+    *,
+    dedupe: bool = False,
 ) -> pd.DataFrame:
     """The rows of D_g that clear the bar (`kept_by`='filter') plus, if asked, the originals ('original')."""
     if not reward.isidentifier():
@@ -79,13 +87,24 @@ def select(
     if missing:
         raise FilterError(f"{store.root}: {missing} candidates of grow {grow} have no '{reward}' score")
     con.register("dg", dg)
-    keep = _keep_expression(rule, parameter)
-    window = " WINDOW w AS (PARTITION BY source_id)" if rule == "interpolated" else ""
-    mixed = "WHEN origin = 'reference' THEN 'original' " if mix_originals else ""
-    return con.execute(
-        f"SELECT * FROM (SELECT *, CASE WHEN {keep} THEN 'filter' {mixed}END AS kept_by FROM dg{window}) "
-        "WHERE kept_by IS NOT NULL ORDER BY candidate_id"
+    bar = _bar_expression(rule, parameter)
+    q = min(max(float(parameter) / 100.0, 0.0), 1.0) if rule == "percentile" else 0.5
+    # Per-source bars come from the samples alone: the reference (whose reward against itself is
+    # near the top of the scale) would otherwise set the max and the upper percentiles, and keep
+    # almost no sample of the sources it dominates.
+    mixed = "WHEN dg.origin = 'reference' THEN 'original' " if mix_originals else ""
+    rows = con.execute(
+        "WITH st AS (SELECT source_id, max(reward) AS max_r, avg(reward) AS mean_r, "
+        f"quantile_cont(reward, {q!r}) AS p_bar FROM dg WHERE origin = 'sample' GROUP BY source_id) "
+        f"SELECT dg.*, CASE WHEN dg.reward >= {bar} THEN 'filter' {mixed}END AS kept_by "
+        "FROM dg LEFT JOIN st USING (source_id)"
     ).df()
+    rows = rows[rows.kept_by.notna()]
+    if dedupe:
+        # One row per distinct (source, output): a translation sampled k times is not k times the evidence;
+        # the reference wins a tie with an identical sample.
+        rows = rows.sort_values(["origin", "candidate_id"]).drop_duplicates(["source_id", "hypothesis"])
+    return rows.sort_values("candidate_id").reset_index(drop=True)
 
 
 def build_slice(
@@ -98,9 +117,10 @@ def build_slice(
     *,
     mix_originals: bool = True,
     require_above_mean: bool = False,
+    dedupe: bool = False,
 ) -> SliceStats:
     """Select, persist (atomically) and summarise the training slice of Improve step `step` of `grow`."""
-    rows = select(store, grow, reward, rule, parameter, mix_originals)  # validates the reward name
+    rows = select(store, grow, reward, rule, parameter, mix_originals, dedupe=dedupe)  # validates the reward name
     dg = store.query(f"SELECT origin, source_id, reward_{reward} AS reward FROM scored WHERE grow = {int(grow)}")
     mean = float(dg.reward.mean())
     skip = None
