@@ -112,12 +112,12 @@ def test_dedupe_keeps_one_row_per_distinct_output(tmp_path):
     rows = select(store, 1, "spelled", "threshold", 0.5, mix_originals=True, dedupe=True)
     assert sorted(zip(rows.hypothesis, rows.origin, strict=True)) == [("a g:0.8", "sample"), ("a h:0.9", "reference")]
     stats = build_slice(store, 1, 1, "spelled", "threshold", 0.5, mix_originals=True, dedupe=True)
-    assert (stats.kept, stats.kept_samples, stats.kept_originals) == (2, 1, 0)
+    assert (stats.kept, stats.kept_samples, stats.kept_originals) == (2, 1, 1)
 
 
 def test_slice_is_persisted_with_its_statistics(store):
     stats = build_slice(store, 1, 2, "spelled", "threshold", 0.5, mix_originals=True)
-    assert (stats.kept, stats.kept_samples, stats.kept_originals) == (7, 4, 1)
+    assert (stats.kept, stats.kept_samples, stats.kept_originals) == (7, 4, 3)
     assert stats.kept_fraction == pytest.approx(4 / 12, abs=1e-5)
     assert stats.sources == 3 and stats.sources_covered == 2
     assert stats.mean_reward == pytest.approx(np.mean([r for s, ref in REWARDS.values() for r in [*s, ref]]), abs=1e-4)
@@ -131,6 +131,12 @@ def test_empty_slice_is_a_skip_not_a_crash(store):
     stats = build_slice(store, 1, 1, "spelled", "threshold", 0.99, mix_originals=True)
     assert stats.kept == 0 and stats.skip_reason.startswith("empty slice")
     assert len(read_slice(store, 1, 1)[1]) == 0
+
+
+def test_a_bar_only_references_clear_is_an_empty_slice(store):
+    # 0.92: no sample clears it, the reference of s0 (0.95) does; training on it alone is the control.
+    stats = build_slice(store, 1, 1, "spelled", "threshold", 0.92, mix_originals=True)
+    assert stats.kept == 0 and stats.skip_reason.startswith("empty slice: no sample")
 
 
 def test_threshold_not_above_the_mean_is_skipped_when_asked(store):

@@ -36,10 +36,10 @@ class SliceStats:
     kept: int  # rows in the slice (filtered + mixed-in originals)
     kept_samples: int
     kept_fraction: float  # kept samples / all samples
-    kept_originals: int
+    kept_originals: int  # reference pairs in the slice, whether they cleared the bar or were mixed in
     mean_reward_kept: float | None
     sources: int
-    sources_covered: int  # sources with at least one candidate that cleared the bar
+    sources_covered: int  # sources with at least one sample that cleared the bar
     skip_reason: str | None  # why the step should not train (then the slice is empty)
     path: str
 
@@ -129,9 +129,10 @@ def build_slice(
             f"threshold {parameter} is not above the mean reward of D_g ({mean:.3f}); "
             "the paper starts the schedule above it"
         )
-    filtered = rows[rows.kept_by == "filter"]
+    filtered = rows[(rows.kept_by == "filter") & (rows.origin == "sample")]
     if skip is None and filtered.empty:
-        skip = f"empty slice: no candidate of grow {grow} has {reward} reward clearing {rule} {parameter}"
+        # References alone would make the step the originals-only control, not a ReST step.
+        skip = f"empty slice: no sample of grow {grow} has {reward} reward clearing {rule} {parameter}"
     if skip is not None:
         rows = rows.iloc[0:0]
         filtered = rows
@@ -151,7 +152,7 @@ def build_slice(
         kept=len(rows),
         kept_samples=kept_samples,
         kept_fraction=round(kept_samples / samples, 5) if samples else 0.0,
-        kept_originals=int((rows.kept_by == "original").sum()),
+        kept_originals=int((rows.origin == "reference").sum()),
         mean_reward_kept=round(float(rows.reward.mean()), 5) if len(rows) else None,
         sources=int(dg.source_id.nunique()),
         sources_covered=int(filtered.source_id.nunique()),

@@ -248,8 +248,14 @@ def train_bc(
                 )
                 window_loss, window_tokens, t_window = 0.0, 0, now
 
-            out_of_time = spec.time_budget_minutes is not None and elapsed >= spec.time_budget_minutes * 60
-            if step % validate_every == 0 or step == total_steps or out_of_time:
+            budget = None if spec.time_budget_minutes is None else spec.time_budget_minutes * 60
+            out_of_time = budget is not None and elapsed >= budget
+            scheduled = step % validate_every == 0
+            # A scheduled validation this close to the budget is the last one: the few steps left would
+            # only buy one more validation of a barely different model.
+            near_end = budget is not None and budget - elapsed < 0.25 * validate_every * elapsed / step
+            out_of_time |= scheduled and near_end
+            if scheduled or step == total_steps or out_of_time:
                 row = {"step": step, "epoch": round(step / batches_per_epoch, 2), "elapsed": round(elapsed, 1)}
                 if record(row, "validation"):
                     best = history[-1]["metric"]

@@ -1,0 +1,83 @@
+"""One Improve step from the BC policy on grow 1's candidates, per slice rule: the ablation behind
+default.yaml's filter (README, "Measured on `default`"). Needs a finished default run's
+experiment folder (BC policy, reward model, grow 1 scored); writes nothing into it but the
+validation-reward cache, and trains into --work.
+
+    python docs/results/default/one_step_ablation.py data/experiments/default percentile:100
+    python docs/results/default/one_step_ablation.py data/experiments/default threshold:0.7 '{"average_last": 3}'
+    python docs/results/default/one_step_ablation.py data/experiments/default originals
+
+Prints one JSON line: selection-subset reward of the best checkpoint (the first 400 validation
+sentences, what an Improve step keeps by) and greedy reward on the full validation set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from rest_pipeline.core.base_policy import Layout
+from rest_pipeline.core.improve import step as st
+from rest_pipeline.core.improve.filtering import select
+from rest_pipeline.core.policy.model import load_policy
+from rest_pipeline.core.policy.tokenizer import load_tokenizer
+from rest_pipeline.core.rewards.factory import make_reward
+from rest_pipeline.core.store.candidates import CandidateStore
+from rest_pipeline.core.training.bc import train_bc
+from rest_pipeline.spec import find_spec, load_spec
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("experiment_dir", type=Path)
+    ap.add_argument("rule", help="threshold:TAU, percentile:P, interpolated:GAMMA, or originals")
+    ap.add_argument("train", nargs="?", default="{}", help="JSON overrides of improve.train (e.g. lr)")
+    ap.add_argument("--lr", type=float, default=2.4e-4, help="the rate of the old default's first trained step")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/one_step_ablation"))
+    args = ap.parse_args()
+
+    spec = load_spec(find_spec("default"))
+    layout = Layout(args.experiment_dir)
+    reward = make_reward(spec.reward.model, spec, layout.reward_model)
+    store = CandidateStore(layout.store)
+    if args.rule == "originals":
+        rows = select(store, 1, spec.reward.model, "threshold", 2.0, mix_originals=True)
+    else:
+        rule, parameter = args.rule.split(":")
+        rows = select(store, 1, spec.reward.model, rule, float(parameter), mix_originals=True, dedupe=True)
+    train = spec.improve.train.model_copy(update={"lr": args.lr, **json.loads(args.train)})
+    shutil.rmtree(args.work, ignore_errors=True)
+    parent = layout.base_policy
+    result = train_bc(
+        load_policy(parent),
+        load_tokenizer(parent),
+        (list(rows.source), list(rows.hypothesis)),
+        st.validation_set(spec, layout),
+        train,
+        args.work,
+        seed=spec.seed + 2,
+        max_length=spec.tokenizer.max_length,
+        fingerprint=args.rule,
+        log=lambda _: None,
+        reward_fn=st.make_reward_fn(reward),
+    )
+    full_train = spec.improve.train.model_copy(update={"validate_pairs": None})
+    full = spec.model_copy(update={"improve": spec.improve.model_copy(update={"train": full_train})})
+    out = {
+        "rule": args.rule,
+        "train": json.loads(args.train),
+        "pairs": len(rows),
+        "samples": int((rows.origin == "sample").sum()),
+        "updates": result.steps,
+        "subset_reward": result.best_metric,
+        "parent_subset_reward": st.valid_reward(spec, layout, parent, reward),
+        "valid_reward": st.valid_reward(full, layout, result.best_dir, reward),
+        "parent_valid_reward": st.valid_reward(full, layout, parent, reward),
+    }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
