@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("experiment_dir", type=Path)
     ap.add_argument("rule", help="threshold:TAU, percentile:P, interpolated:GAMMA, or originals")
     ap.add_argument("train", nargs="?", default="{}", help="JSON overrides of improve.train (e.g. lr)")
-    ap.add_argument("--lr", type=float, default=2.4e-4, help="the rate of the old default's first trained step")
+    ap.add_argument("--lr", type=float, default=3e-4, help="improve.train.lr of default.yaml")
     ap.add_argument("--work", type=Path, default=Path("/tmp/one_step_ablation"))
     args = ap.parse_args()
 
