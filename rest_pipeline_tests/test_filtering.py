@@ -29,23 +29,31 @@ class SpelledReward:
         return np.array([float(h.split(":")[1]) for h in hypotheses])
 
 
-@pytest.fixture
-def store(tmp_path) -> CandidateStore:
-    store = CandidateStore(tmp_path / "store")
-    ids = list(REWARDS)
+def scored_grow(store: CandidateStore, references: dict[str, str], samples: dict[str, list[str]]) -> CandidateStore:
+    """Grow 1 of `store`: one shard of these sources, scored by SpelledReward."""
+    ids = list(references)
     store.write_candidates(
         experiment="t",
         grow=1,
         shard=0,
         source_ids=ids,
         sources=[f"src {i}" for i in ids],
-        references=[f"{i} ref:{REWARDS[i][1]}" for i in ids],
-        samples=[[f"{i} h{k}:{r}" for k, r in enumerate(REWARDS[i][0])] for i in ids],
+        references=[references[i] for i in ids],
+        samples=[samples[i] for i in ids],
         policy="p",
         decoding="d",
     )
     store.score_shard(SpelledReward(), 1, 0)
     return store
+
+
+@pytest.fixture
+def store(tmp_path) -> CandidateStore:
+    return scored_grow(
+        CandidateStore(tmp_path / "store"),
+        {i: f"{i} ref:{ref}" for i, (_, ref) in REWARDS.items()},
+        {i: [f"{i} h{k}:{r}" for k, r in enumerate(rs)] for i, (rs, _) in REWARDS.items()},
+    )
 
 
 def kept(rows) -> dict[str, list[float]]:
@@ -94,19 +102,9 @@ def test_per_source_bars_come_from_the_samples_not_the_reference(store):
 
 
 def test_dedupe_keeps_one_row_per_distinct_output(tmp_path):
-    store = CandidateStore(tmp_path / "store")
-    store.write_candidates(
-        experiment="t",
-        grow=1,
-        shard=0,
-        source_ids=["a"],
-        sources=["src a"],
-        references=["a h:0.9"],
-        samples=[["a h:0.9", "a h:0.9", "a g:0.8", "a k:0.1"]],
-        policy="p",
-        decoding="d",
+    store = scored_grow(
+        CandidateStore(tmp_path / "store"), {"a": "a h:0.9"}, {"a": ["a h:0.9", "a h:0.9", "a g:0.8", "a k:0.1"]}
     )
-    store.score_shard(SpelledReward(), 1, 0)
     plain = select(store, 1, "spelled", "threshold", 0.5, mix_originals=True)
     assert sorted(plain.hypothesis) == ["a g:0.8", "a h:0.9", "a h:0.9", "a h:0.9"]
     rows = select(store, 1, "spelled", "threshold", 0.5, mix_originals=True, dedupe=True)

@@ -93,18 +93,20 @@ def select(
     # near the top of the scale) would otherwise set the max and the upper percentiles, and keep
     # almost no sample of the sources it dominates.
     mixed = "WHEN dg.origin = 'reference' THEN 'original' " if mix_originals else ""
-    rows = con.execute(
+    # One row per distinct (source, output): a translation sampled k times is not k times the evidence;
+    # the reference wins a tie with an identical sample.
+    distinct = (
+        "QUALIFY row_number() OVER (PARTITION BY source_id, hypothesis ORDER BY origin, candidate_id) = 1 "
+        if dedupe
+        else ""
+    )
+    return con.execute(
         "WITH st AS (SELECT source_id, max(reward) AS max_r, avg(reward) AS mean_r, "
-        f"quantile_cont(reward, {q!r}) AS p_bar FROM dg WHERE origin = 'sample' GROUP BY source_id) "
-        f"SELECT dg.*, CASE WHEN dg.reward >= {bar} THEN 'filter' {mixed}END AS kept_by "
-        "FROM dg LEFT JOIN st USING (source_id)"
+        f"quantile_cont(reward, {q!r}) AS p_bar FROM dg WHERE origin = 'sample' GROUP BY source_id), "
+        f"marked AS (SELECT dg.*, CASE WHEN dg.reward >= {bar} THEN 'filter' {mixed}END AS kept_by "
+        "FROM dg LEFT JOIN st USING (source_id)) "
+        f"SELECT * FROM marked WHERE kept_by IS NOT NULL {distinct}ORDER BY candidate_id"
     ).df()
-    rows = rows[rows.kept_by.notna()]
-    if dedupe:
-        # One row per distinct (source, output): a translation sampled k times is not k times the evidence;
-        # the reference wins a tie with an identical sample.
-        rows = rows.sort_values(["origin", "candidate_id"]).drop_duplicates(["source_id", "hypothesis"])
-    return rows.sort_values("candidate_id").reset_index(drop=True)
 
 
 def build_slice(
