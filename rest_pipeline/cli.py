@@ -74,6 +74,8 @@ def cmd_main(args: argparse.Namespace) -> int:
         print(f"\nReST report: {layout.report / 'report.md'}")
         data = json.loads(report.read_text())
         print(md_table(data["table1"]))
+        for f in data.get("findings", []):
+            print(f"  {'YES' if f['holds'] else 'NO '} {f['finding']}: {f['evidence']}")
         if data.get("control"):
             for split, d in data["control"]["rest_minus_control"].items():
                 r = d.get(f"reward_{spec.reward.model}")

@@ -125,7 +125,15 @@ def _assert_rest_chain(instance: dg.DagsterInstance, root: Path, spec) -> None:
     assert "## Control: the same steps on the original pairs only" in (layout.report / "report.md").read_text()
     against = {(r["final minus"], r["split"], r["metric"]) for r in report["significance"]}
     pairs = [("valid", "learned"), ("valid", "chrf"), ("test", "learned"), ("test", "chrf")]
-    assert against == {(who, split, f"reward_{m}") for who in ("BC", "control") for split, m in pairs}
+    assert against == {(who, split, f"reward_{m}") for who in ("BC", "grow 1", "control") for split, m in pairs}
+    assert [f["finding"] for f in report["findings"]] == [
+        "valid reward rises with the Improve steps of grow 1",
+        "the last grow adds to grow 1",
+        "the final policy beats BC on test reward, test BLEU within 1 point",
+        "Best-of-N: ReST at a small N reaches BC at a larger N",
+    ]
+    assert report["findings"][-1]["holds"] == report["best_of_n"]["rest_small_n_reaches_bc_larger_n"]
+    assert "## The paper's findings, checked on this run" in (layout.report / "report.md").read_text()
     for png in ("reward_per_checkpoint", "bleu_per_checkpoint", "reward_histograms", "best_of_n"):
         assert (layout.report / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
     # `rest lineage` (the store's lineage table) and Dagster's asset graph tell the same chain.

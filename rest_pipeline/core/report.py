@@ -67,10 +67,13 @@ def table1(rows: list[dict], spec: ExperimentSpec, train_reward: str) -> list[di
 
 
 def significance(spec: ExperimentSpec, layout: Layout, train_reward: str, independent: str | None) -> list[dict]:
-    """Final minus BC (and minus the control, when it ran) with paired-bootstrap intervals."""
+    """Final minus BC, minus each earlier grow's hand-on checkpoint, and minus the control when it ran,
+    with paired-bootstrap intervals."""
     metrics = [f"reward_{train_reward}"] + ([f"reward_{independent}"] if independent else [])
     final = layout.eval_dir(*final_step(spec))
     against = {"BC": layout.eval_dir(0, 0)}
+    for g in range(1, spec.improve.grows):  # "final minus grow 1" is the paper's "grow 2 adds to grow 1"
+        against[f"grow {g}"] = layout.eval_dir(g, spec.improve.steps)
     if read_control(layout) is not None:
         against["control"] = control_dir(layout) / "eval"
     return [
@@ -78,6 +81,64 @@ def significance(spec: ExperimentSpec, layout: Layout, train_reward: str, indepe
         for name, folder in against.items()
         for row in eval_deltas(folder, final, spec.evaluation.splits, metrics)
     ]
+
+
+def findings(rows: list[dict], sig: list[dict], bon: dict, train_reward: str, max_bleu_drop: float = 1.0) -> list[dict]:
+    """The paper's headline findings, each checked against this run's numbers.
+
+    Deliberately strict, so a "yes" means something: a rise must hold on the full valid split
+    for every trained step of grow 1 (at least two of them), and a gain must have a 95 % interval
+    above zero on at least one split with no split below zero.
+    """
+    metric = f"reward_{train_reward}"
+    splits = list(dict.fromkeys(r["split"] for r in sig))
+    test = "test" if "test" in splits else splits[-1]
+    out = []
+
+    chain = [rows[0]] + [r for r in rows if r["checkpoint"].startswith("G=1 ") and r["status"] == "improved"]
+    values = [r[f"valid_{train_reward}"] for r in chain]
+    rises = len(chain) >= 3 and all(b > a for a, b in zip(values, values[1:], strict=False))
+    out.append(
+        {
+            "finding": "valid reward rises with the Improve steps of grow 1",
+            "holds": rises,
+            "evidence": " -> ".join(f"{r['checkpoint']} {v:.4f}" for r, v in zip(chain, values, strict=True))
+            + ("" if len(chain) >= 3 else " (fewer than two trained steps)"),
+        }
+    )
+
+    def gain(against: str) -> tuple[bool, str]:
+        mine = [r for r in sig if r["final minus"] == against and r["metric"] == metric]
+        ok = bool(mine) and all(r["delta"] > 0 for r in mine) and any(r["significant"] for r in mine)
+        return ok, "; ".join(f"{r['split']} {r['delta']:+.4f} {r['ci95']}" for r in mine)
+
+    earlier = sorted({r["final minus"] for r in sig if r["final minus"].startswith("grow ")})
+    for name in earlier:
+        ok, text = gain(name)
+        out.append({"finding": f"the last grow adds to {name}", "holds": ok, "evidence": text})
+
+    ok, text = gain("BC")
+    bc_test = [r for r in sig if r["final minus"] == "BC" and r["metric"] == metric and r["split"] == test]
+    beats = bool(bc_test) and bc_test[0]["delta"] > 0 and bc_test[0]["significant"]
+    bleu_drop = rows[0][f"{test}_bleu"] - rows[-1][f"{test}_bleu"]
+    out.append(
+        {
+            "finding": f"the final policy beats BC on {test} reward, {test} BLEU within {max_bleu_drop:g} point",
+            "holds": beats and bleu_drop <= max_bleu_drop,
+            "evidence": f"{text}; {test} BLEU {rows[0][f'{test}_bleu']} -> {rows[-1][f'{test}_bleu']}",
+        }
+    )
+
+    out.append(
+        {
+            "finding": "Best-of-N: ReST at a small N reaches BC at a larger N",
+            "holds": bool(bon["rest_small_n_reaches_bc_larger_n"]),
+            "evidence": ", ".join(
+                f"N={n}: ReST {bon['rest']['curve'][str(n)]} vs BC {bon['bc']['curve'][str(n)]}" for n in bon["ns"]
+            ),
+        }
+    )
+    return out
 
 
 def _control_section(layout: Layout, rows: list[dict], train_reward: str) -> list[str]:
@@ -186,12 +247,15 @@ def build_report(spec: ExperimentSpec, layout: Layout, train_reward: str, indepe
         "SELECT grow, count(*) AS candidates, count(DISTINCT source_id) AS sources, "
         "avg(CASE WHEN origin = 'sample' THEN 1 ELSE 0 END) AS sample_share FROM candidates GROUP BY grow ORDER BY grow"
     )
+    checked = findings(rows, sig, bon, train_reward)
     text = [
         f"# ReST report: experiment `{spec.name}`\n",
         f"{spec.description}\n",
         f"Training reward: `{train_reward}`; independent reward: `{independent}`. All rewards are means over the "
         "split of greedy outputs, on [0, 1]. BLEU/chrF: sacrebleu corpus scores of the same outputs.\n",
-        "## Table 1 (the paper's shape)\n",
+        "## The paper's findings, checked on this run\n",
+        md_table(checked),
+        "\n## Table 1 (the paper's shape)\n",
         md_table(table1(rows, spec, train_reward)),
         "\n## Every checkpoint\n",
         md_table(rows),
@@ -206,7 +270,8 @@ def build_report(spec: ExperimentSpec, layout: Layout, train_reward: str, indepe
         "\n![best-of-n](best_of_n.png)\n",
         *_control_section(layout, rows, train_reward),
         "\n## Are the gains more than noise?\n",
-        "Final checkpoint minus the other policy, per sentence of the greedy outputs, with a 95 % paired-bootstrap "
+        "Final checkpoint minus the other policy (BC, the checkpoint each earlier grow handed on, the control), "
+        "per sentence of the greedy outputs, with a 95 % paired-bootstrap "
         "interval (2,000 resamples); `significant` means the interval excludes 0.\n",
         md_table(sig),
         "\n## BC policy, beam and greedy (base_policy_eval)\n",
@@ -223,6 +288,7 @@ def build_report(spec: ExperimentSpec, layout: Layout, train_reward: str, indepe
                     "best_of_n": bon,
                     "control": read_control(layout),
                     "significance": sig,
+                    "findings": checked,
                 },
                 indent=1,
             )

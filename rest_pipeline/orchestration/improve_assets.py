@@ -278,10 +278,10 @@ def report_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
             *[eval_key(spec, g, i) for g, i in steps],
             *([control_key(spec)] if spec.improve.control else []),
         ],
-        code_version="report-v2",
+        code_version="report-v3",
         kinds={"markdown"},
-        description="Markdown report with PNG plots: reward and BLEU per checkpoint, reward histograms per grow, "
-        "Best-of-N curves, and a table shaped like the paper's Table 1.",
+        description="Markdown report with PNG plots: the paper's findings checked on this run, reward and BLEU "
+        "per checkpoint, reward histograms per grow, Best-of-N curves, and a table shaped like the paper's Table 1.",
     )
     def report(context: dg.AssetExecutionContext, storage: RestStorage) -> dg.MaterializeResult:
         import base64
@@ -294,9 +294,10 @@ def report_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
         return dg.MaterializeResult(
             metadata={
                 "path": dg.MetadataValue.path(str(path)),
+                "findings": md_table(built["findings"]),
                 "table_1": md_table(built["table1"]),
                 "checkpoints": md_table(built["checkpoints"]),
-                "final_minus_bc_and_control": md_table(built["significance"]),
+                "final_minus_bc_grows_and_control": md_table(built["significance"]),
                 "reward_per_checkpoint": dg.MetadataValue.md(f"![reward](data:image/png;base64,{png})"),
                 "report_json": dg.MetadataValue.path(str(layout.report / "report.json")),
             }
