@@ -117,7 +117,7 @@ def findings(rows: list[dict], sig: list[dict], bon: dict, train_reward: str, ma
         ok, text = gain(name)
         out.append({"finding": f"the last grow adds to {name}", "holds": ok, "evidence": text})
 
-    ok, text = gain("BC")
+    _, text = gain("BC")  # the verdict below is on test alone, plus BLEU
     bc_test = [r for r in sig if r["final minus"] == "BC" and r["metric"] == metric and r["split"] == test]
     beats = bool(bc_test) and bc_test[0]["delta"] > 0 and bc_test[0]["significant"]
     bleu_drop = rows[0][f"{test}_bleu"] - rows[-1][f"{test}_bleu"]
