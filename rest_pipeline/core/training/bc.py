@@ -211,6 +211,7 @@ def train_bc(
     model.train()
     t_start = time.perf_counter() - elapsed
     window_loss, window_tokens, t_window = 0.0, 0, time.perf_counter()
+    budget = None if spec.time_budget_minutes is None else spec.time_budget_minutes * 60  # seconds
     while step < total_steps:
         epoch, pos = divmod(step, batches_per_epoch)
         order = make_batches(src, tgt, spec.max_tokens, seed, epoch)
@@ -248,7 +249,6 @@ def train_bc(
                 )
                 window_loss, window_tokens, t_window = 0.0, 0, now
 
-            budget = None if spec.time_budget_minutes is None else spec.time_budget_minutes * 60
             out_of_time = budget is not None and elapsed >= budget
             scheduled = step % validate_every == 0
             # A scheduled validation this close to the budget is the last one: the few steps left would
