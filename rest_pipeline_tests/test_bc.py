@@ -74,6 +74,17 @@ def test_lr_schedule_warms_up_then_decays():
     assert lr_at(999, lin, 1000) < 1e-5
 
 
+def test_linear_decay_follows_the_time_budget_when_it_ends_first():
+    # An Improve step stops on its budget long before its planned steps: the schedule must still anneal.
+    lin = BCSpec(lr=1e-3, warmup_steps=10, decay="linear", min_lr_ratio=0.1)
+    assert lr_at(200, lin, 1000, budget_used=0.0) == pytest.approx(1e-3 * (1 - 190 / 990))
+    assert lr_at(200, lin, 1000, budget_used=0.5) == pytest.approx(0.5e-3)
+    assert lr_at(200, lin, 1000, budget_used=1.0) == pytest.approx(1e-4)  # floor: min_lr_ratio
+    assert lr_at(900, lin, 1000, budget_used=0.1) == pytest.approx(1e-3 * (1 - 890 / 990))  # steps end first
+    inv = BCSpec(lr=1e-3, warmup_steps=100)  # inverse_sqrt has no end to reach: the budget does not bend it
+    assert lr_at(400, inv, 1000, budget_used=0.9) == lr_at(400, inv, 1000)
+
+
 def test_bc_learns_the_task(tmp_path):
     out = run_tiny(str(tmp_path / "run"), str(tokenizer_dir(tmp_path)), SPEC.model_dump_json())
     h = [r for r in out["history"] if "averaged_snapshots" not in r]

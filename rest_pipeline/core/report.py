@@ -36,10 +36,10 @@ def checkpoint_rows(spec: ExperimentSpec, layout: Layout, train_reward: str, ind
                 filter=f"{rec.slice_rule} {rec.slice_parameter:g}",
                 kept=rec.slice_kept,
                 kept_fraction=rec.slice_kept_fraction,
-                valid_reward_subset=rec.valid_reward,
+                valid_reward_selection=rec.valid_reward,
             )
         else:
-            row.update(status="base", filter="-", kept="-", kept_fraction="-", valid_reward_subset="-")
+            row.update(status="base", filter="-", kept="-", kept_fraction="-", valid_reward_selection="-")
         for split, s in summary["splits"].items():
             row[f"{split}_{train_reward}"] = s[f"reward_{train_reward}"]
             if independent:
@@ -151,14 +151,14 @@ def _control_section(layout: Layout, rows: list[dict], train_reward: str) -> lis
     steps = [{k: s[k] for k in ("mirrors", "status", "valid_reward")} for s in control["steps"]]
 
     def score(split: str, name: str) -> float | None:
-        if name == "reward_subset":  # the selection metric: the best validation reward the steps kept
+        if name == "reward_selection":  # the selection metric: the best validation reward the steps kept
             return steps[-1]["valid_reward"] if steps else None
         row = control["splits"].get(split, {})
         return row.get(name) if name == "bleu" else row.get(f"reward_{name}")
 
     bc = {c: rows[0][c] for c in cols}
-    if "valid_reward_subset" in bc and control["steps"]:
-        bc["valid_reward_subset"] = control["steps"][0]["parent_valid_reward"]
+    if "valid_reward_selection" in bc and control["steps"]:
+        bc["valid_reward_selection"] = control["steps"][0]["parent_valid_reward"]
     return [
         "\n## Control: the same steps on the original pairs only\n",
         "BC fine-tuned step for step like the final ReST checkpoint (same learning rates, budgets and "
@@ -248,6 +248,8 @@ def build_report(spec: ExperimentSpec, layout: Layout, train_reward: str, indepe
         "avg(CASE WHEN origin = 'sample' THEN 1 ELSE 0 END) AS sample_share FROM candidates GROUP BY grow ORDER BY grow"
     )
     checked = findings(rows, sig, bon, train_reward)
+    n_judged = spec.improve.train.validate_pairs
+    judged_on = f"the first {n_judged} valid sentences" if n_judged else "all of valid"
     text = [
         f"# ReST report: experiment `{spec.name}`\n",
         f"{spec.description}\n",
@@ -258,6 +260,8 @@ def build_report(spec: ExperimentSpec, layout: Layout, train_reward: str, indepe
         "\n## Table 1 (the paper's shape)\n",
         md_table(table1(rows, spec, train_reward)),
         "\n## Every checkpoint\n",
+        f"`valid_reward_selection`: the validation reward a step was judged on (greedy, on {judged_on}); "
+        "a step that does not beat its parent hands the parent on, so its row repeats the parent's.\n",
         md_table(rows),
         "\n![reward](reward_per_checkpoint.png)\n\n![bleu](bleu_per_checkpoint.png)\n",
         "\n## Grows\n",

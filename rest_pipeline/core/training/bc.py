@@ -52,14 +52,20 @@ class BCResult:
     history: list[dict] = field(default_factory=list)
 
 
-def lr_at(step: int, spec: BCSpec, total_steps: int) -> float:
+def lr_at(step: int, spec: BCSpec, total_steps: int, budget_used: float = 0.0) -> float:
+    """Learning rate before `step`; `budget_used` is the fraction of the time budget spent.
+
+    Linear and cosine decay run to whichever end comes first, the planned steps or the time
+    budget, so a run cut by its budget (every Improve step) still ends annealed instead of
+    stopping at a high learning rate.
+    """
     warm = max(spec.warmup_steps, 1)
     if step < warm:
         return spec.lr * (step + 1) / warm
     if spec.decay == "inverse_sqrt":
         factor = math.sqrt(warm / (step + 1))
     else:
-        progress = min((step - warm) / max(total_steps - warm, 1), 1.0)
+        progress = min(max((step - warm) / max(total_steps - warm, 1), budget_used), 1.0)
         factor = 1 - progress if spec.decay == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
     return spec.lr * max(factor, spec.min_lr_ratio)
 
@@ -223,7 +229,7 @@ def train_bc(
                 break
             b = collate(idx, src, tgt, pad_id, start_id)
             for g in optimizer.param_groups:
-                g["lr"] = lr_at(step, spec, total_steps)
+                g["lr"] = lr_at(step, spec, total_steps, elapsed / budget if budget else 0.0)
             logits = model(
                 input_ids=b.input_ids.to(device),
                 attention_mask=b.attention_mask.to(device),
