@@ -135,6 +135,10 @@ class GrowSpec(_Strict):
     top_p: float | None = Field(None, gt=0, le=1)
     max_new_tokens: int = Field(128, ge=1)
     max_sources: int | None = Field(None, ge=1)  # first N training sources (None = all)
+    # With max_sources below the corpus size: grow g samples the g-th block of max_sources sources
+    # (wrapping round the corpus) instead of the same first block, so each Grow brings sources the
+    # policy has not yet been fine-tuned on and G grows cover G blocks of D at one block's cost.
+    rotate_sources: bool = False
     shards: int = Field(4, ge=1)  # partitions of a grow: run, fail and resume independently
     backend: Literal["hf", "ctranslate2"] = "hf"
     batch_tokens: int = Field(4000, ge=64)

@@ -141,3 +141,25 @@ def test_ctranslate2_greedy_matches_hf_greedy(tmp_path):
     hf = translate(model, tok, src, DecodingSpec(name="greedy", max_new_tokens=16))
     ct2 = sample_candidates(CT2Sampler(ckpt), src, SamplingSettings(1, 1.0, top_k=1, max_new_tokens=16, seed=0))
     assert [c[0] for c in ct2] == hf
+
+
+def test_rotating_sources_gives_each_grow_its_own_block(tmp_path):
+    from rest_pipeline.core.grow.run import grow_sources
+    from rest_pipeline.spec import load_spec
+
+    pd.DataFrame(
+        {"source_id": [f"s{i}" for i in range(10)], "source": list("abcdefghij"), "target": list("ABCDEFGHIJ")}
+    ).to_parquet(tmp_path / "train.parquet")
+    spec = load_spec(Path(__file__).parents[1] / "rest_pipeline" / "experiments" / "smoke.yaml")
+    same = spec.model_copy(update={"grow": spec.grow.model_copy(update={"max_sources": 4})})
+    rotate = spec.model_copy(update={"grow": same.grow.model_copy(update={"rotate_sources": True})})
+
+    def ids(s, g):
+        return list(grow_sources(s, tmp_path, g).source_id)
+
+    assert ids(same, 1) == ids(same, 2) == ["s0", "s1", "s2", "s3"]
+    assert ids(rotate, 1) == ["s0", "s1", "s2", "s3"]
+    assert ids(rotate, 2) == ["s4", "s5", "s6", "s7"]
+    assert ids(rotate, 3) == ["s8", "s9", "s0", "s1"]  # wraps round the corpus, no source twice in a grow
+    everything = spec.model_copy(update={"grow": rotate.grow.model_copy(update={"max_sources": 50})})
+    assert ids(everything, 2) == [f"s{i}" for i in range(10)]

@@ -65,7 +65,7 @@ def grow_checks(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetChecksDefin
             if not store.has_candidates(grow, shard):
                 continue
             df = store.read_candidates(grow, shard)
-            expected = set(shard_of(grow_sources(spec, layout.corpus), spec.grow.shards, shard).source_id)
+            expected = set(shard_of(grow_sources(spec, layout.corpus, grow), spec.grow.shards, shard).source_id)
             if set(df.source_id) != expected:
                 problems.append(f"shard {shard}: sources differ from the corpus shard")
             counts = df[df.origin == "sample"].groupby("source_id").size()

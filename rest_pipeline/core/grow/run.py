@@ -17,9 +17,15 @@ from rest_pipeline.spec import ExperimentSpec
 Log = Callable[[str], None]
 
 
-def grow_sources(spec: ExperimentSpec, corpus_dir: Path) -> pd.DataFrame:
+def grow_sources(spec: ExperimentSpec, corpus_dir: Path, grow: int) -> pd.DataFrame:
+    """The training sources grow `grow` samples: the first max_sources, or its block when rotating."""
     train = load_split(corpus_dir, "train")
-    return train.head(spec.grow.max_sources) if spec.grow.max_sources else train
+    n = spec.grow.max_sources
+    if not n or n >= len(train):
+        return train
+    start = (grow - 1) * n % len(train) if spec.grow.rotate_sources else 0
+    rows = (start + np.arange(n)) % len(train)
+    return train.iloc[rows]
 
 
 def shard_of(df: pd.DataFrame, shards: int, shard: int) -> pd.DataFrame:
@@ -54,7 +60,7 @@ def grow_shard(
 ) -> pd.DataFrame:
     """Sample and store one shard. A shard already sampled by the same policy with the same settings
     is kept (resume without re-sampling); one from another policy or settings is replaced."""
-    df = shard_of(grow_sources(spec, corpus_dir), spec.grow.shards, shard)
+    df = shard_of(grow_sources(spec, corpus_dir, grow), spec.grow.shards, shard)
     settings = settings_for(spec, grow, shard)
     sampler = make_sampler(spec.grow.backend, policy_dir, spec.tokenizer.max_length)
     decoding = f"{sampler.name}:{settings.describe()}"
