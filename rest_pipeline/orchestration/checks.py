@@ -55,13 +55,18 @@ def grow_checks(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetChecksDefin
     cand_key = dg.AssetKey([name, f"grow_{grow}", "candidates"])
     reward_key = dg.AssetKey([name, f"grow_{grow}", "rewards"])
 
+    def shards_checked(context: dg.AssetCheckExecutionContext) -> list[int]:
+        # The shard this run materialized; the others may be stale until their own run re-samples them.
+        op = context.op_execution_context
+        return [int(op.partition_key)] if op.has_partition_key else list(range(spec.grow.shards))
+
     @dg.asset_check(asset=cand_key, name="n_candidates_per_source", blocking=True)
     def n_candidates_per_source(context: dg.AssetCheckExecutionContext, storage: RestStorage) -> dg.AssetCheckResult:
         """Every source of the shard has exactly N samples, plus its reference when configured."""
         layout = storage.layout(spec)
         store = CandidateStore(layout.store)
         problems: list[str] = []
-        for shard in range(spec.grow.shards):
+        for shard in shards_checked(context):
             if not store.has_candidates(grow, shard):
                 continue
             df = store.read_candidates(grow, shard)
@@ -77,11 +82,11 @@ def grow_checks(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetChecksDefin
         return dg.AssetCheckResult(passed=not problems, metadata={"problems": "; ".join(problems) or "none"})
 
     @dg.asset_check(asset=reward_key, name="rewards_valid", blocking=True)
-    def rewards_valid(storage: RestStorage) -> dg.AssetCheckResult:
+    def rewards_valid(context: dg.AssetCheckExecutionContext, storage: RestStorage) -> dg.AssetCheckResult:
         """No NaN/inf, all within [0, 1], one score per candidate for each reward model."""
         store = CandidateStore(storage.layout(spec).store)
         problems: list[str] = []
-        for shard in range(spec.grow.shards):
+        for shard in shards_checked(context):
             if not store.has_candidates(grow, shard):
                 continue
             ids = set(store.read_candidates(grow, shard).candidate_id)

@@ -70,7 +70,11 @@ def grow_shard(
         if made_by.values.tolist() == [[policy_id, decoding]] and set(old.source_id) == set(df.source_id):
             log(f"grow {grow} shard {shard}: already in the store, not re-sampled")
             return old
-        log(f"grow {grow} shard {shard}: stored shard came from {made_by.values.tolist()}; re-sampling")
+        same_sources = len(set(old.source_id) & set(df.source_id))
+        log(
+            f"grow {grow} shard {shard}: stored shard came from {made_by.values.tolist()} and holds "
+            f"{same_sources} of this shard's {len(df)} sources; re-sampling"
+        )
     step = max(len(df) // 10, 1)
 
     def progress(done: int, total: int) -> None:
