@@ -85,6 +85,8 @@ def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir):
             per_grow[per_grow.origin == "reference"]["mean"].item()
             > per_grow[per_grow.origin == "sample"]["mean"].item()
         )
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:  # last: it re-samples a shard
+        _assert_rotation_resamples_shard_by_shard(instance, spec, storage)
 
 
 def _assert_rest_chain(instance: dg.DagsterInstance, root: Path, spec) -> None:
@@ -149,6 +151,30 @@ def _assert_rest_chain(instance: dg.DagsterInstance, root: Path, spec) -> None:
         dg.AssetKey(["smoke", "grow_2", "improve_2", "eval"])
     ).asset_materialization.metadata
     assert {"valid_reward_learned", "test_reward_chrf", "test_bleu", "distinct_samples_per_source"} <= set(eval_meta)
+
+
+def _assert_rotation_resamples_shard_by_shard(instance: dg.DagsterInstance, spec, storage: RestStorage) -> None:
+    """Turning rotate_sources on re-samples grow 2 one shard per run; each run's checks judge its own
+    shard, not the shards still holding the old sources (what broke the first re-run of default)."""
+    rotated = spec.model_copy(update={"grow": spec.grow.model_copy(update={"rotate_sources": True})})
+    defs = build_definitions([rotated])
+    store = CandidateStore(storage.layout(rotated).store)
+    old_ids = set(store.read_candidates(2, 1).source_id)
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        instance=instance,
+        resources={"storage": storage},
+        selection=dg.AssetSelection.assets(dg.AssetKey(["smoke", "grow_2", "candidates"])),
+        partition_key="0000",
+    )
+    assert result.success
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == "n_candidates_per_source" and check.passed
+    n = spec.grow.max_sources
+    block = set(store.read_candidates(2, 0).source_id)
+    assert block.isdisjoint(store.read_candidates(1, 0).source_id)  # grow 2 now samples the next block
+    assert len(block) == n // spec.grow.shards
+    assert set(store.read_candidates(2, 1).source_id) == old_ids  # the other shard waits for its own run
 
 
 def _assert_threshold_change_stales_exactly_downstream(instance: dg.DagsterInstance, spec) -> None:
