@@ -59,7 +59,7 @@ def grow_shard(
     log: Log = print,
 ) -> pd.DataFrame:
     """Sample and store one shard. A shard already sampled by the same policy with the same settings
-    is kept (resume without re-sampling); one from another policy or settings is replaced."""
+    from the same sources is kept (resume without re-sampling); any other is replaced."""
     df = shard_of(grow_sources(spec, corpus_dir, grow), spec.grow.shards, shard)
     settings = settings_for(spec, grow, shard)
     sampler = make_sampler(spec.grow.backend, policy_dir, spec.tokenizer.max_length)
