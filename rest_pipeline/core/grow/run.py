@@ -67,13 +67,13 @@ def grow_shard(
     if store.has_candidates(grow, shard):
         old = store.read_candidates(grow, shard)
         made_by = old[old.origin == "sample"][["policy", "decoding"]].drop_duplicates()
-        if made_by.values.tolist() == [[policy_id, decoding]] and set(old.source_id) == set(df.source_id):
+        stored, wanted = set(old.source_id), set(df.source_id)
+        if made_by.values.tolist() == [[policy_id, decoding]] and stored == wanted:
             log(f"grow {grow} shard {shard}: already in the store, not re-sampled")
             return old
-        same_sources = len(set(old.source_id) & set(df.source_id))
         log(
             f"grow {grow} shard {shard}: stored shard came from {made_by.values.tolist()} and holds "
-            f"{same_sources} of this shard's {len(df)} sources; re-sampling"
+            f"{len(stored & wanted)} of this shard's {len(df)} sources; re-sampling"
         )
     step = max(len(df) // 10, 1)
 
