@@ -17,7 +17,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from rest_pipeline.core.base_policy import Layout
 from rest_pipeline.core.evaluation.metrics import corpus_scores
 from rest_pipeline.core.grow.sampling import HFSampler, SamplingSettings, sample_candidates
 from rest_pipeline.core.improve.filtering import build_slice
@@ -26,7 +25,7 @@ from rest_pipeline.core.policy.generate import translate
 from rest_pipeline.core.policy.model import build_marian, load_policy, save_policy
 from rest_pipeline.core.policy.tokenizer import load_tokenizer, train_sentencepiece
 from rest_pipeline.core.rewards.base import ChrFReward
-from rest_pipeline.core.store.candidates import CandidateStore
+from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.core.training.bc import train_bc
 from rest_pipeline.spec import (
     BCSpec,
@@ -36,6 +35,7 @@ from rest_pipeline.spec import (
     ImproveSpec,
     ImproveTrainSpec,
     PolicySpec,
+    ThresholdFilter,
     TokenizerSpec,
 )
 
@@ -140,16 +140,15 @@ def main() -> None:
     emit("sampling_cpu", sampling_rate(ckpt, sources[:200], "cpu"))
 
     # One Improve step on the device: grow from the checkpoint, score with chrF, filter, fine-tune.
-    layout = Layout(args.work / "exp")
-    save_policy(load_policy(ckpt), tok, layout.base_policy)
-    layout.corpus.mkdir(parents=True, exist_ok=True)
-    train.head(args.sources).to_parquet(layout.corpus / "train.parquet")
-    valid.to_parquet(layout.corpus / "valid.parquet")
-    sampler = HFSampler(layout.base_policy)
+    store = ExperimentStore(args.work / "exp")
+    save_policy(load_policy(ckpt), tok, store.base_policy_dir)
+    store.corpus_dir.mkdir(parents=True, exist_ok=True)
+    train.head(args.sources).to_parquet(store.split_file("train"))
+    valid.to_parquet(store.split_file("valid"))
+    sampler = HFSampler(store.base_policy_dir)
     samples = sample_candidates(
         sampler, sources, SamplingSettings(8, 0.8, max_new_tokens=128, seed=2), batch_tokens=16000
     )
-    store = CandidateStore(layout.store)
     store.write_candidates(
         experiment="gpu",
         grow=1,
@@ -176,15 +175,14 @@ def main() -> None:
         ),
         improve=ImproveSpec(
             grows=1,
-            thresholds=[0.6],
-            first_threshold_above_mean=False,
+            filter=ThresholdFilter(kind="threshold", values=[0.6], first_above_mean=False),
             train=ImproveTrainSpec(
                 max_tokens=8000, max_steps=200, time_budget_minutes=None, validate_every_steps=100, validate_pairs=400
             ),
         ),
     )
     t0 = time.perf_counter()
-    rec = run_improve_step(spec, layout, 1, 1, reward, log=lambda m: None)
+    rec = run_improve_step(spec, store, 1, 1, reward, log=lambda m: None)
     emit(
         "improve_step",
         {

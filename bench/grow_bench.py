@@ -22,7 +22,8 @@ import torch
 from rest_pipeline.core.grow.sampling import CT2Sampler, HFSampler, SamplingSettings, sample_candidates
 from rest_pipeline.core.policy.generate import pad
 from rest_pipeline.core.rewards.base import ChrFReward
-from rest_pipeline.core.store.candidates import CandidateStore, canned_query
+from rest_pipeline.core.store.candidates import canned_query
+from rest_pipeline.core.store.experiment import ExperimentStore
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -75,7 +76,7 @@ def bench_scoring(model, name: str, sources, hyps, refs, repeats: int) -> dict:
 
     def ours():
         with tempfile.TemporaryDirectory() as d:
-            store = CandidateStore(Path(d))
+            store = ExperimentStore(Path(d))
             store.write_candidates(
                 experiment="b",
                 grow=1,
@@ -110,7 +111,7 @@ def bench_store(rows: int, repeats: int) -> dict:
     rng = np.random.default_rng(0)
     n_src, per = rows // 9, 8
     with tempfile.TemporaryDirectory() as d:
-        store = CandidateStore(Path(d))
+        store = ExperimentStore(Path(d))
         vocab = np.array("a dog cat man woman runs sits red blue street park ball water".split())
         refs = [" ".join(rng.choice(vocab, 8)) for _ in range(n_src)]
         samples = [[" ".join(rng.choice(vocab, 8)) for _ in range(per)] for _ in range(n_src)]

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from rest_pipeline.core.paths import home
-from rest_pipeline.spec import SpecError, all_specs, find_spec, load_spec
+from rest_pipeline.core.store.experiment import ExperimentStore, StaleRecordError
+from rest_pipeline.spec import ExperimentSpec, SpecError, all_specs, find_spec, load_spec
 
 # The `gpu` pool admits one step at a time across all runs (generation and training share the device);
 # raise it with `dagster instance concurrency set gpu N` or by editing this file.
@@ -34,6 +35,11 @@ def dagster_home() -> Path:
     return path
 
 
+def open_store(spec: ExperimentSpec) -> ExperimentStore:
+    """The experiment's store, found the way the Dagster resource finds it ($REST_HOME or ./data)."""
+    return ExperimentStore.open(spec.name, home())
+
+
 def cmd_main(args: argparse.Namespace) -> int:
     import dagster as dg
 
@@ -52,34 +58,25 @@ def cmd_main(args: argparse.Namespace) -> int:
     if failed:
         print(f"rest: run {failed[0].run_id} FAILED after {wall:.0f}s; see `rest ui` or the log above", file=sys.stderr)
         return 1
-    result = results[0]
-    from rest_pipeline.core.base_policy import Layout
+    store = open_store(spec)
+    print(f"rest: {len(results)} run(s) succeeded in {wall / 60:.1f} min (first: {results[0].run_id})")
+    print(f"  base policy checkpoint : {store.base_policy_dir}")
+    print(f"  evaluation (hypotheses): {store.decoding_eval_dir}")
+    for s in store.decoding_eval().rows:
+        print(f"  {s.split:>5} {s.decoding.name:<7} BLEU {s.bleu:6.2f}  chrF {s.chrf:6.2f}  ({s.sentences} sents)")
+    if store.has_report():
+        from rest_pipeline.core.tables import md_table
 
-    layout = Layout.of(spec)
-    print(f"rest: {len(results)} run(s) succeeded in {wall / 60:.1f} min (first: {result.run_id})")
-    print(f"  base policy checkpoint : {layout.base_policy}")
-    print(f"  evaluation (hypotheses): {layout.base_eval}")
-    from rest_pipeline.core.evaluation.evaluate import read_scores
-
-    scores = read_scores(layout.base_eval)
-    for s in scores:
-        print(
-            f"  {s['split']:>5} {s['decoding']:<7} BLEU {s['bleu']:6.2f}  chrF {s['chrf']:6.2f}"
-            f"  ({s['sentences']} sents)"
-        )
-    report = layout.report / "report.json"
-    if report.is_file():
-        from rest_pipeline.core.report import md_table
-
-        print(f"\nReST report: {layout.report / 'report.md'}")
-        data = json.loads(report.read_text())
-        print(md_table(data["table1"]))
-        for f in data.get("findings", []):
-            print(f"  {'YES' if f['holds'] else 'NO '} {f['finding']}: {f['evidence']}")
-        if data.get("control"):
-            for split, d in data["control"]["rest_minus_control"].items():
+        report = store.report()
+        print(f"\nReST report: {store.report_markdown}")
+        print(md_table(report.table1))
+        for f in report.findings:
+            print(f"  {'YES' if f.holds else 'NO '} {f.finding}: {f.evidence}")
+        if report.control:
+            for split, d in report.control.rest_minus_control.items():
                 r = d.get(f"reward_{spec.reward.model}")
                 print(f"  ReST final minus originals-only control, {split}: reward {r:+.4f}, BLEU {d['bleu']:+.2f}")
+        print(f"  final checkpoint: {store.policy('final')}")
         print(f"  lineage of the final checkpoint: ./scripts/rest lineage {spec.name}")
     print("  open the web UI with: ./scripts/rest ui")
     return 0
@@ -115,11 +112,10 @@ def cmd_query(args: argparse.Namespace) -> int:
     """Read-only SQL over an experiment's candidate store (views: candidates, scores, scored)."""
     import pandas as pd
 
-    from rest_pipeline.core.base_policy import Layout
-    from rest_pipeline.core.store.candidates import CANNED, CandidateStore, canned_query
+    from rest_pipeline.core.store.candidates import CANNED, canned_query
 
     spec = load_spec(find_spec(args.experiment))
-    store = CandidateStore(Layout.of(spec).store)
+    store = open_store(spec)
     reward = args.reward or spec.reward.model
     if args.sql in CANNED:
         df = canned_query(store, args.sql, reward)
@@ -140,27 +136,46 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def render_lineage(chain: list, base_checkpoint: Path, base_hash: str) -> str:
+    """A chain of step records (newest first) for people, ending at the BC policy."""
+    lines = []
+    for r in chain:
+        lines.append(f"{r.name}  [{r.status}]  checkpoint {r.checkpoint_hash}  {r.checkpoint}")
+        if r.skip_reason:
+            lines.append(f"    skipped: {r.skip_reason}")
+        lines.append(
+            f"    slice: {r.slice_rule} {r.slice_parameter:g} -> {r.slice_kept} pairs "
+            f"({r.slice_kept_fraction:.1%} of samples)  {r.slice_path}"
+        )
+        lines.append(f"    parent: {r.parent} ({r.parent_hash}); fine-tuning loss {r.loss}, lr {r.lr:.2e}")
+        lines.append(f"    validation reward: parent {r.parent_valid_reward} -> {r.valid_reward}")
+        lines.append(f"    grow {r.grow}: sampled by {r.grow_policy} with {r.grow_decoding}")
+        lines.append(f"    reward: {r.reward_model} ({r.reward_version}); corpus {r.corpus_hash}")
+    lines.append(f"base (BC policy)  checkpoint {base_hash}  {base_checkpoint}")
+    return "\n".join(lines)
+
+
 def cmd_lineage(args: argparse.Namespace) -> int:
-    """The chain of a checkpoint back to the BC policy, from the store's lineage table (and Dagster's)."""
-    from rest_pipeline.core.base_policy import Layout
-    from rest_pipeline.core.evaluation.policy_eval import weights_hash
-    from rest_pipeline.core.improve.evaluation import final_step
-    from rest_pipeline.core.improve.lineage import parse_checkpoint, render, store_chain
-    from rest_pipeline.core.store.candidates import CandidateStore
+    """The chain of a checkpoint back to the BC policy, from the store's step records (and Dagster's)."""
+    from rest_pipeline.core.evaluation.checkpoint import weights_hash
+    from rest_pipeline.core.store.experiment import BASE, parse_policy_name
 
     experiment, _, rest = args.checkpoint.partition("/")
     spec = load_spec(find_spec(experiment))
+    store = open_store(spec)
     try:
-        grow, step = parse_checkpoint(rest) or final_step(spec)
-        layout = Layout.of(spec)
-        chain = store_chain(CandidateStore(layout.store), spec, grow, step)
-    except (ValueError, FileNotFoundError) as e:
+        grow, step = parse_policy_name(rest) or store.final_step()
+        if grow == 0:
+            raise FileNotFoundError(f"{store.root}: no Improve step materialized yet (the chain starts at BC)")
+        chain = store.lineage(grow, step)
+    except (ValueError, FileNotFoundError, StaleRecordError) as e:
         print(f"rest: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(chain.to_json(orient="records", indent=1))
+        print(json.dumps([r.model_dump(exclude={"history"}) for r in chain], indent=1))
     else:
-        print(render(chain, str(layout.base_policy), weights_hash(layout.base_policy)))
+        base = store.policy(BASE)
+        print(render_lineage(chain, store.rel(base), weights_hash(base)))
     if args.dagster:
         import dagster as dg
 
@@ -178,11 +193,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
     """Candidate explorer: every candidate of one source, its rewards, and the slices that kept it."""
     import pandas as pd
 
-    from rest_pipeline.core.base_policy import Layout
-    from rest_pipeline.core.store.candidates import CandidateStore
-
     spec = load_spec(find_spec(args.experiment))
-    con = CandidateStore(Layout.of(spec).store).connect()
+    con = open_store(spec).connect()
     has_slices = "slices" in {r[0] for r in con.execute("SHOW TABLES").fetchall()}
     kept = (
         ", (SELECT string_agg(DISTINCT 'g' || s.grow || 'i' || s.step, ' ' ORDER BY 'g' || s.grow || 'i' || s.step) "
@@ -253,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_query)
     p = sub.add_parser("lineage", help="chain of a checkpoint back to the BC policy")
-    p.add_argument("checkpoint", help="<experiment>[/grow_<g>/improve_<i>], default: the experiment's final one")
+    p.add_argument("checkpoint", help="<experiment>[/grow_<g>/improve_<i>|/final], default: the final one")
     p.add_argument("--json", action="store_true", help="print the lineage rows as JSON")
     p.add_argument("--dagster", action="store_true", help="also print Dagster's view of the same chain")
     p.set_defaults(func=cmd_lineage)
@@ -268,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except SpecError as e:
+    except (SpecError, StaleRecordError) as e:
         print(f"rest: {e}", file=sys.stderr)
         return 2
 

@@ -1,24 +1,34 @@
 """Round automation decisions: the next scheduled Grow starts only after the previous grow finished
 and passed its reward-hacking check; otherwise the schedule says why it skips."""
 
-import json
-
 import dagster as dg
 
-from rest_pipeline.core.improve.evaluation import hacking_verdict
+from rest_pipeline.core.improve.assess import hacking_verdict
+from rest_pipeline.core.store.experiment import policy_name
+from rest_pipeline.core.store.records import Evaluation, SplitScores
 from rest_pipeline.orchestration.automation import grow_condition, next_grow, round_schedule, step_condition
 from rest_pipeline.orchestration.resources import RestStorage
-from rest_pipeline.spec import find_spec, load_spec
+from rest_pipeline.spec import DecodingSpec, find_spec, load_spec
 
 
-def summary(reward: float, bleu: float, chrf: float) -> dict:
-    return {"splits": {"test": {"reward_learned": reward, "bleu": bleu, "reward_chrf": chrf}}}
+def summary(reward: float, bleu: float, chrf: float, policy: str = "base") -> Evaluation:
+    scores = SplitScores(
+        sentences=10,
+        bleu=bleu,
+        chrf=50.0,
+        rewards={"learned": reward, "chrf": chrf},
+        distinct_1=0.5,
+        distinct_2=0.7,
+        mean_length=9.0,
+        hypotheses="x.parquet",
+    )
+    return Evaluation(
+        key="k", policy=policy, checkpoint="c", decoding=DecodingSpec(name="greedy"), splits={"test": scores}
+    )
 
 
-def write(layout, grow, step, data) -> None:
-    path = layout.eval_dir(grow, step) / "summary.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
+def write(store, grow, step, data: Evaluation) -> None:
+    store.write_evaluation(data.model_copy(update={"policy": policy_name(grow, step)}))
 
 
 def test_reward_hacking_verdict_needs_all_three_signals():
@@ -34,7 +44,7 @@ def test_schedule_starts_next_grow_only_after_a_clean_previous_grow(tmp_path):
     spec = load_spec(find_spec("smoke"))
     spec = spec.model_copy(update={"automation": spec.automation.model_copy(update={"rounds": "schedule"})})
     storage = RestStorage(home=str(tmp_path))
-    layout = storage.layout(spec)
+    layout = storage.store(spec)
     grow, why = next_grow(spec, storage)
     assert grow is None and "grow 1 has not finished" in why
     write(layout, 1, 1, summary(0.50, 30.0, 0.50))

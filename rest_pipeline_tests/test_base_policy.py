@@ -7,6 +7,7 @@ import yaml
 
 from rest_pipeline.core import base_policy as core
 from rest_pipeline.core.policy.model import save_policy
+from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.spec import load_spec
 from rest_pipeline_tests.synthetic import tiny_model, tokenizer_dir
 
@@ -37,18 +38,22 @@ def test_pretrained_checkpoint_is_fine_tuned_and_evaluated(tmp_path, data_dir, m
         )
     )
     spec = load_spec(spec_file)
-    layout = core.Layout(tmp_path / "exp")
-    infos = core.build_corpus(spec, layout)
-    assert infos["train"].rows == 200 and infos["test"].rows == 10
-    core.build_tokenizer(spec, layout)
-    assert json.loads((layout.tokenizer / "vocab.json").read_text()) == json.loads(
+    store = ExperimentStore(tmp_path / "exp")
+    corpus = core.build_corpus(spec, store)
+    assert corpus.splits["train"].rows == 200 and corpus.splits["test"].rows == 10
+    assert store.corpus() == corpus and corpus.splits["test"].file == "corpus/test.parquet"
+    core.build_tokenizer(spec, store)
+    assert json.loads((store.tokenizer_dir / "vocab.json").read_text()) == json.loads(
         (pretrained / "vocab.json").read_text()
     )
-    result = core.train_base_policy(spec, layout, log=lambda m: None)
+    result = core.train_base_policy(spec, store, log=lambda m: None)
     assert result.steps == 6
-    rows = core.evaluate_base_policy(spec, layout, log=lambda m: None)
-    assert [(r.split, r.decoding) for r in rows] == [("valid", "greedy"), ("test", "greedy")]
-    hyps = pd.read_parquet(rows[-1].hypotheses_path)
+    rows = core.evaluate_base_policy(spec, store, log=lambda m: None).rows
+    assert [(r.split, r.decoding.name, r.decoding.max_new_tokens) for r in rows] == [
+        ("valid", "greedy", 12),
+        ("test", "greedy", 12),
+    ]
+    hyps = pd.read_parquet(store.resolve(rows[-1].hypotheses))
     assert len(hyps) == 10 and list(hyps.columns) == ["source_id", "source", "reference", "hypothesis"]
 
 
@@ -56,13 +61,13 @@ def test_second_run_reuses_finished_training_and_evaluation(tmp_path, data_dir, 
     """The main job trains once; re-materializing reuses the finished policy and its scores."""
     monkeypatch.setenv("REST_DATA_DIR", str(data_dir))
     spec = load_spec(__import__("rest_pipeline.spec", fromlist=["find_spec"]).find_spec("smoke"))
-    layout = core.Layout(tmp_path / "exp")
-    core.build_corpus(spec, layout)
-    core.build_tokenizer(spec, layout)
-    first = core.train_base_policy(spec, layout, log=lambda m: None)
-    rows = core.evaluate_base_policy(spec, layout, log=lambda m: None)
+    store = ExperimentStore(tmp_path / "exp")
+    core.build_corpus(spec, store)
+    core.build_tokenizer(spec, store)
+    first = core.train_base_policy(spec, store, log=lambda m: None)
+    rows = core.evaluate_base_policy(spec, store, log=lambda m: None)
     logs: list[str] = []
-    again = core.train_base_policy(spec, layout, log=logs.append)
-    rows_again = core.evaluate_base_policy(spec, layout, log=logs.append)
+    again = core.train_base_policy(spec, store, log=logs.append)
+    rows_again = core.evaluate_base_policy(spec, store, log=logs.append)
     assert any("already trained" in m for m in logs) and any("already evaluated" in m for m in logs)
     assert again.steps == first.steps and rows_again == rows

@@ -95,14 +95,14 @@ def test_prepare_split_real_data_stable_ids(tmp_path, data_dir):
         valid="val",
         test="test_2016_flickr",
     )
-    info = prepare_split(data, "valid", tmp_path, mirror=data_dir)
+    info = prepare_split(data, "valid", tmp_path / "valid.parquet", mirror=data_dir)
     assert info.rows == 1014 and info.skipped == {}
     df = pd.read_parquet(info.path)
     assert df.source_id.iloc[0] == source_id("multi30k_de_en", "val", 1)
     assert df.source_id.is_unique
     first_de = (data_dir / "multi30k/val.de").read_text(encoding="utf-8").split("\n")[0]
     assert df.source.iloc[0] == first_de.strip()
-    again = prepare_split(data, "valid", tmp_path / "again", mirror=data_dir)
+    again = prepare_split(data, "valid", tmp_path / "again" / "valid.parquet", mirror=data_dir)
     assert hashlib.sha256(info.path.read_bytes()).digest() == hashlib.sha256(again.path.read_bytes()).digest()
 
 
@@ -116,7 +116,7 @@ def test_wrong_language_pair_and_split(tmp_path, data_dir):
         test="test_2016_flickr",
     )
     with pytest.raises(ValueError, match="dataset 'multi30k_de_en' is de->en"):
-        prepare_split(data, "valid", tmp_path, mirror=data_dir)
+        prepare_split(data, "valid", tmp_path / "valid.parquet", mirror=data_dir)
     data = DataSpec(
         dataset="multi30k_de_en",
         source_lang="de",
@@ -126,7 +126,7 @@ def test_wrong_language_pair_and_split(tmp_path, data_dir):
         test="test_2016_flickr",
     )
     with pytest.raises(ValueError, match="no split 'dev'"):
-        prepare_split(data, "valid", tmp_path, mirror=data_dir)
+        prepare_split(data, "valid", tmp_path / "valid.parquet", mirror=data_dir)
 
 
 def test_every_registered_file_matches_the_mirror(data_dir):

@@ -8,7 +8,9 @@ from pathlib import Path
 import dagster as dg
 from transformers import AutoModelForSeq2SeqLM
 
-from rest_pipeline.core.store.candidates import CandidateStore, canned_query
+from rest_pipeline.core.improve.chain import all_steps
+from rest_pipeline.core.store.candidates import canned_query
+from rest_pipeline.core.store.experiment import ExperimentStore, StaleRecordError, policy_name
 from rest_pipeline.orchestration.definitions import build_definitions
 from rest_pipeline.orchestration.headless import materialize_experiment
 from rest_pipeline.orchestration.resources import RestStorage
@@ -51,7 +53,7 @@ def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir):
             "slice_usable",
         }
         assert all(c.passed for c in later if c.check_name != "slice_usable")
-        _assert_rest_chain(instance, tmp_path / "home" / "experiments" / "smoke", spec)
+        _assert_rest_chain(instance, ExperimentStore(tmp_path / "home" / "experiments" / "smoke"), spec)
         _assert_threshold_change_stales_exactly_downstream(instance, spec)
         meta = instance.get_latest_materialization_event(
             dg.AssetKey(["smoke", "base_policy_eval"])
@@ -74,7 +76,8 @@ def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir):
     # Each experiment keeps to its own folder.
     assert sorted(p.name for p in (tmp_path / "home" / "experiments").iterdir()) == ["smoke"]
     # The store answers the canned queries over what Grow wrote.
-    store = CandidateStore(tmp_path / "home" / "experiments" / "smoke" / "store")
+    store = ExperimentStore(tmp_path / "home" / "experiments" / "smoke")
+    _assert_every_artifact_reads_back_typed(store, spec, tmp_path / "moved" / "smoke")
     n = spec.improve.grows * spec.grow.max_sources * (spec.grow.samples_per_source + 1)
     counts = store.query("SELECT count(*) AS n, count(reward_learned) AS l, count(reward_chrf) AS c FROM scored")
     assert counts.n.item() == counts.l.item() == counts.c.item() == n
@@ -89,15 +92,9 @@ def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir):
         _assert_rotation_resamples_shard_by_shard(instance, spec, storage)
 
 
-def _assert_rest_chain(instance: dg.DagsterInstance, root: Path, spec) -> None:
+def _assert_rest_chain(instance: dg.DagsterInstance, store: ExperimentStore, spec) -> None:
     """Each Improve checkpoint's metadata and record agree with the asset graph's chain."""
-    import json
-
-    from rest_pipeline.core.base_policy import Layout
-    from rest_pipeline.core.improve.step import lineage
-
-    layout = Layout(root)
-    chain = lineage(spec, layout, 2, 2)
+    chain = store.lineage(2, 2)
     assert [(r.grow, r.step) for r in chain] == [(2, 2), (2, 1), (1, 2), (1, 1)]
     assert chain[-1].parent == "base"
     for rec in chain:
@@ -110,42 +107,44 @@ def _assert_rest_chain(instance: dg.DagsterInstance, root: Path, spec) -> None:
             dg.AssetKey(["smoke", f"grow_{rec.grow}", f"improve_{rec.step}", "policy"])
         ).asset_materialization.metadata
         assert meta["status"].value == rec.status and meta["parent"].value == rec.parent
-        assert meta["path"].value == rec.checkpoint
+        assert meta["path"].value == str(store.resolve(rec.checkpoint))
     # Grow 2 sampled from the checkpoint grow 1 handed on.
-    g2 = CandidateStore(layout.store).query(
-        "SELECT DISTINCT policy FROM candidates WHERE grow = 2 AND origin = 'sample'"
-    )
+    g2 = store.query("SELECT DISTINCT policy FROM candidates WHERE grow = 2 AND origin = 'sample'")
     assert g2.policy.tolist() == [f"grow_1/improve_2@{chain[2].checkpoint_hash}"]
-    report = json.loads((layout.report / "report.json").read_text())
-    assert [r["checkpoint"] for r in report["checkpoints"]] == ["BC", "G=1 I=1", "G=1 I=2", "G=2 I=1", "G=2 I=2"]
-    assert set(report["best_of_n"]["bc"]["curve"]) == {"1", "2", "4"}
-    curve = report["best_of_n"]["rest"]["curve"]
-    assert curve["1"] <= curve["2"] <= curve["4"]
+    report = store.report()
+    assert [r["checkpoint"] for r in report.checkpoints] == ["BC", "G=1 I=1", "G=1 I=2", "G=2 I=1", "G=2 I=2"]
+    assert set(report.best_of_n.curves["bc"].curve) == {1, 2, 4}
+    curve = report.best_of_n.curves["rest"].curve
+    assert curve[1] <= curve[2] <= curve[4]
     # The control mirrors every step that trained on the final chain, on the originals only.
-    trained = [f"grow_{r.grow}/improve_{r.step}" for r in reversed(chain) if r.trained_checkpoint]
-    assert [s["mirrors"] for s in report["control"]["steps"]] == trained
-    assert "## Control: the same steps on the original pairs only" in (layout.report / "report.md").read_text()
-    against = {(r["final minus"], r["split"], r["metric"]) for r in report["significance"]}
+    trained = [r.name for r in reversed(chain) if r.trained_checkpoint]
+    assert [s.mirrors for s in report.control.steps] == trained
+    markdown = store.report_markdown.read_text()
+    assert "## Control: the same steps on the original pairs only" in markdown
+    against = {(r["final minus"], r["split"], r["metric"]) for r in report.significance}
     pairs = [("valid", "learned"), ("valid", "chrf"), ("test", "learned"), ("test", "chrf")]
     assert against == {(who, split, f"reward_{m}") for who in ("BC", "grow 1", "control") for split, m in pairs}
-    assert [f["finding"] for f in report["findings"]] == [
+    assert [f.finding for f in report.findings] == [
         "valid reward rises with the Improve steps of grow 1",
         "the last grow adds to grow 1",
         "the final policy beats BC on test reward, test BLEU within 1 point",
         "Best-of-N: ReST at a small N reaches BC at a larger N",
     ]
-    assert report["findings"][-1]["holds"] == report["best_of_n"]["rest_small_n_reaches_bc_larger_n"]
-    assert "## The paper's findings, checked on this run" in (layout.report / "report.md").read_text()
+    assert report.findings[-1].holds == report.best_of_n.rest_small_n_reaches_bc_larger_n
+    assert "## The paper's findings, checked on this run" in markdown
     for png in ("reward_per_checkpoint", "bleu_per_checkpoint", "reward_histograms", "best_of_n"):
-        assert (layout.report / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
-    # `rest lineage` (the store's lineage table) and Dagster's asset graph tell the same chain.
-    from rest_pipeline.core.improve.lineage import store_chain
+        assert (store.report_dir / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+    # `rest lineage` (the store's step records and the `lineage` view built from them) and Dagster's
+    # asset graph tell the same chain.
     from rest_pipeline.orchestration.lineage import dagster_chain
 
-    table = store_chain(CandidateStore(layout.store), spec, 2, 2)
     graph_rows = dagster_chain(instance, spec, 2, 2)
-    assert [(int(r.grow), int(r.step), r.parent, r.checkpoint, r.checkpoint_hash) for r in table.itertuples()] == [
+    assert [(r.grow, r.step, r.parent, str(store.resolve(r.checkpoint)), r.checkpoint_hash) for r in chain] == [
         (r["grow"], r["step"], r["parent"], r["path"], r["data_version"]) for r in graph_rows
+    ]
+    view = store.query("SELECT grow, step, parent, checkpoint_hash FROM lineage ORDER BY grow DESC, step DESC")
+    assert list(view.itertuples(index=False, name=None)) == [
+        (r.grow, r.step, r.parent, r.checkpoint_hash) for r in chain
     ]
     eval_meta = instance.get_latest_materialization_event(
         dg.AssetKey(["smoke", "grow_2", "improve_2", "eval"])
@@ -153,12 +152,55 @@ def _assert_rest_chain(instance: dg.DagsterInstance, root: Path, spec) -> None:
     assert {"valid_reward_learned", "test_reward_chrf", "test_bleu", "distinct_samples_per_source"} <= set(eval_meta)
 
 
+def _assert_every_artifact_reads_back_typed(store: ExperimentStore, spec, moved: Path) -> None:
+    """Every artifact of the smoke run reads back through the store's typed records, from any folder."""
+    import shutil
+
+    corpus = store.corpus()
+    assert corpus.splits["train"].rows == len(store.split("train")) == spec.data.max_train_pairs
+    assert [r.decoding for r in store.decoding_eval().rows if r.split == "test"] == spec.evaluation.decoding
+    assert -1 <= store.reward_model().kendall_tau <= 1
+    for g in range(1, spec.improve.grows + 1):
+        for shard in range(spec.grow.shards):
+            assert store.has_candidates(g, shard) and len(store.read_candidates(g, shard))
+    for g, i in all_steps(spec):
+        name = policy_name(g, i)
+        sl, step, ev = store.slice(g, i), store.step(g, i), store.evaluation(name)
+        assert (sl.grow, sl.step, step.name, ev.policy) == (g, i, name, name)
+        assert step.slice_path == sl.path and len(store.slice_rows(g, i)) == sl.kept
+        assert set(ev.splits) == set(spec.evaluation.splits) and ev.decoding.name == "greedy"
+        assert (ev.inherited_from is None) == (step.status == "improved")
+    assert store.evaluation("base").policy == "base"
+    assert store.evaluation("final") == store.evaluation("grow_2/improve_2")
+    assert store.policy("final") == store.policy("grow_2/improve_2") == store.resolve(store.step(2, 2).checkpoint)
+    assert store.best_of_n().ns == spec.improve.best_of_n
+    assert store.control() is not None and store.evaluation("control").policy == "control"
+    assert store.report().best_of_n == store.best_of_n()
+    # No record holds an absolute path of this machine: the folder can move and still be read.
+    for path in store.root.rglob("*.json"):
+        assert str(store.root) not in path.read_text(), path
+    shutil.copytree(store.root, moved)
+    there = ExperimentStore(moved)
+    assert there.lineage(2, 2) == store.lineage(2, 2)
+    assert there.policy("final") == moved / store.step(2, 2).checkpoint
+    assert (there.policy("final") / "model.safetensors").is_file()
+    assert there.report() == store.report()
+    # A record written by an older version is refused with what to re-run, never misread.
+    old = there.eval_dir("grow_1/improve_1") / "summary.json"
+    old.write_text('{"key": "x", "checkpoint": "/somewhere/else", "splits": {}}')
+    try:
+        there.evaluation("grow_1/improve_1")
+        raise AssertionError("an old record was read")
+    except StaleRecordError as e:
+        assert "the evaluation of policy grow_1/improve_1" in str(e) and "./scripts/rest main smoke" in str(e)
+
+
 def _assert_rotation_resamples_shard_by_shard(instance: dg.DagsterInstance, spec, storage: RestStorage) -> None:
     """Turning rotate_sources on re-samples grow 2 one shard per run; each run's checks judge its own
     shard, not the shards still holding the old sources (what broke the first re-run of default)."""
     rotated = spec.model_copy(update={"grow": spec.grow.model_copy(update={"rotate_sources": True})})
     defs = build_definitions([rotated])
-    store = CandidateStore(storage.layout(rotated).store)
+    store = storage.store(rotated)
     old_ids = set(store.read_candidates(2, 1).source_id)
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks],
@@ -197,7 +239,8 @@ def _assert_threshold_change_stales_exactly_downstream(instance: dg.DagsterInsta
 
     before = statuses(spec)
     assert before["g1i1_slice"] == before["g1i1_policy"] == before["g1i2_slice"] == StaleStatus.FRESH, before
-    raised = spec.model_copy(update={"improve": spec.improve.model_copy(update={"thresholds": [0.2, 0.45]})})
+    raised_filter = spec.improve.filter.model_copy(update={"values": [0.2, 0.45]})
+    raised = spec.model_copy(update={"improve": spec.improve.model_copy(update={"filter": raised_filter})})
     after = statuses(raised)
     assert after["g1i1_slice"] == after["g1i1_policy"] == after["base"] == StaleStatus.FRESH, after
     assert after["g1i2_slice"] == StaleStatus.STALE, after  # the slice whose threshold changed, and no other
@@ -263,4 +306,4 @@ def test_a_new_spec_file_becomes_its_own_group(tmp_path, monkeypatch):
     assert dg.AssetKey(["mine", "grow_1", "improve_2", "policy"]) in mine.parent_keys
     assert {s.name for s in defs.sensors} >= {"smoke_rounds", "mine_rounds"}
     storage = RestStorage(home=str(tmp_path / "home"))
-    assert storage.layout(load_spec(tmp_path / "mine.yaml")).root != storage.layout(load_spec(find_spec("smoke"))).root
+    assert storage.store(load_spec(tmp_path / "mine.yaml")).root != storage.store(load_spec(find_spec("smoke"))).root

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from rest_pipeline.core.improve.filtering import FilterError, build_slice, read_slice, select
-from rest_pipeline.core.store.candidates import CandidateStore
+from rest_pipeline.core.improve.filtering import FilterError, build_slice, select
+from rest_pipeline.core.store.experiment import ExperimentStore
 
 # Per source: four samples and the reference, each hypothesis spelling its own reward.
 REWARDS = {
@@ -29,7 +29,7 @@ class SpelledReward:
         return np.array([float(h.split(":")[1]) for h in hypotheses])
 
 
-def scored_grow(store: CandidateStore, references: dict[str, str], samples: dict[str, list[str]]) -> CandidateStore:
+def scored_grow(store: ExperimentStore, references: dict[str, str], samples: dict[str, list[str]]) -> ExperimentStore:
     """Grow 1 of `store`: one shard of these sources, scored by SpelledReward."""
     ids = list(references)
     store.write_candidates(
@@ -48,9 +48,9 @@ def scored_grow(store: CandidateStore, references: dict[str, str], samples: dict
 
 
 @pytest.fixture
-def store(tmp_path) -> CandidateStore:
+def store(tmp_path) -> ExperimentStore:
     return scored_grow(
-        CandidateStore(tmp_path / "store"),
+        ExperimentStore(tmp_path / "exp"),
         {i: f"{i} ref:{ref}" for i, (_, ref) in REWARDS.items()},
         {i: [f"{i} h{k}:{r}" for k, r in enumerate(rs)] for i, (rs, _) in REWARDS.items()},
     )
@@ -103,7 +103,7 @@ def test_per_source_bars_come_from_the_samples_not_the_reference(store):
 
 def test_dedupe_keeps_one_row_per_distinct_output(tmp_path):
     store = scored_grow(
-        CandidateStore(tmp_path / "store"), {"a": "a h:0.9"}, {"a": ["a h:0.9", "a h:0.9", "a g:0.8", "a k:0.1"]}
+        ExperimentStore(tmp_path / "exp"), {"a": "a h:0.9"}, {"a": ["a h:0.9", "a h:0.9", "a g:0.8", "a k:0.1"]}
     )
     plain = select(store, 1, "spelled", "threshold", 0.5, mix_originals=True)
     assert sorted(plain.hypothesis) == ["a g:0.8", "a h:0.9", "a h:0.9", "a h:0.9"]
@@ -120,15 +120,16 @@ def test_slice_is_persisted_with_its_statistics(store):
     assert stats.sources == 3 and stats.sources_covered == 2
     assert stats.mean_reward == pytest.approx(np.mean([r for s, ref in REWARDS.values() for r in [*s, ref]]), abs=1e-4)
     assert stats.skip_reason is None
-    again, rows = read_slice(store, 1, 2)
+    again, rows = store.slice(1, 2), store.slice_rows(1, 2)
     assert again == stats and len(rows) == 7
-    assert json.loads((store.root / "slices" / "grow=1" / "improve=2" / "slice.json").read_text())["kept"] == 7
+    assert json.loads((store.slice_dir(1, 2) / "slice.json").read_text())["kept"] == 7
+    assert stats.path == "store/slices/grow=1/improve=2/part.parquet"  # relative to the experiment folder
 
 
 def test_empty_slice_is_a_skip_not_a_crash(store):
     stats = build_slice(store, 1, 1, "spelled", "threshold", 0.99, mix_originals=True)
     assert stats.kept == 0 and stats.skip_reason.startswith("empty slice")
-    assert len(read_slice(store, 1, 1)[1]) == 0
+    assert len(store.slice_rows(1, 1)) == 0
 
 
 def test_a_bar_only_references_clear_is_an_empty_slice(store):

@@ -13,7 +13,7 @@ import pandas as pd
 from rest_pipeline.core.grow.sampling import HFSampler, SamplingSettings, sample_candidates
 from rest_pipeline.core.policy.model import save_policy
 from rest_pipeline.core.rewards.base import ChrFReward
-from rest_pipeline.core.store.candidates import CandidateStore
+from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline_tests.synthetic import pairs, tiny_model, tokenizer_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,8 +43,8 @@ class SlowChrF(ChrFReward):
         return super().score(sources, hypotheses, references)
 
 
-def build_store(root: Path) -> CandidateStore:
-    store = CandidateStore(root)
+def build_store(root: Path) -> ExperimentStore:
+    store = ExperimentStore(root)
     src, ref = pairs(60, seed=8)
     samples = [[f"{r} {k % 3}" for k in range(5)] for r in ref]  # duplicates inside each source
     store.write_candidates(
@@ -62,7 +62,7 @@ def build_store(root: Path) -> CandidateStore:
 
 
 def score_in_child(root: str) -> None:
-    CandidateStore(Path(root)).score_shard(SlowChrF(), 1, 0, chunk=16, log=lambda m: print(m, flush=True))
+    ExperimentStore(Path(root)).score_shard(SlowChrF(), 1, 0, chunk=16, log=lambda m: print(m, flush=True))
 
 
 def test_killed_scoring_resumes_without_loss_or_rescoring(tmp_path):
@@ -145,17 +145,20 @@ def test_ctranslate2_greedy_matches_hf_greedy(tmp_path):
 
 def test_rotating_sources_gives_each_grow_its_own_block(tmp_path):
     from rest_pipeline.core.grow.run import grow_sources
+    from rest_pipeline.core.store.experiment import ExperimentStore
     from rest_pipeline.spec import load_spec
 
+    store = ExperimentStore(tmp_path / "exp")
+    store.corpus_dir.mkdir(parents=True)
     pd.DataFrame(
         {"source_id": [f"s{i}" for i in range(10)], "source": list("abcdefghij"), "target": list("ABCDEFGHIJ")}
-    ).to_parquet(tmp_path / "train.parquet")
+    ).to_parquet(store.split_file("train"))
     spec = load_spec(Path(__file__).parents[1] / "rest_pipeline" / "experiments" / "smoke.yaml")
     same = spec.model_copy(update={"grow": spec.grow.model_copy(update={"max_sources": 4})})
     rotate = spec.model_copy(update={"grow": same.grow.model_copy(update={"rotate_sources": True})})
 
     def ids(s, g):
-        return list(grow_sources(s, tmp_path, g).source_id)
+        return list(grow_sources(s, store, g).source_id)
 
     assert ids(same, 1) == ids(same, 2) == ["s0", "s1", "s2", "s3"]
     assert ids(rotate, 1) == ["s0", "s1", "s2", "s3"]

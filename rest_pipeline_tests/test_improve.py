@@ -4,14 +4,14 @@ parent on and stops the grow, an empty slice skips without training; lineage is 
 import pandas as pd
 import pytest
 
-from rest_pipeline.core.base_policy import Layout
-from rest_pipeline.core.improve.control import ControlError, mirrored_steps, read_control, run_control
-from rest_pipeline.core.improve.evaluation import evaluate_step, read_summary
+from rest_pipeline.core.improve.assess import evaluate_step
+from rest_pipeline.core.improve.chain import step_lr
+from rest_pipeline.core.improve.control import ControlError, mirrored_steps, run_control
 from rest_pipeline.core.improve.filtering import build_slice
-from rest_pipeline.core.improve.step import checkpoint_of, lineage, read_step, run_improve_step, step_lr
+from rest_pipeline.core.improve.step import run_improve_step
 from rest_pipeline.core.policy.model import save_policy
 from rest_pipeline.core.rewards.base import ChrFReward
-from rest_pipeline.core.store.candidates import CandidateStore
+from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.spec import (
     DataSpec,
     EvaluationSpec,
@@ -20,6 +20,7 @@ from rest_pipeline.spec import (
     ImproveSpec,
     ImproveTrainSpec,
     RewardSpec,
+    ThresholdFilter,
     TokenizerSpec,
 )
 from rest_pipeline_tests.synthetic import pairs, tiny_model, tokenizer_dir
@@ -27,7 +28,7 @@ from rest_pipeline_tests.synthetic import pairs, tiny_model, tokenizer_dir
 
 def make_experiment(
     tmp_path, thresholds, lr_decay=1.0, include_references=True
-) -> tuple[ExperimentSpec, Layout, ChrFReward]:
+) -> tuple[ExperimentSpec, ExperimentStore, ChrFReward]:
     spec = ExperimentSpec(
         name="t",
         seed=3,
@@ -35,8 +36,7 @@ def make_experiment(
         tokenizer=TokenizerSpec(vocab_size=41, max_length=32),
         improve=ImproveSpec(
             grows=1,
-            thresholds=thresholds,
-            first_threshold_above_mean=False,
+            filter=ThresholdFilter(kind="threshold", values=thresholds, first_above_mean=False),
             mix_originals=True,
             lr_decay=lr_decay,
             train=ImproveTrainSpec(
@@ -53,17 +53,16 @@ def make_experiment(
             ),
         ),
     )
-    layout = Layout(tmp_path / "exp")
+    store = ExperimentStore(tmp_path / "exp")
     model, tok = tiny_model(tokenizer_dir(tmp_path), seed=1)  # untrained: the BC policy is poor
-    save_policy(model, tok, layout.base_policy)
+    save_policy(model, tok, store.base_policy_dir)
     src, tgt = pairs(200, seed=5)
-    layout.corpus.mkdir(parents=True)
+    store.corpus_dir.mkdir(parents=True)
     for role, (s, t) in {"train": (src, tgt), "valid": pairs(30, seed=6)}.items():
         pd.DataFrame({"source_id": [f"{role}{i}" for i in range(len(s))], "source": s, "target": t}).to_parquet(
-            layout.corpus / f"{role}.parquet"
+            store.split_file(role)
         )
     # Grow 1 stand-in: one poor sample per source (a scrambled target) plus the reference pair.
-    store = CandidateStore(layout.store)
     store.write_candidates(
         experiment="t",
         grow=1,
@@ -78,36 +77,35 @@ def make_experiment(
     )
     reward = ChrFReward()
     store.score_shard(reward, 1, 0)
-    return spec, layout, reward
+    return spec, store, reward
 
 
 def test_improve_chain_keeps_improvements_and_stops_when_they_end(tmp_path):
     # Step 1 learns (lr 5e-3); step 2 has a vanishing lr (decay 1e-6) so it cannot beat its parent.
-    spec, layout, reward = make_experiment(tmp_path, [0.5, 0.6, 0.7], lr_decay=1e-6)
-    store = CandidateStore(layout.store)
-    for step, tau in enumerate(spec.improve.thresholds, start=1):
+    spec, store, reward = make_experiment(tmp_path, [0.5, 0.6, 0.7], lr_decay=1e-6)
+    for step, tau in enumerate(spec.improve.filter.values, start=1):
         build_slice(store, 1, step, "chrf", "threshold", tau, mix_originals=True)
 
-    first = run_improve_step(spec, layout, 1, 1, reward, log=lambda m: None)
+    first = run_improve_step(spec, store, 1, 1, reward, log=lambda m: None)
     assert first.status == "improved"
     assert first.valid_reward > first.parent_valid_reward
-    assert first.parent == "base" and first.parent_checkpoint == str(layout.base_policy)
-    assert first.checkpoint == first.trained_checkpoint != str(layout.base_policy)
+    assert first.parent == "base" and first.parent_checkpoint == "policies/base"  # relative to the experiment
+    assert first.checkpoint == first.trained_checkpoint == "policies/grow_1/improve_1/training/best"
     assert first.slice_kept > 0 and first.train_steps == 150 and first.lr == 5e-3
 
-    second = run_improve_step(spec, layout, 1, 2, reward, log=lambda m: None)
+    second = run_improve_step(spec, store, 1, 2, reward, log=lambda m: None)
     assert second.status == "not_improved"
     assert second.parent == "grow_1/improve_1"
     assert second.checkpoint == first.checkpoint  # hands its parent on
     assert second.valid_reward == first.valid_reward
 
-    third = run_improve_step(spec, layout, 1, 3, reward, log=lambda m: None)
+    third = run_improve_step(spec, store, 1, 3, reward, log=lambda m: None)
     assert third.status == "skipped" and "stopped improving at step 2" in third.skip_reason
     assert third.trained_checkpoint is None
-    assert not (layout.improve_dir(1, 3) / "training").exists()
-    assert checkpoint_of(layout, 1, 3).as_posix() == first.checkpoint
+    assert not store.training_dir(1, 3).exists()
+    assert store.policy("grow_1/improve_3") == store.resolve(first.checkpoint) == store.policy("final")
 
-    chain = lineage(spec, layout, 1, 3)
+    chain = store.lineage(1, 3)
     assert [(r.grow, r.step, r.parent) for r in chain] == [
         (1, 3, "grow_1/improve_2"),
         (1, 2, "grow_1/improve_1"),
@@ -118,32 +116,32 @@ def test_improve_chain_keeps_improvements_and_stops_when_they_end(tmp_path):
         assert rec.slice_path and rec.slice_hash and rec.corpus_hash and rec.grow_decoding == "hf:n=1"
     # With improve.patience 2 one miss does not end the grow: step 3 trains.
     patient = spec.model_copy(update={"improve": spec.improve.model_copy(update={"patience": 2})})
-    third_again = run_improve_step(patient, layout, 1, 3, reward, log=lambda m: None)
+    third_again = run_improve_step(patient, store, 1, 3, reward, log=lambda m: None)
     assert third_again.trained_checkpoint is not None and third_again.status in {"improved", "not_improved"}
     # Re-running a finished step reuses its training instead of training again.
-    again = run_improve_step(spec, layout, 1, 1, reward, log=lambda m: None)
-    assert again.checkpoint_hash == first.checkpoint_hash and read_step(layout, 1, 1).status == "improved"
+    again = run_improve_step(spec, store, 1, 1, reward, log=lambda m: None)
+    assert again.checkpoint_hash == first.checkpoint_hash and store.step(1, 1).status == "improved"
 
 
 def test_empty_slice_skips_the_step_without_training(tmp_path):
-    spec, layout, reward = make_experiment(tmp_path, [0.99], include_references=False)
-    stats = build_slice(CandidateStore(layout.store), 1, 1, "chrf", "threshold", 0.99, mix_originals=False)
+    spec, store, reward = make_experiment(tmp_path, [0.99], include_references=False)
+    stats = build_slice(store, 1, 1, "chrf", "threshold", 0.99, mix_originals=False)
     assert stats.kept == 0 and stats.skip_reason.startswith("empty slice")
-    rec = run_improve_step(spec, layout, 1, 1, reward, log=lambda m: None)
+    rec = run_improve_step(spec, store, 1, 1, reward, log=lambda m: None)
     assert rec.status == "skipped" and rec.skip_reason == stats.skip_reason
-    assert rec.checkpoint == str(layout.base_policy) and rec.trained_checkpoint is None
-    assert not (layout.improve_dir(1, 1) / "training").exists()
+    assert rec.checkpoint == "policies/base" and rec.trained_checkpoint is None
+    assert not store.training_dir(1, 1).exists()
 
 
 def test_learning_rate_falls_within_a_grow_and_restarts_with_the_next():
-    imp = ImproveSpec(thresholds=[0.0, 0.7, 0.8], lr_decay=0.5, grow_lr_decay=0.1)
+    imp = ImproveSpec(filter={"kind": "threshold", "values": [0.0, 0.7, 0.8]}, lr_decay=0.5, grow_lr_decay=0.1)
     lr = imp.train.lr
     assert [step_lr(imp, 1, i) for i in (1, 2, 3)] == pytest.approx([lr, lr / 2, lr / 4])
     assert [step_lr(imp, 2, i) for i in (1, 2, 3)] == pytest.approx([lr / 10, lr / 20, lr / 40])
 
 
 def test_control_mirrors_the_rest_chain_on_originals_only(tmp_path):
-    spec, layout, reward = make_experiment(tmp_path, [0.5])
+    spec, store, reward = make_experiment(tmp_path, [0.5])
     spec = spec.model_copy(
         update={
             "reward": RewardSpec(model="chrf"),
@@ -153,21 +151,22 @@ def test_control_mirrors_the_rest_chain_on_originals_only(tmp_path):
         }
     )
     with pytest.raises(ControlError, match="not complete"):
-        mirrored_steps(spec, layout)
-    build_slice(CandidateStore(layout.store), 1, 1, "chrf", "threshold", 0.5, mix_originals=True)
-    rest = run_improve_step(spec, layout, 1, 1, reward, log=lambda m: None)
+        mirrored_steps(spec, store)
+    build_slice(store, 1, 1, "chrf", "threshold", 0.5, mix_originals=True)
+    rest = run_improve_step(spec, store, 1, 1, reward, log=lambda m: None)
     assert rest.status == "improved"
     for g, i in ((0, 0), (1, 1)):
-        evaluate_step(spec, layout, g, i, [reward], log=lambda m: None)
+        evaluate_step(spec, store, g, i, [reward], log=lambda m: None)
 
-    result = run_control(spec, layout, [reward], log=lambda m: None)
-    (step,) = result["steps"]
-    assert step["mirrors"] == "grow_1/improve_1" and step["lr"] == rest.lr
-    assert step["pairs"] == 200  # the reference pairs of the grown sources, no samples
-    assert step["train_steps"] == rest.train_steps == 150
-    assert step["status"] == "improved" and step["valid_reward"] > step["parent_valid_reward"]
-    assert result["checkpoint"] not in (rest.checkpoint, str(layout.base_policy))
-    bc = read_summary(layout, 0, 0)["splits"]["valid"]["reward_chrf"]
-    ctl = result["splits"]["valid"]["reward_chrf"]
-    assert result["control_minus_bc"]["valid"]["reward_chrf"] == pytest.approx(ctl - bc, abs=1e-4)
-    assert read_control(layout) == result
+    result = run_control(spec, store, [reward], log=lambda m: None)
+    (step,) = result.steps
+    assert step.mirrors == "grow_1/improve_1" and step.lr == rest.lr
+    assert step.pairs == 200  # the reference pairs of the grown sources, no samples
+    assert step.train_steps == rest.train_steps == 150
+    assert step.status == "improved" and step.valid_reward > step.parent_valid_reward
+    assert result.checkpoint not in (rest.checkpoint, "policies/base")
+    assert store.policy("control") == store.resolve(result.checkpoint)
+    bc = store.evaluation("base").splits["valid"].reward("chrf")
+    ctl = store.evaluation("control").splits["valid"].reward("chrf")
+    assert result.control_minus_bc["valid"]["reward_chrf"] == pytest.approx(ctl - bc, abs=1e-4)
+    assert store.control() == result

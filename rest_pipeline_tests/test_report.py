@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rest_pipeline.core.report import findings
+from rest_pipeline.core.store.records import BestOfN, BestOfNCurve
 
 
 def _rows(valid: list[float], statuses: list[str], bleu: tuple[float, float]) -> list[dict]:
@@ -19,17 +20,23 @@ def _sig(against: str, valid: tuple[float, bool], test: tuple[float, bool]) -> l
     ]
 
 
-def _bon(reaches: bool) -> dict:
-    return {
-        "ns": [1, 2],
-        "bc": {"curve": {"1": 0.5, "2": 0.6}},
-        "rest": {"curve": {"1": 0.55, "2": 0.62}},
-        "rest_small_n_reaches_bc_larger_n": reaches,
-    }
+def _bon(reaches: bool) -> BestOfN:
+    return BestOfN(
+        key="k",
+        reward="learned",
+        sources=10,
+        ns=[1, 2],
+        curves={
+            "bc": BestOfNCurve(checkpoint="policies/base", curve={1: 0.5, 2: 0.6}),
+            "rest": BestOfNCurve(checkpoint="policies/grow_1/improve_1/training/best", curve={1: 0.55, 2: 0.62}),
+        },
+        matching=[],
+        rest_small_n_reaches_bc_larger_n=reaches,
+    )
 
 
 def _verdicts(rows, sig, bon) -> dict[str, bool]:
-    return {f["finding"]: f["holds"] for f in findings(rows, sig, bon, "learned")}
+    return {f.finding: f.holds for f in findings(rows, sig, bon, "learned")}
 
 
 RISES = "valid reward rises with the Improve steps of grow 1"

@@ -5,6 +5,9 @@ import pandas as pd
 import pytest
 
 from rest_pipeline.core.evaluation.significance import eval_deltas, paired_delta
+from rest_pipeline.core.store.experiment import ExperimentStore
+from rest_pipeline.core.store.records import Evaluation, SplitScores
+from rest_pipeline.spec import DecodingSpec
 
 
 def frame(values) -> pd.DataFrame:
@@ -30,9 +33,28 @@ def test_misaligned_evaluations_are_refused(tmp_path):
         paired_delta(frame([0.1]), frame([0.2]), "reward_y")
 
 
-def test_eval_deltas_reads_two_evaluation_folders(tmp_path):
-    for name, values in {"a": [0.1, 0.2, 0.3, 0.4], "b": [0.3, 0.4, 0.5, 0.6]}.items():
-        (tmp_path / name).mkdir()
-        frame(values).to_parquet(tmp_path / name / "valid.greedy.parquet")
-    (row,) = eval_deltas(tmp_path / "a", tmp_path / "b", ["valid"], ["reward_x"])
+def test_eval_deltas_reads_two_stored_evaluations(tmp_path):
+    store = ExperimentStore(tmp_path / "exp")
+    evals = {}
+    for name, values in {"base": [0.1, 0.2, 0.3, 0.4], "grow_1/improve_1": [0.3, 0.4, 0.5, 0.6]}.items():
+        path = store.eval_dir(name) / "valid.greedy.parquet"
+        path.parent.mkdir(parents=True)
+        frame(values).to_parquet(path)
+        scores = SplitScores(
+            sentences=4,
+            bleu=0.0,
+            chrf=0.0,
+            rewards={"x": float(np.mean(values))},
+            distinct_1=1.0,
+            distinct_2=1.0,
+            mean_length=1.0,
+            hypotheses=store.rel(path),
+        )
+        evals[name] = Evaluation(
+            key="k", policy=name, checkpoint="c", decoding=DecodingSpec(name="greedy"), splits={"valid": scores}
+        )
+        store.write_evaluation(evals[name])
+    a, b = store.evaluation("base"), store.evaluation("grow_1/improve_1")
+    assert (a, b) == (evals["base"], evals["grow_1/improve_1"])
+    (row,) = eval_deltas(store, a, b, ["valid"], ["reward_x"])
     assert row["delta"] == pytest.approx(0.2) and row["significant"] and row["ci95"] == "[+0.2000, +0.2000]"

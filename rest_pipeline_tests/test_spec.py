@@ -68,3 +68,29 @@ def test_experiments_dir_env_adds_specs(tmp_path, monkeypatch):
     _write(tmp_path, "mine", BASE)
     monkeypatch.setenv("REST_EXPERIMENTS_DIR", str(tmp_path))
     assert "mine" in {s.name for s in all_specs()}
+
+
+def test_filter_is_one_discriminated_field(tmp_path):
+    spec = load_spec(_write(tmp_path, "pct", BASE + "improve: {filter: {kind: percentile, values: [75, 90, 100]}}\n"))
+    assert spec.improve.filter.kind == "percentile" and spec.improve.steps == 3
+    # Only the active filter is validated: percentiles above 1 are fine, thresholds above 1 are not.
+    with pytest.raises(SpecError, match=r"improve\.filter\.values must lie in \[0\.0, 1\.0\] for threshold"):
+        load_spec(_write(tmp_path, "thr", BASE + "improve: {filter: {kind: threshold, values: [75]}}\n"))
+    with pytest.raises(SpecError, match=r"improve\.filter\.percentile\.first_above_mean"):
+        load_spec(_write(tmp_path, "mix", BASE + "improve: {filter: {kind: percentile, first_above_mean: true}}\n"))
+    with pytest.raises(SpecError, match="must not decrease"):
+        load_spec(_write(tmp_path, "down", BASE + "improve: {filter: {kind: interpolated, values: [0.5, 0.2]}}\n"))
+    with pytest.raises(SpecError, match=r"improve\.filter"):
+        load_spec(_write(tmp_path, "kind", BASE + "improve: {filter: {kind: topk, values: [1]}}\n"))
+
+
+def test_specs_in_the_old_filter_shape_say_how_to_rewrite_them(tmp_path):
+    old = BASE + "improve: {filter: percentile, percentiles: [75, 90]}\n"
+    with pytest.raises(SpecError, match=r"filter: \{kind: percentile, values: \[\.\.\.\]\}.*improve\.percentiles"):
+        load_spec(_write(tmp_path, "old", old))
+
+
+def test_only_implemented_losses_are_accepted(tmp_path):
+    assert load_spec(_write(tmp_path, "bc", BASE + "improve: {loss: bc}\n")).improve.loss == "bc"
+    with pytest.raises(SpecError, match=r"improve\.loss"):
+        load_spec(_write(tmp_path, "gold", BASE + "improve: {loss: gold}\n"))

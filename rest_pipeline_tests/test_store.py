@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from rest_pipeline.core.rewards.base import BleuReward, ChrFReward, RewardError, load_reward
-from rest_pipeline.core.store.candidates import CANNED, CandidateStore, canned_query
+from rest_pipeline.core.store.candidates import CANNED, canned_query
+from rest_pipeline.core.store.experiment import ExperimentStore
 
 
 class CountingChrF(ChrFReward):
@@ -35,7 +36,7 @@ def _write(store, grow=1, shard=0):
 
 
 def test_write_is_complete_and_atomic(tmp_path):
-    store = CandidateStore(tmp_path)
+    store = ExperimentStore(tmp_path)
     df = _write(store)
     assert len(df) == 2 * 3 + 2
     assert set(df.origin) == {"sample", "reference"}
@@ -44,7 +45,7 @@ def test_write_is_complete_and_atomic(tmp_path):
 
 
 def test_scoring_dedups_and_caches_across_grows(tmp_path):
-    store = CandidateStore(tmp_path)
+    store = ExperimentStore(tmp_path)
     _write(store, grow=1)
     model = CountingChrF()
     rep = store.score_shard(model, 1, 0)
@@ -60,7 +61,7 @@ def test_scoring_dedups_and_caches_across_grows(tmp_path):
 
 
 def test_views_and_canned_queries(tmp_path):
-    store = CandidateStore(tmp_path)
+    store = ExperimentStore(tmp_path)
     _write(store, grow=1, shard=0)
     store.write_candidates(
         experiment="t",
@@ -88,7 +89,7 @@ def test_views_and_canned_queries(tmp_path):
 
 
 def test_bad_scores_never_reach_the_store(tmp_path):
-    store = CandidateStore(tmp_path)
+    store = ExperimentStore(tmp_path)
     _write(store)
 
     class NaNReward(ChrFReward):

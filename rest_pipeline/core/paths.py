@@ -1,4 +1,5 @@
-"""Where things live on disk, and atomic writes so a killed run never leaves half a file."""
+"""The root of all run artifacts, and atomic writes so a killed run never leaves half a file.
+(Where each artifact of an experiment lives is `ExperimentStore`'s business.)"""
 
 from __future__ import annotations
 
@@ -13,10 +14,6 @@ from pathlib import Path
 def home() -> Path:
     """Root of downloads and run artifacts: $REST_HOME, else ./data of the working directory."""
     return Path(os.environ.get("REST_HOME", Path.cwd() / "data")).resolve()
-
-
-def experiment_dir(experiment: str) -> Path:
-    return home() / "experiments" / experiment
 
 
 @contextlib.contextmanager

@@ -1,9 +1,8 @@
-"""The experiment report: Markdown plus PNG plots, built only from what the run stored on disk."""
+"""The experiment report: Markdown plus PNG plots, built only from the records the run stored."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -11,26 +10,25 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from rest_pipeline.core.base_policy import Layout  # noqa: E402
-from rest_pipeline.core.evaluation.evaluate import read_scores  # noqa: E402
 from rest_pipeline.core.evaluation.significance import eval_deltas  # noqa: E402
-from rest_pipeline.core.improve.control import control_dir, read_control  # noqa: E402
-from rest_pipeline.core.improve.evaluation import final_step, read_summary  # noqa: E402
-from rest_pipeline.core.improve.step import read_step  # noqa: E402
+from rest_pipeline.core.improve.chain import all_steps, final_step  # noqa: E402
 from rest_pipeline.core.paths import atomic_path  # noqa: E402
-from rest_pipeline.core.store.candidates import CandidateStore  # noqa: E402
+from rest_pipeline.core.store.experiment import BASE, CONTROL, ExperimentStore, policy_name  # noqa: E402
+from rest_pipeline.core.store.records import BestOfN, Finding, Report  # noqa: E402
+from rest_pipeline.core.tables import md_table  # noqa: E402
 from rest_pipeline.spec import ExperimentSpec  # noqa: E402
 
 
-def checkpoint_rows(spec: ExperimentSpec, layout: Layout, train_reward: str, independent: str | None) -> list[dict]:
+def checkpoint_rows(
+    spec: ExperimentSpec, store: ExperimentStore, train_reward: str, independent: str | None
+) -> list[dict]:
     """One row per checkpoint of the chain: BC, then every Improve step in order."""
     rows = []
-    steps = [(0, 0)] + [(g, i) for g in range(1, spec.improve.grows + 1) for i in range(1, spec.improve.steps + 1)]
-    for g, i in steps:
-        summary = read_summary(layout, g, i)
+    for g, i in [(0, 0), *all_steps(spec)]:
+        summary = store.evaluation(policy_name(g, i))
         row: dict = {"checkpoint": "BC" if g == 0 else f"G={g} I={i}"}
         if g:
-            rec = read_step(layout, g, i)
+            rec = store.step(g, i)
             row.update(
                 status=rec.status,
                 filter=f"{rec.slice_rule} {rec.slice_parameter:g}",
@@ -40,12 +38,12 @@ def checkpoint_rows(spec: ExperimentSpec, layout: Layout, train_reward: str, ind
             )
         else:
             row.update(status="base", filter="-", kept="-", kept_fraction="-", valid_reward_selection="-")
-        for split, s in summary["splits"].items():
-            row[f"{split}_{train_reward}"] = s[f"reward_{train_reward}"]
+        for split, s in summary.splits.items():
+            row[f"{split}_{train_reward}"] = s.reward(train_reward)
             if independent:
-                row[f"{split}_{independent}"] = s[f"reward_{independent}"]
-            row[f"{split}_bleu"] = s["bleu"]
-        row["distinct_samples"] = summary.get("diversity", {}).get("distinct_samples_per_source")
+                row[f"{split}_{independent}"] = s.reward(independent)
+            row[f"{split}_bleu"] = s.bleu
+        row["distinct_samples"] = summary.diversity.distinct_samples_per_source if summary.diversity else None
         rows.append(row)
     return rows
 
@@ -66,24 +64,28 @@ def table1(rows: list[dict], spec: ExperimentSpec, train_reward: str) -> list[di
     return [{k: r.get(k) for k in keys} for r in out]
 
 
-def significance(spec: ExperimentSpec, layout: Layout, train_reward: str, independent: str | None) -> list[dict]:
+def significance(
+    spec: ExperimentSpec, store: ExperimentStore, train_reward: str, independent: str | None
+) -> list[dict]:
     """Final minus BC, minus each earlier grow's hand-on checkpoint, and minus the control when it ran,
     with paired-bootstrap intervals."""
     metrics = [f"reward_{train_reward}"] + ([f"reward_{independent}"] if independent else [])
-    final = layout.eval_dir(*final_step(spec))
-    against = {"BC": layout.eval_dir(0, 0)}
+    against = {"BC": BASE}
     for g in range(1, spec.improve.grows):  # "final minus grow 1" is the paper's "grow 2 adds to grow 1"
-        against[f"grow {g}"] = layout.eval_dir(g, spec.improve.steps)
-    if read_control(layout) is not None:
-        against["control"] = control_dir(layout) / "eval"
+        against[f"grow {g}"] = policy_name(g, spec.improve.steps)
+    if store.control() is not None:
+        against["control"] = CONTROL
+    final = store.evaluation(policy_name(*final_step(spec)))
     return [
         {"final minus": name, **row}
-        for name, folder in against.items()
-        for row in eval_deltas(folder, final, spec.evaluation.splits, metrics)
+        for name, policy in against.items()
+        for row in eval_deltas(store, store.evaluation(policy), final, spec.evaluation.splits, metrics)
     ]
 
 
-def findings(rows: list[dict], sig: list[dict], bon: dict, train_reward: str, max_bleu_drop: float = 1.0) -> list[dict]:
+def findings(
+    rows: list[dict], sig: list[dict], bon: BestOfN, train_reward: str, max_bleu_drop: float = 1.0
+) -> list[Finding]:
     """The paper's headline findings, each checked against this run's numbers.
 
     Deliberately strict, so a "yes" means something: a rise must hold on the full valid split
@@ -132,33 +134,36 @@ def findings(rows: list[dict], sig: list[dict], bon: dict, train_reward: str, ma
     out.append(
         {
             "finding": "Best-of-N: ReST at a small N reaches BC at a larger N",
-            "holds": bool(bon["rest_small_n_reaches_bc_larger_n"]),
+            "holds": bon.rest_small_n_reaches_bc_larger_n,
             "evidence": ", ".join(
-                f"N={n}: ReST {bon['rest']['curve'][str(n)]} vs BC {bon['bc']['curve'][str(n)]}" for n in bon["ns"]
+                f"N={n}: ReST {bon.curves['rest'].curve[n]} vs BC {bon.curves['bc'].curve[n]}" for n in bon.ns
             ),
         }
     )
-    return out
+    return [Finding(**f) for f in out]
 
 
-def _control_section(layout: Layout, rows: list[dict], train_reward: str) -> list[str]:
+def _control_section(store: ExperimentStore, rows: list[dict]) -> list[str]:
     """BC vs the originals-only control vs the final ReST checkpoint, when the control ran."""
-    control = read_control(layout)
+    control = store.control()
     if control is None:
         return []
+    evaluation = store.evaluation(CONTROL)
     cols = [k for k in rows[0] if k.startswith(("valid_", "test_"))]  # e.g. test_learned, test_chrf, test_bleu
 
-    steps = [{k: s[k] for k in ("mirrors", "status", "valid_reward")} for s in control["steps"]]
+    steps = [{k: getattr(s, k) for k in ("mirrors", "status", "valid_reward")} for s in control.steps]
 
     def score(split: str, name: str) -> float | None:
         if name == "reward_selection":  # the selection metric: the best validation reward the steps kept
             return steps[-1]["valid_reward"] if steps else None
-        row = control["splits"].get(split, {})
-        return row.get(name) if name == "bleu" else row.get(f"reward_{name}")
+        row = evaluation.splits.get(split)
+        if row is None:
+            return None
+        return row.bleu if name == "bleu" else row.rewards.get(name)
 
     bc = {c: rows[0][c] for c in cols}
-    if "valid_reward_selection" in bc and control["steps"]:
-        bc["valid_reward_selection"] = control["steps"][0]["parent_valid_reward"]
+    if "valid_reward_selection" in bc and control.steps:
+        bc["valid_reward_selection"] = control.steps[0].parent_valid_reward
     return [
         "\n## Control: the same steps on the original pairs only\n",
         "BC fine-tuned step for step like the final ReST checkpoint (same learning rates, budgets and "
@@ -175,26 +180,16 @@ def _control_section(layout: Layout, rows: list[dict], train_reward: str) -> lis
     ]
 
 
-def md_table(rows: Sequence[dict]) -> str:
-    if not rows:
-        return "(none)\n"
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        lines.append("| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def _save(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
-def build_report(spec: ExperimentSpec, layout: Layout, train_reward: str, independent: str | None) -> Path:
-    out = layout.report
+def build_report(spec: ExperimentSpec, store: ExperimentStore, train_reward: str, independent: str | None) -> Path:
+    out = store.report_dir
     out.mkdir(parents=True, exist_ok=True)
-    rows = checkpoint_rows(spec, layout, train_reward, independent)
+    rows = checkpoint_rows(spec, store, train_reward, independent)
     labels = [r["checkpoint"] for r in rows]
     x = range(len(rows))
 
@@ -218,7 +213,6 @@ def build_report(spec: ExperimentSpec, layout: Layout, train_reward: str, indepe
     ax.set_title("BLEU per checkpoint")
     _save(fig, out / "bleu_per_checkpoint.png")
 
-    store = CandidateStore(layout.store)
     hist = store.query(f"SELECT grow, origin, reward_{train_reward} AS r FROM scored")
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for (g, origin), part in hist.groupby(["grow", "origin"]):
@@ -228,12 +222,12 @@ def build_report(spec: ExperimentSpec, layout: Layout, train_reward: str, indepe
     ax.set_title("Reward histograms per grow")
     _save(fig, out / "reward_histograms.png")
 
-    bon = json.loads((layout.best_of_n / "curves.json").read_text())
+    bon = store.best_of_n()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for label in ("bc", "rest"):
-        curve = bon[label]["curve"]
-        ns = sorted(curve, key=int)
-        ax.plot([int(n) for n in ns], [curve[n] for n in ns], marker="o", label=label.upper())
+        curve = bon.curves[label].curve
+        ns = sorted(curve)
+        ax.plot(ns, [curve[n] for n in ns], marker="o", label=label.upper())
     ax.set_xscale("log", base=2)
     ax.set_xlabel("N (samples per source)")
     ax.set_ylabel(f"best-of-N {train_reward} reward (valid)")
@@ -241,8 +235,8 @@ def build_report(spec: ExperimentSpec, layout: Layout, train_reward: str, indepe
     ax.set_title("Best-of-N")
     _save(fig, out / "best_of_n.png")
 
-    bc_eval = read_scores(layout.base_eval)
-    sig = significance(spec, layout, train_reward, independent)
+    bc_eval = store.decoding_eval()
+    sig = significance(spec, store, train_reward, independent)
     kept = store.query(
         "SELECT grow, count(*) AS candidates, count(DISTINCT source_id) AS sources, "
         "avg(CASE WHEN origin = 'sample' THEN 1 ELSE 0 END) AS sample_share FROM candidates GROUP BY grow ORDER BY grow"
@@ -256,7 +250,7 @@ def build_report(spec: ExperimentSpec, layout: Layout, train_reward: str, indepe
         f"Training reward: `{train_reward}`; independent reward: `{independent}`. All rewards are means over the "
         "split of greedy outputs, on [0, 1]. BLEU/chrF: sacrebleu corpus scores of the same outputs.\n",
         "## The paper's findings, checked on this run\n",
-        md_table(checked),
+        md_table([f.model_dump() for f in checked]),
         "\n## Table 1 (the paper's shape)\n",
         md_table(table1(rows, spec, train_reward)),
         "\n## Every checkpoint\n",
@@ -268,33 +262,31 @@ def build_report(spec: ExperimentSpec, layout: Layout, train_reward: str, indepe
         md_table(kept.to_dict("records")),
         "\n![histograms](reward_histograms.png)\n",
         "\n## Best-of-N on valid\n",
-        md_table([{"N": n, "BC": bon["bc"]["curve"][str(n)], "ReST": bon["rest"]["curve"][str(n)]} for n in bon["ns"]]),
-        f"\nReST at small N reaches BC at a larger N: **{bon['rest_small_n_reaches_bc_larger_n']}** "
-        f"({json.dumps(bon['matching'])})\n",
+        md_table([{"N": n, "BC": bon.curves["bc"].curve[n], "ReST": bon.curves["rest"].curve[n]} for n in bon.ns]),
+        f"\nReST at small N reaches BC at a larger N: **{bon.rest_small_n_reaches_bc_larger_n}** "
+        f"({json.dumps([m.model_dump() for m in bon.matching])})\n",
         "\n![best-of-n](best_of_n.png)\n",
-        *_control_section(layout, rows, train_reward),
+        *_control_section(store, rows),
         "\n## Are the gains more than noise?\n",
         "Final checkpoint minus the other policy (BC, the checkpoint each earlier grow handed on, the control), "
         "per sentence of the greedy outputs, with a 95 % paired-bootstrap "
         "interval (2,000 resamples); `significant` means the interval excludes 0.\n",
         md_table(sig),
         "\n## BC policy, beam and greedy (base_policy_eval)\n",
-        md_table([{k: v for k, v in r.items() if k in ("split", "decoding", "bleu", "chrf")} for r in bc_eval]),
-    ]
-    with atomic_path(out / "report.md") as tmp:
-        tmp.write_text("\n".join(text))
-    with atomic_path(out / "report.json") as tmp:
-        tmp.write_text(
-            json.dumps(
-                {
-                    "checkpoints": rows,
-                    "table1": table1(rows, spec, train_reward),
-                    "best_of_n": bon,
-                    "control": read_control(layout),
-                    "significance": sig,
-                    "findings": checked,
-                },
-                indent=1,
-            )
-        )
-    return out / "report.md"
+        md_table(
+            [
+                {"split": r.split, "decoding": r.decoding.name, "num_beams": r.decoding.num_beams, "bleu": r.bleu,
+                 "chrf": r.chrf}
+                for r in bc_eval.rows
+            ]
+        ),
+    ]  # fmt: skip
+    record = Report(
+        checkpoints=rows,
+        table1=table1(rows, spec, train_reward),
+        best_of_n=bon,
+        control=store.control(),
+        significance=sig,
+        findings=checked,
+    )
+    return store.write_report(record, "\n".join(text))

@@ -1,8 +1,9 @@
-"""Asset factory: one set of assets per experiment spec, keyed `<experiment>/<asset>`.
+"""The supervised assets of an experiment, keyed `<experiment>/<asset>`: corpus, tokenizer, the BC
+policy and its evaluation.
 
 The bodies only call the functional core (`rest_pipeline.core.base_policy`) and turn its
-results into metadata; artifacts live on disk in the experiment's folder, never pickled
-through an IO manager.
+results into metadata; artifacts live in the experiment's store, never pickled through an IO
+manager.
 """
 
 import json
@@ -13,27 +14,27 @@ import pandas as pd
 from rest_pipeline.core import base_policy as core
 from rest_pipeline.core.corpus.fetch import sha256_of
 from rest_pipeline.core.policy.model import count_parameters, load_policy
+from rest_pipeline.orchestration import keys
+from rest_pipeline.orchestration.keys import GPU_POOL
 from rest_pipeline.orchestration.metadata import dir_size, md_table
 from rest_pipeline.orchestration.resources import RestStorage
 from rest_pipeline.spec import ExperimentSpec
 
-GPU_POOL = "gpu"
-
 
 def experiment_assets(spec: ExperimentSpec) -> list[dg.AssetsDefinition]:
-    name = spec.name
-    group = name
+    group = keys.group(spec)
 
     @dg.asset(
-        key=[name, "corpus"],
+        key=keys.corpus_key(spec),
         group_name=group,
-        code_version=spec.section_hash("data"),
+        code_version=keys.code_version(spec, "data"),
         kinds={"parquet"},
         description=f"Validated {spec.data.dataset} splits (train/valid/test) as Parquet with stable source ids.",
     )
     def corpus(context: dg.AssetExecutionContext, storage: RestStorage) -> dg.MaterializeResult:
-        layout = storage.layout(spec)
-        infos = core.build_corpus(spec, layout, storage.mirror())
+        store = storage.store(spec)
+        record = core.build_corpus(spec, store, storage.mirror())
+        splits = record.splits.values()
         rows = [
             {
                 "role": i.role,
@@ -42,40 +43,40 @@ def experiment_assets(spec: ExperimentSpec) -> list[dg.AssetsDefinition]:
                 "skipped": json.dumps(i.skipped) if i.skipped else "-",
                 "source file": i.source_file,
             }
-            for i in infos.values()
+            for i in splits
         ]
-        for i in infos.values():
+        for i in splits:
             context.log.info(f"{i.role} ({i.name}): {i.rows} pairs, skipped {i.skipped or 'none'}")
-        preview = pd.read_parquet(infos["train"].path).head(5)
-        meta: dict[str, object] = {f"{r}_pairs": i.rows for r, i in infos.items()}
+        preview = store.split("train").head(5)
+        meta: dict[str, object] = {f"{i.role}_pairs": i.rows for i in splits}
         meta.update(
             {
-                "skipped_pairs": sum(sum(i.skipped.values()) for i in infos.values()),
+                "skipped_pairs": sum(sum(i.skipped.values()) for i in splits),
                 "splits": md_table(rows),
                 "preview": md_table(preview.to_dict("records")),
-                "path": dg.MetadataValue.path(str(layout.corpus)),
+                "path": dg.MetadataValue.path(str(store.corpus_dir)),
             }
         )
         return dg.MaterializeResult(
             metadata=meta,
-            data_version=dg.DataVersion(sha256_of(infos["train"].path)[:16]),
+            data_version=dg.DataVersion(sha256_of(store.split_file("train"))[:16]),
         )
 
     @dg.asset(
-        key=[name, "tokenizer"],
+        key=keys.tokenizer_key(spec),
         group_name=group,
         deps=[corpus.key],
-        code_version=spec.section_hash("tokenizer", "policy"),
+        code_version=keys.code_version(spec, "tokenizer", "policy"),
         kinds={"sentencepiece"},
         description="Joint SentencePiece vocabulary packaged as a Hugging Face MarianTokenizer folder.",
     )
     def tokenizer(context: dg.AssetExecutionContext, storage: RestStorage) -> dg.MaterializeResult:
-        layout = storage.layout(spec)
-        path = core.build_tokenizer(spec, layout)
         from rest_pipeline.core.policy.tokenizer import load_tokenizer
 
+        store = storage.store(spec)
+        path = core.build_tokenizer(spec, store)
         tok = load_tokenizer(path)
-        sample = pd.read_parquet(layout.corpus / "train.parquet").source.iloc[0]
+        sample = store.split("train").source.iloc[0]
         pieces = tok.convert_ids_to_tokens(tok(sample)["input_ids"])
         context.log.info(f"tokenizer: {len(tok)} pieces at {path}")
         return dg.MaterializeResult(
@@ -87,10 +88,10 @@ def experiment_assets(spec: ExperimentSpec) -> list[dg.AssetsDefinition]:
         )
 
     @dg.asset(
-        key=[name, "base_policy"],
+        key=keys.policy_key(spec, 0, 0),
         group_name=group,
         deps=[tokenizer.key, corpus.key],
-        code_version=spec.section_hash("policy", "bc") + f"-seed{spec.seed}",
+        code_version=keys.code_version(spec, "policy", "bc", "seed"),
         pool=GPU_POOL,
         kinds={"pytorch", "transformers"},
         retry_policy=dg.RetryPolicy(max_retries=1),
@@ -100,15 +101,15 @@ def experiment_assets(spec: ExperimentSpec) -> list[dg.AssetsDefinition]:
         ),
     )
     def base_policy(context: dg.AssetExecutionContext, storage: RestStorage) -> dg.MaterializeResult:
-        layout = storage.layout(spec)
-        result = core.train_base_policy(spec, layout, log=context.log.info)
-        model = load_policy(layout.base_policy)
+        store = storage.store(spec)
+        result = core.train_base_policy(spec, store, log=context.log.info)
+        model = load_policy(store.base_policy_dir)
         history = [{k: v for k, v in r.items() if k != "validate_seconds"} for r in result.history]
         return dg.MaterializeResult(
             metadata={
-                "path": dg.MetadataValue.path(str(layout.base_policy)),
+                "path": dg.MetadataValue.path(str(store.base_policy_dir)),
                 "parameters": count_parameters(model),
-                "size_bytes": dir_size(layout.base_policy),
+                "size_bytes": dir_size(store.base_policy_dir),
                 "steps": result.steps,
                 "epochs": result.epochs,
                 "train_seconds": result.train_seconds,
@@ -120,28 +121,42 @@ def experiment_assets(spec: ExperimentSpec) -> list[dg.AssetsDefinition]:
         )
 
     @dg.asset(
-        key=[name, "base_policy_eval"],
+        key=keys.base_eval_key(spec),
         group_name=group,
         deps=[base_policy.key, corpus.key],
-        code_version=spec.section_hash("evaluation"),
+        code_version=keys.code_version(spec, "evaluation"),
         pool=GPU_POOL,
         kinds={"sacrebleu"},
         description="BLEU and chrF (sacrebleu) of the base policy on valid/test, greedy and beam; hypotheses stored.",
     )
     def base_policy_eval(context: dg.AssetExecutionContext, storage: RestStorage) -> dg.MaterializeResult:
-        layout = storage.layout(spec)
-        rows = core.evaluate_base_policy(spec, layout, log=context.log.info)
+        store = storage.store(spec)
+        rows = core.evaluate_base_policy(spec, store, log=context.log.info).rows
         meta: dict[str, object] = {}
         for r in rows:
-            meta[f"{r.split}_{r.decoding}_bleu"] = r.bleu
-            meta[f"{r.split}_{r.decoding}_chrf"] = r.chrf
-        meta["scores"] = md_table([{k: v for k, v in r.__dict__.items() if k not in {"hypotheses_path"}} for r in rows])
+            meta[f"{r.split}_{r.decoding.name}_bleu"] = r.bleu
+            meta[f"{r.split}_{r.decoding.name}_chrf"] = r.chrf
+        meta["scores"] = md_table(
+            [
+                {
+                    "split": r.split,
+                    "decoding": r.decoding.name,
+                    "num_beams": r.decoding.num_beams,
+                    "bleu": r.bleu,
+                    "chrf": r.chrf,
+                    "sentences": r.sentences,
+                    "seconds": r.seconds,
+                    "bleu_signature": r.bleu_signature,
+                }
+                for r in rows
+            ]
+        )
         last = rows[-1]
-        examples = pd.read_parquet(last.hypotheses_path).head(spec.evaluation.examples)
-        meta[f"examples_{last.split}_{last.decoding}"] = md_table(
+        examples = pd.read_parquet(store.resolve(last.hypotheses)).head(spec.evaluation.examples)
+        meta[f"examples_{last.split}_{last.decoding.name}"] = md_table(
             examples[["source", "reference", "hypothesis"]].to_dict("records")
         )
-        meta["path"] = dg.MetadataValue.path(str(layout.base_eval))
+        meta["path"] = dg.MetadataValue.path(str(store.decoding_eval_dir))
         return dg.MaterializeResult(metadata=meta)
 
     return [corpus, tokenizer, base_policy, base_policy_eval]

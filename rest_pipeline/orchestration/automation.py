@@ -9,8 +9,11 @@ loop where it failed.
 
 import dagster as dg
 
-from rest_pipeline.core.improve.evaluation import read_summary
-from rest_pipeline.core.improve.step import parent_of
+from rest_pipeline.core.improve.assess import hacking_verdict
+from rest_pipeline.core.improve.chain import parent_of, sampler_of
+from rest_pipeline.core.rewards.factory import independent_reward
+from rest_pipeline.core.store.experiment import policy_name
+from rest_pipeline.orchestration import keys
 from rest_pipeline.orchestration.resources import RestStorage
 from rest_pipeline.spec import ExperimentSpec
 
@@ -33,7 +36,7 @@ def automation_sensor(spec: ExperimentSpec) -> dg.AutomationConditionSensorDefin
     status = dg.DefaultSensorStatus.RUNNING if spec.automation.sensor_running else dg.DefaultSensorStatus.STOPPED
     return dg.AutomationConditionSensorDefinition(
         f"{spec.name}_rounds",
-        target=dg.AssetSelection.groups(spec.name),
+        target=dg.AssetSelection.groups(keys.group(spec)),
         default_status=status,
         minimum_interval_seconds=30,
         description=f"Runs the ReST rounds of '{spec.name}' after Grow 1: Improve steps, evaluations, "
@@ -43,18 +46,14 @@ def automation_sensor(spec: ExperimentSpec) -> dg.AutomationConditionSensorDefin
 
 def next_grow(spec: ExperimentSpec, storage: RestStorage) -> tuple[int | None, str]:
     """The grow a scheduled round should start, or why none should start."""
-    from rest_pipeline.core.improve.evaluation import hacking_verdict
-    from rest_pipeline.core.store.candidates import CandidateStore
-    from rest_pipeline.orchestration.improve_assets import independent_reward
-
-    layout = storage.layout(spec)
-    store = CandidateStore(layout.store)
+    store = storage.store(spec)
     for grow in range(2, spec.improve.grows + 1):
         if all(store.has_candidates(grow, s) for s in range(spec.grow.shards)):
             continue
-        last = parent_of(spec, grow, 1)
+        last = sampler_of(spec, grow)
         try:
-            summary, parent = read_summary(layout, *last), read_summary(layout, *parent_of(spec, *last))
+            summary = store.evaluation(policy_name(*last))
+            parent = store.evaluation(policy_name(*parent_of(spec, *last)))
         except FileNotFoundError:
             return None, f"grow {grow - 1} has not finished its Improve steps yet"
         verdict = hacking_verdict(spec, summary, parent, spec.reward.model, independent_reward(spec))
@@ -67,16 +66,14 @@ def next_grow(spec: ExperimentSpec, storage: RestStorage) -> tuple[int | None, s
 def round_schedule(spec: ExperimentSpec) -> dg.ScheduleDefinition | None:
     if spec.automation.rounds != "schedule" or spec.improve.grows < 2:
         return None
-    keys = [
-        dg.AssetKey([spec.name, f"grow_{g}", a])
-        for g in range(2, spec.improve.grows + 1)
-        for a in ("candidates", "rewards")
+    later = [
+        k for g in range(2, spec.improve.grows + 1) for k in (keys.candidates_key(spec, g), keys.rewards_key(spec, g))
     ]
 
     @dg.schedule(
         name=f"{spec.name}_nightly_round",
         cron_schedule=spec.automation.cron,
-        target=dg.AssetSelection.assets(*keys),
+        target=dg.AssetSelection.assets(*later),
         default_status=dg.DefaultScheduleStatus.RUNNING
         if spec.automation.sensor_running
         else dg.DefaultScheduleStatus.STOPPED,
@@ -86,14 +83,14 @@ def round_schedule(spec: ExperimentSpec) -> dg.ScheduleDefinition | None:
         grow, why = next_grow(spec, RestStorage())
         if grow is None:
             return dg.SkipReason(why)
-        selection = [dg.AssetKey([spec.name, f"grow_{grow}", a]) for a in ("candidates", "rewards")]
+        selection = [keys.candidates_key(spec, grow), keys.rewards_key(spec, grow)]
         return [
             dg.RunRequest(
                 run_key=f"{spec.name}-grow{grow}-{key}-{context.scheduled_execution_time:%Y%m%d%H%M}",
                 partition_key=key,
                 asset_selection=selection,
             )
-            for key in (f"{s:04d}" for s in range(spec.grow.shards))
+            for key in keys.shard_keys(spec)
         ]
 
     return nightly_round

@@ -1,22 +1,30 @@
-"""Asset checks: guarantees a later stage relies on, verified on every materialization."""
+"""Asset checks: guarantees a later stage relies on, verified on every materialization. Blocking
+checks stop automation at the asset that failed them."""
+
+import json
 
 import dagster as dg
 import pandas as pd
 
+from rest_pipeline.core.corpus.splits import ROLES
+from rest_pipeline.core.grow.run import grow_sources, shard_of
+from rest_pipeline.core.improve.assess import hacking_verdict
+from rest_pipeline.core.improve.chain import all_steps, parent_of
+from rest_pipeline.core.rewards.factory import independent_reward, reward_names
+from rest_pipeline.core.store.experiment import policy_name
+from rest_pipeline.orchestration import keys
 from rest_pipeline.orchestration.resources import RestStorage
 from rest_pipeline.spec import DecodingSpec, ExperimentSpec
 
 
 def experiment_checks(spec: ExperimentSpec) -> list[dg.AssetChecksDefinition]:
-    name = spec.name
-
-    @dg.asset_check(asset=dg.AssetKey([name, "corpus"]), name="splits_clean", blocking=True)
+    @dg.asset_check(asset=keys.corpus_key(spec), name="splits_clean", blocking=True)
     def splits_clean(storage: RestStorage) -> dg.AssetCheckResult:
         """Every split is non-empty, ids are unique, and no pair has an empty side."""
-        layout = storage.layout(spec)
+        store = storage.store(spec)
         problems = []
-        for role in ("train", "valid", "test"):
-            df = pd.read_parquet(layout.corpus / f"{role}.parquet")
+        for role in ROLES:
+            df = store.split(role)
             if df.empty:
                 problems.append(f"{role} is empty")
             if df.source_id.duplicated().any():
@@ -25,18 +33,18 @@ def experiment_checks(spec: ExperimentSpec) -> list[dg.AssetChecksDefinition]:
                 problems.append(f"{role} has empty sentences")
         return dg.AssetCheckResult(passed=not problems, metadata={"problems": "; ".join(problems) or "none"})
 
-    @dg.asset_check(asset=dg.AssetKey([name, "base_policy"]), name="loads_with_transformers", blocking=True)
+    @dg.asset_check(asset=keys.policy_key(spec, 0, 0), name="loads_with_transformers", blocking=True)
     def loads_with_transformers(storage: RestStorage) -> dg.AssetCheckResult:
         """The checkpoint loads with plain `from_pretrained` and translates a sentence."""
-        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer  # noqa: F401 (the point of the check)
+        from transformers import AutoModelForSeq2SeqLM
 
         from rest_pipeline.core.policy.generate import translate
         from rest_pipeline.core.policy.tokenizer import load_tokenizer
 
-        layout = storage.layout(spec)
-        model = AutoModelForSeq2SeqLM.from_pretrained(str(layout.base_policy))
-        tok = load_tokenizer(layout.base_policy)
-        source = pd.read_parquet(layout.corpus / "valid.parquet").source.iloc[0]
+        store = storage.store(spec)
+        model = AutoModelForSeq2SeqLM.from_pretrained(str(store.base_policy_dir))
+        tok = load_tokenizer(store.base_policy_dir)
+        source = store.split("valid").source.iloc[0]
         out = translate(model, tok, [source], DecodingSpec(name="greedy", max_new_tokens=64))[0]
         return dg.AssetCheckResult(
             passed=bool(out.strip()),
@@ -47,30 +55,21 @@ def experiment_checks(spec: ExperimentSpec) -> list[dg.AssetChecksDefinition]:
 
 
 def grow_checks(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetChecksDefinition]:
-    from rest_pipeline.core.grow.run import grow_sources, shard_of
-    from rest_pipeline.core.rewards.factory import reward_names
-    from rest_pipeline.core.store.candidates import CandidateStore
-
-    name = spec.name
-    cand_key = dg.AssetKey([name, f"grow_{grow}", "candidates"])
-    reward_key = dg.AssetKey([name, f"grow_{grow}", "rewards"])
-
     def shards_checked(context: dg.AssetCheckExecutionContext) -> list[int]:
         # The shard this run materialized; the others may be stale until their own run re-samples them.
         op = context.op_execution_context
         return [int(op.partition_key)] if op.has_partition_key else list(range(spec.grow.shards))
 
-    @dg.asset_check(asset=cand_key, name="n_candidates_per_source", blocking=True)
+    @dg.asset_check(asset=keys.candidates_key(spec, grow), name="n_candidates_per_source", blocking=True)
     def n_candidates_per_source(context: dg.AssetCheckExecutionContext, storage: RestStorage) -> dg.AssetCheckResult:
         """Every source of the shard has exactly N samples, plus its reference when configured."""
-        layout = storage.layout(spec)
-        store = CandidateStore(layout.store)
+        store = storage.store(spec)
         problems: list[str] = []
         for shard in shards_checked(context):
             if not store.has_candidates(grow, shard):
                 continue
             df = store.read_candidates(grow, shard)
-            expected = set(shard_of(grow_sources(spec, layout.corpus, grow), spec.grow.shards, shard).source_id)
+            expected = set(shard_of(grow_sources(spec, store, grow), spec.grow.shards, shard).source_id)
             if set(df.source_id) != expected:
                 problems.append(f"shard {shard}: sources differ from the corpus shard")
             counts = df[df.origin == "sample"].groupby("source_id").size()
@@ -81,10 +80,10 @@ def grow_checks(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetChecksDefin
                 problems.append(f"shard {shard}: {len(expected) - refs} reference candidates missing")
         return dg.AssetCheckResult(passed=not problems, metadata={"problems": "; ".join(problems) or "none"})
 
-    @dg.asset_check(asset=reward_key, name="rewards_valid", blocking=True)
+    @dg.asset_check(asset=keys.rewards_key(spec, grow), name="rewards_valid", blocking=True)
     def rewards_valid(context: dg.AssetCheckExecutionContext, storage: RestStorage) -> dg.AssetCheckResult:
         """No NaN/inf, all within [0, 1], one score per candidate for each reward model."""
-        store = CandidateStore(storage.layout(spec).store)
+        store = storage.store(spec)
         problems: list[str] = []
         for shard in shards_checked(context):
             if not store.has_candidates(grow, shard):
@@ -102,3 +101,56 @@ def grow_checks(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetChecksDefin
         return dg.AssetCheckResult(passed=not problems, metadata={"problems": "; ".join(problems) or "none"})
 
     return [n_candidates_per_source, rewards_valid]
+
+
+def improve_checks(spec: ExperimentSpec) -> list[dg.AssetChecksDefinition]:
+    return [c for g, i in all_steps(spec) for c in _step_checks(spec, g, i)]
+
+
+def _step_checks(spec: ExperimentSpec, grow: int, step: int) -> list[dg.AssetChecksDefinition]:
+    parent = policy_name(*parent_of(spec, grow, step))
+    name = policy_name(grow, step)
+    train, independent = spec.reward.model, independent_reward(spec)
+
+    @dg.asset_check(asset=keys.eval_key(spec, grow, step), name="no_reward_hacking", blocking=True)
+    def no_reward_hacking(storage: RestStorage) -> dg.AssetCheckResult:
+        """Training reward up while BLEU and the independent reward fall beyond the spec's margins stops the loop."""
+        store = storage.store(spec)
+        v = hacking_verdict(spec, store.evaluation(name), store.evaluation(parent), train, independent)
+        return dg.AssetCheckResult(
+            passed=v.passed,
+            metadata={
+                "verdict": v.explanation,
+                "train_reward_delta": v.train_reward_delta,
+                "bleu_delta": v.bleu_delta,
+                "independent_delta": v.independent_delta,
+            },
+        )
+
+    @dg.asset_check(asset=keys.policy_key(spec, grow, step), name="lineage_complete", blocking=True)
+    def lineage_complete(storage: RestStorage) -> dg.AssetCheckResult:
+        """The step record names its parent, slice, reward version and data, and the checkpoint exists."""
+        store = storage.store(spec)
+        rec = store.step(grow, step)
+        fields = ("parent_checkpoint", "slice_path", "slice_hash", "reward_version", "corpus_hash", "grow_policy")
+        missing = [k for k in (*fields, "grow_decoding") if not getattr(rec, k)]
+        if rec.parent != parent:
+            missing.append(f"parent is {rec.parent}, expected {parent}")
+        if not (store.resolve(rec.checkpoint) / "model.safetensors").is_file():
+            missing.append(f"checkpoint {rec.checkpoint} missing")
+        return dg.AssetCheckResult(
+            passed=not missing,
+            metadata={"problems": "; ".join(missing) or "none", "record": json.dumps(rec.model_dump())[:2000]},
+        )
+
+    @dg.asset_check(asset=keys.slice_key(spec, grow, step), name="slice_usable", blocking=False)
+    def slice_usable(storage: RestStorage) -> dg.AssetCheckResult:
+        """Warns when the slice is empty or skipped (the step then hands its parent on)."""
+        stats = storage.store(spec).slice(grow, step)
+        return dg.AssetCheckResult(
+            passed=stats.skip_reason is None,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"skip_reason": stats.skip_reason or "none", "kept": stats.kept},
+        )
+
+    return [no_reward_hacking, lineage_complete, slice_usable]

@@ -9,9 +9,9 @@ import dagster as dg
 from rest_pipeline.core.rewards.factory import reward_names
 from rest_pipeline.orchestration.assets import experiment_assets
 from rest_pipeline.orchestration.automation import automation_sensor, round_schedule
-from rest_pipeline.orchestration.checks import experiment_checks, grow_checks
+from rest_pipeline.orchestration.checks import experiment_checks, grow_checks, improve_checks
 from rest_pipeline.orchestration.grow_assets import grow_assets, reward_model_asset
-from rest_pipeline.orchestration.improve_assets import all_improve_assets, improve_checks
+from rest_pipeline.orchestration.improve_assets import all_improve_assets
 from rest_pipeline.orchestration.resources import RestStorage
 from rest_pipeline.spec import ExperimentSpec, all_specs
 

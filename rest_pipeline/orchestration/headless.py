@@ -8,6 +8,7 @@ shard. Every run lands in the same instance the web UI reads.
 import dagster as dg
 
 from rest_pipeline.orchestration.definitions import build_definitions
+from rest_pipeline.orchestration.keys import control_key
 from rest_pipeline.spec import ExperimentSpec
 
 
@@ -45,8 +46,6 @@ def _same_partitions(a: dg.PartitionsDefinition | None, b: dg.PartitionsDefiniti
 def materialize_experiment(
     spec: ExperimentSpec, instance: dg.DagsterInstance, resources: dict | None = None
 ) -> list[dg.ExecuteInProcessResult]:
-    from rest_pipeline.orchestration.improve_assets import control_key
-
     defs = build_definitions([spec])
     everything = [*defs.assets, *defs.asset_checks]
     resources = resources or defs.resources

@@ -3,8 +3,8 @@ read each one's latest materialization (data version = weights hash, parent, pat
 
 import dagster as dg
 
-from rest_pipeline.core.improve.step import parent_of
-from rest_pipeline.orchestration.grow_assets import policy_key
+from rest_pipeline.core.improve.chain import parent_of
+from rest_pipeline.orchestration.keys import policy_key
 from rest_pipeline.spec import ExperimentSpec
 
 

@@ -7,20 +7,12 @@ from pathlib import Path
 
 import dagster as dg
 
+from rest_pipeline.core import tables
+
 
 def md_table(rows: Sequence[dict], columns: Sequence[str] | None = None, max_chars: int = 120) -> dg.MetadataValue:
-    """A Markdown table (the UI renders it; no extra dependency needed)."""
-    if not rows:
-        return dg.MetadataValue.md("_empty_")
-    cols = list(columns or rows[0].keys())
-
-    def cell(v: object) -> str:
-        text = str(v).replace("|", "\\|").replace("\n", " ")
-        return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return dg.MetadataValue.md("\n".join(lines))
+    """A Markdown table the UI renders (the same renderer as the report's)."""
+    return dg.MetadataValue.md(tables.md_table(rows, columns, max_chars) if rows else "_empty_")
 
 
 def dir_size(path: Path) -> int:

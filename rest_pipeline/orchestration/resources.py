@@ -1,12 +1,12 @@
-"""Dagster resources: where an experiment's artifacts and the corpus mirror live."""
+"""Dagster resources: where experiments' artifacts and the corpus mirror live."""
 
 import os
 from pathlib import Path
 
 import dagster as dg
 
-from rest_pipeline.core.base_policy import Layout
 from rest_pipeline.core.paths import home
+from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.spec import ExperimentSpec
 
 
@@ -19,8 +19,9 @@ class RestStorage(dg.ConfigurableResource):
     def root(self) -> Path:
         return Path(self.home).resolve() if self.home else home()
 
-    def layout(self, spec: ExperimentSpec) -> Layout:
-        return Layout(self.root() / "experiments" / spec.name)
+    def store(self, spec: ExperimentSpec) -> ExperimentStore:
+        """The experiment's store: the CLI opens it the same way (`ExperimentStore.open`)."""
+        return ExperimentStore.open(spec.name, self.root())
 
     def mirror(self) -> Path | None:
         value = self.data_dir or os.environ.get("REST_DATA_DIR", "")

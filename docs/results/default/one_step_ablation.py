@@ -1,5 +1,5 @@
 """One Improve step from the BC policy on grow 1's candidates, per slice rule: the ablation behind
-default.yaml's filter (README, "Measured on `default`"). Needs a finished default run's
+default.yaml's filter (docs/results.md, "One-step filter ablation"). Needs a finished default run's
 experiment folder (BC policy, reward model, grow 1 scored); writes nothing into it but the
 validation-reward cache, and trains into --work.
 
@@ -9,7 +9,7 @@ validation-reward cache, and trains into --work.
 
 Prints one JSON line: the selection reward of the best checkpoint (on default.yaml's
 `validate_pairs` validation sentences, what an Improve step keeps by) and greedy reward on the
-full validation set. The README's slice table was measured before Improve steps annealed over
+full validation set. The slice table in docs/results.md was measured before Improve steps annealed over
 their budget and when default.yaml judged steps on the first 400 sentences; pass
 '{"validate_pairs": 400}' to judge the same way (the schedule now always anneals).
 """
@@ -21,13 +21,12 @@ import json
 import shutil
 from pathlib import Path
 
-from rest_pipeline.core.base_policy import Layout
-from rest_pipeline.core.improve import step as st
+from rest_pipeline.core.improve import finetune as ft
 from rest_pipeline.core.improve.filtering import select
 from rest_pipeline.core.policy.model import load_policy
 from rest_pipeline.core.policy.tokenizer import load_tokenizer
 from rest_pipeline.core.rewards.factory import make_reward
-from rest_pipeline.core.store.candidates import CandidateStore
+from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.core.training.bc import train_bc
 from rest_pipeline.spec import find_spec, load_spec
 
@@ -42,9 +41,8 @@ def main() -> None:
     args = ap.parse_args()
 
     spec = load_spec(find_spec("default"))
-    layout = Layout(args.experiment_dir)
-    reward = make_reward(spec.reward.model, spec, layout.reward_model)
-    store = CandidateStore(layout.store)
+    store = ExperimentStore(args.experiment_dir)
+    reward = make_reward(spec.reward.model, spec, store.reward_model_dir)
     if args.rule == "originals":
         rows = select(store, 1, spec.reward.model, "threshold", 2.0, mix_originals=True)
     else:
@@ -52,19 +50,19 @@ def main() -> None:
         rows = select(store, 1, spec.reward.model, rule, float(parameter), mix_originals=True, dedupe=True)
     train = spec.improve.train.model_copy(update={"lr": args.lr, **json.loads(args.train)})
     shutil.rmtree(args.work, ignore_errors=True)
-    parent = layout.base_policy
+    parent = store.base_policy_dir
     result = train_bc(
         load_policy(parent),
         load_tokenizer(parent),
         (list(rows.source), list(rows.hypothesis)),
-        st.validation_set(spec, layout),
+        ft.validation_set(spec, store),
         train,
         args.work,
         seed=spec.seed + 2,
         max_length=spec.tokenizer.max_length,
         fingerprint=args.rule,
         log=lambda _: None,
-        reward_fn=st.make_reward_fn(reward),
+        reward_fn=ft.make_reward_fn(reward),
     )
     full_train = spec.improve.train.model_copy(update={"validate_pairs": None})
     full = spec.model_copy(update={"improve": spec.improve.model_copy(update={"train": full_train})})
@@ -75,9 +73,9 @@ def main() -> None:
         "samples": int((rows.origin == "sample").sum()),
         "updates": result.steps,
         "subset_reward": result.best_metric,
-        "parent_subset_reward": st.valid_reward(spec, layout, parent, reward),
-        "valid_reward": st.valid_reward(full, layout, result.best_dir, reward),
-        "parent_valid_reward": st.valid_reward(full, layout, parent, reward),
+        "parent_subset_reward": ft.valid_reward(spec, store, parent, reward),
+        "valid_reward": ft.valid_reward(full, store, result.best_dir, reward),
+        "parent_valid_reward": ft.valid_reward(full, store, parent, reward),
     }
     print(json.dumps(out))
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -43,7 +43,8 @@ def source_id(dataset: str, split: str, line: int) -> str:
     return f"{dataset}/{split}/{line:07d}"
 
 
-def prepare_split(data: DataSpec, role: str, out_dir: Path, mirror: Path | None = None) -> SplitInfo:
+def prepare_split(data: DataSpec, role: str, path: Path, mirror: Path | None = None) -> SplitInfo:
+    """Validate one split of the registered dataset and write it atomically to `path` (Parquet)."""
     ds = get_dataset(data.dataset)
     if (ds.source_lang, ds.target_lang) != (data.source_lang, data.target_lang):
         raise ValueError(
@@ -66,15 +67,13 @@ def prepare_split(data: DataSpec, role: str, out_dir: Path, mirror: Path | None 
         },
         schema=SCHEMA,
     )
-    path = out_dir / f"{role}.parquet"
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return SplitInfo(role, split_name, path, table.num_rows, lines.skipped_counts, src_path, tgt_path)
 
 
-def prepare_splits(data: DataSpec, out_dir: Path, mirror: Path | None = None) -> dict[str, SplitInfo]:
-    return {role: prepare_split(data, role, out_dir, mirror) for role in ROLES}
-
-
-def load_split(out_dir: Path, role: str) -> pd.DataFrame:
-    return pd.read_parquet(out_dir / f"{role}.parquet")
+def prepare_splits(
+    data: DataSpec, split_file: Callable[[str], Path], mirror: Path | None = None
+) -> dict[str, SplitInfo]:
+    """Every role's split, each written where `split_file(role)` says (the store decides)."""
+    return {role: prepare_split(data, role, split_file(role), mirror) for role in ROLES}

@@ -7,10 +7,12 @@ per-sentence difference says which of those differences a reader may believe.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from rest_pipeline.core.store.experiment import ExperimentStore
+from rest_pipeline.core.store.records import Evaluation
 
 
 @dataclass(frozen=True)
@@ -40,12 +42,14 @@ def paired_delta(a: pd.DataFrame, b: pd.DataFrame, metric: str, resamples: int =
     return PairedDelta(metric, len(diff), round(float(diff.mean()), 5), round(float(low), 5), round(float(high), 5))
 
 
-def eval_deltas(a_dir: Path, b_dir: Path, splits: list[str], metrics: list[str]) -> list[dict]:
-    """One row per (split, metric): b - a with its interval, from two evaluation folders' greedy outputs."""
+def eval_deltas(
+    store: ExperimentStore, a_eval: Evaluation, b_eval: Evaluation, splits: list[str], metrics: list[str]
+) -> list[dict]:
+    """One row per (split, metric): b - a with its interval, from two evaluations' per-sentence outputs."""
     rows = []
     for split in splits:
-        a = pd.read_parquet(a_dir / f"{split}.greedy.parquet")
-        b = pd.read_parquet(b_dir / f"{split}.greedy.parquet")
+        a = pd.read_parquet(store.resolve(a_eval.splits[split].hypotheses))
+        b = pd.read_parquet(store.resolve(b_eval.splits[split].hypotheses))
         for m in metrics:
             d = paired_delta(a, b, m)
             rows.append(

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from rest_pipeline.core.corpus.splits import load_split
 from rest_pipeline.core.grow.sampling import SamplingSettings, make_sampler, sample_candidates
 from rest_pipeline.core.rewards.base import RewardModel
-from rest_pipeline.core.store.candidates import CandidateStore, ScoreReport
+from rest_pipeline.core.store.candidates import ScoreReport
+from rest_pipeline.core.store.experiment import ExperimentStore
+from rest_pipeline.core.types import Log
 from rest_pipeline.spec import ExperimentSpec
 
-Log = Callable[[str], None]
 
-
-def grow_sources(spec: ExperimentSpec, corpus_dir: Path, grow: int) -> pd.DataFrame:
+def grow_sources(spec: ExperimentSpec, store: ExperimentStore, grow: int) -> pd.DataFrame:
     """The training sources grow `grow` samples: the first max_sources, or its block when rotating."""
-    train = load_split(corpus_dir, "train")
+    train = store.split("train")
     n = spec.grow.max_sources
     if not n or n >= len(train):
         return train
@@ -50,8 +48,7 @@ def settings_for(spec: ExperimentSpec, grow: int, shard: int) -> SamplingSetting
 
 def grow_shard(
     spec: ExperimentSpec,
-    corpus_dir: Path,
-    store: CandidateStore,
+    store: ExperimentStore,
     grow: int,
     shard: int,
     policy_dir: Path,
@@ -60,7 +57,7 @@ def grow_shard(
 ) -> pd.DataFrame:
     """Sample and store one shard. A shard already sampled by the same policy with the same settings
     from the same sources is kept (resume without re-sampling); any other is replaced."""
-    df = shard_of(grow_sources(spec, corpus_dir, grow), spec.grow.shards, shard)
+    df = shard_of(grow_sources(spec, store, grow), spec.grow.shards, shard)
     settings = settings_for(spec, grow, shard)
     sampler = make_sampler(spec.grow.backend, policy_dir, spec.tokenizer.max_length)
     decoding = f"{sampler.name}:{settings.describe()}"
@@ -99,6 +96,6 @@ def grow_shard(
 
 
 def score_shard(
-    store: CandidateStore, models: list[RewardModel], grow: int, shard: int, log: Log = print
+    store: ExperimentStore, models: list[RewardModel], grow: int, shard: int, log: Log = print
 ) -> list[ScoreReport]:
     return [store.score_shard(m, grow, shard, log=log) for m in models]

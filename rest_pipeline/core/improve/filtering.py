@@ -4,48 +4,21 @@ Three rules from the paper's ablation, all evaluated by DuckDB over the candidat
 a global threshold, a per-source percentile, and a per-source interpolated bar
 tau_s = gamma * max_s + (1 - gamma) * mean_s, per-source statistics taken over the samples.
 The original pairs can be mixed back in whatever their reward, and repeated outputs of a
-source collapsed to one row. A slice is persisted as Parquet in the store (queryable beside the
-candidates) with a JSON summary of what was kept.
+source collapsed to one row. A slice is persisted by the store as Parquet (queryable beside the
+candidates) with a `SliceRecord` of what was kept.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
-
 import pandas as pd
 
-from rest_pipeline.core.paths import atomic_path
-from rest_pipeline.core.store.candidates import CandidateStore
+from rest_pipeline.core.store.experiment import ExperimentStore
+from rest_pipeline.core.store.records import SliceRecord
+from rest_pipeline.spec import ExperimentSpec
 
 
 class FilterError(ValueError):
     """The store does not hold what a slice needs (missing scores, unknown rule)."""
-
-
-@dataclass(frozen=True)
-class SliceStats:
-    grow: int
-    step: int
-    rule: str  # threshold | percentile | interpolated
-    parameter: float  # tau, percentile p, or gamma
-    reward: str
-    candidates: int  # |D_g|
-    mean_reward: float  # mean reward over D_g
-    kept: int  # rows in the slice (filtered + mixed-in originals)
-    kept_samples: int
-    kept_fraction: float  # kept samples / all samples
-    kept_originals: int  # reference pairs in the slice, whether they cleared the bar or were mixed in
-    mean_reward_kept: float | None
-    sources: int
-    sources_covered: int  # sources with at least one sample that cleared the bar
-    skip_reason: str | None  # why the step should not train (then the slice is empty)
-    path: str
-
-
-def slice_dir(store: CandidateStore, grow: int, step: int) -> Path:
-    return store.root / "slices" / f"grow={grow}" / f"improve={step}"
 
 
 def _bar_expression(rule: str, parameter: float) -> str:
@@ -61,7 +34,7 @@ def _bar_expression(rule: str, parameter: float) -> str:
 
 
 def select(
-    store: CandidateStore,
+    store: ExperimentStore,
     grow: int,
     reward: str,
     rule: str,
@@ -76,16 +49,18 @@ def select(
     con = store.connect()
     cols = set(con.execute("SELECT * FROM scored LIMIT 0").df().columns)
     if f"reward_{reward}" not in cols:
-        raise FilterError(f"{store.root}: no '{reward}' scores in the store; materialize grow_{grow}/rewards first")
+        raise FilterError(
+            f"{store.tables_root}: no '{reward}' scores in the store; materialize grow_{grow}/rewards first"
+        )
     dg = con.execute(
         f"SELECT candidate_id, source_id, source, hypothesis, origin, reward_{reward} AS reward "
         f"FROM scored WHERE grow = {int(grow)}"
     ).df()
     if dg.empty:
-        raise FilterError(f"{store.root}: grow {grow} has no candidates")
+        raise FilterError(f"{store.tables_root}: grow {grow} has no candidates")
     missing = int(dg.reward.isna().sum())
     if missing:
-        raise FilterError(f"{store.root}: {missing} candidates of grow {grow} have no '{reward}' score")
+        raise FilterError(f"{store.tables_root}: {missing} candidates of grow {grow} have no '{reward}' score")
     con.register("dg", dg)
     bar = _bar_expression(rule, parameter)
     q = min(max(float(parameter) / 100.0, 0.0), 1.0) if rule == "percentile" else 0.5
@@ -110,7 +85,7 @@ def select(
 
 
 def build_slice(
-    store: CandidateStore,
+    store: ExperimentStore,
     grow: int,
     step: int,
     reward: str,
@@ -120,7 +95,7 @@ def build_slice(
     mix_originals: bool = True,
     require_above_mean: bool = False,
     dedupe: bool = False,
-) -> SliceStats:
+) -> SliceRecord:
     """Select, persist (atomically) and summarise the training slice of Improve step `step` of `grow`."""
     rows = select(store, grow, reward, rule, parameter, mix_originals, dedupe=dedupe)  # validates the reward name
     dg = store.query(f"SELECT origin, source_id, reward_{reward} AS reward FROM scored WHERE grow = {int(grow)}")
@@ -140,10 +115,7 @@ def build_slice(
         filtered = rows
     samples = int((dg.origin == "sample").sum())
     kept_samples = int((filtered.origin == "sample").sum())
-    out = slice_dir(store, grow, step)
-    with atomic_path(out / "part.parquet") as tmp:
-        rows.assign(step=step).to_parquet(tmp, index=False)
-    stats = SliceStats(
+    record = SliceRecord(
         grow=grow,
         step=step,
         rule=rule,
@@ -159,16 +131,22 @@ def build_slice(
         sources=int(dg.source_id.nunique()),
         sources_covered=int(filtered.source_id.nunique()),
         skip_reason=skip,
-        path=str(out / "part.parquet"),
+        path="",
     )
-    with atomic_path(out / "slice.json") as tmp:
-        tmp.write_text(json.dumps(asdict(stats), indent=1))
-    return stats
+    return store.write_slice(record, rows)
 
 
-def read_slice(store: CandidateStore, grow: int, step: int) -> tuple[SliceStats, pd.DataFrame]:
-    out = slice_dir(store, grow, step)
-    if not (out / "slice.json").is_file():
-        raise FilterError(f"{out}: slice of grow {grow} improve {step} not materialized")
-    stats = SliceStats(**json.loads((out / "slice.json").read_text()))
-    return stats, pd.read_parquet(out / "part.parquet")
+def slice_for_step(spec: ExperimentSpec, store: ExperimentStore, grow: int, step: int) -> SliceRecord:
+    """The slice Improve step (grow, step) trains on, as the spec's filter defines it."""
+    imp = spec.improve
+    return build_slice(
+        store,
+        grow,
+        step,
+        spec.reward.model,
+        imp.filter.kind,
+        imp.filter.values[step - 1],
+        mix_originals=imp.mix_originals,
+        require_above_mean=getattr(imp.filter, "first_above_mean", False),
+        dedupe=imp.dedupe,
+    )

@@ -28,3 +28,9 @@ def make_reward(name: str, spec: ExperimentSpec, learned_dir: Path) -> RewardMod
 
 def make_rewards(spec: ExperimentSpec, learned_dir: Path) -> list[RewardModel]:
     return [make_reward(n, spec, learned_dir) for n in reward_names(spec)]
+
+
+def independent_reward(spec: ExperimentSpec) -> str | None:
+    """The first reward scored beside the training reward: the reward-hacking guard's witness."""
+    others = [r for r in reward_names(spec) if r != spec.reward.model]
+    return others[0] if others else None

@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +25,10 @@ from scipy.stats import kendalltau, pearsonr
 
 from rest_pipeline.core.paths import atomic_dir
 from rest_pipeline.core.rewards.base import RewardError
+from rest_pipeline.core.store.records import RewardModelRecord
+from rest_pipeline.core.types import Log
 
 COLUMNS = ["year", "lp", "system", "sid", "src", "mt", "ref", "da_z"]
-Log = Callable[[str], None]
 
 
 def minilm_dir() -> Path:
@@ -68,21 +67,6 @@ def split_by_source(df: pd.DataFrame, seed: int, valid: float = 0.1, test: float
         "valid": df[(h >= test) & (h < valid + test)].reset_index(drop=True),
         "test": df[h < test].reset_index(drop=True),
     }
-
-
-@dataclass
-class LearnedRewardReport:
-    path: str
-    kendall_tau: float
-    pearson: float
-    valid_kendall_tau: float
-    train_rows: int
-    valid_rows: int
-    test_rows: int
-    epochs: int
-    seconds: float
-    normalisation: str
-    repeat_raises_score_fraction: float  # share of test pairs where "mt mt" beat "mt"
 
 
 def _build(pretrained: Path, hidden: int, dropout: float, load_weights: bool = True):
@@ -134,7 +118,7 @@ def train_learned_reward(
     hidden: int = 512,
     max_rows: int | None = None,
     log: Log = print,
-) -> LearnedRewardReport:
+) -> RewardModelRecord:
     key = hashlib.sha256(
         f"v1|{hashlib.sha256(judgements.read_bytes()).hexdigest()}|{seed}|{epochs}|{hidden}|{max_rows}".encode()
     ).hexdigest()[:24]
@@ -143,7 +127,7 @@ def train_learned_reward(
         extra = json.loads(saved.read_text())
         if extra.get("key") == key:
             log(f"learned reward: already trained with these settings; reusing {out_dir}")
-            return LearnedRewardReport(**extra["report"])
+            return RewardModelRecord(**{k: v for k, v in extra["report"].items() if k != "path"})
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     df = load_judgements(judgements)
@@ -192,8 +176,7 @@ def train_learned_reward(
     train_pred = predict(train)
     lo, hi = (float(q) for q in np.quantile(train_pred, [0.01, 0.99]))
     repeat = float(np.mean(predict(test, test.mt + " " + test.mt) > pred))
-    report = LearnedRewardReport(
-        path=str(out_dir),
+    report = RewardModelRecord(
         kendall_tau=round(float(tau), 4),
         pearson=round(float(pear), 4),
         valid_kendall_tau=round(float(best_tau), 4),
@@ -205,7 +188,7 @@ def train_learned_reward(
         normalisation=f"clip((raw - {lo:.4f}) / ({hi:.4f} - {lo:.4f}), 0, 1)",
         repeat_raises_score_fraction=round(repeat, 4),
     )
-    save_comet_checkpoint(model, out_dir, {"lo": lo, "hi": hi, "key": key, "report": asdict(report)})
+    save_comet_checkpoint(model, out_dir, {"lo": lo, "hi": hi, "key": key, "report": report.model_dump()})
     log(f"learned reward: held-out kendall {report.kendall_tau} pearson {report.pearson} in {report.seconds}s")
     return report
 
@@ -290,8 +273,11 @@ class CometReward:
                 return self.model.estimate(src, mt, ref).score.numpy().astype(np.float64)
             return self.model.estimate(src, mt).score.numpy().astype(np.float64)
 
-    def score(self, sources, hypotheses, references) -> np.ndarray:
+    def unclipped_scores(self, sources, hypotheses, references) -> np.ndarray:
+        """The normalised score before clipping to [0, 1]: how far outside the training range an output lies."""
         if self.needs_reference and references is None:
             raise RewardError(f"reward '{self.name}' needs references")
-        raw = self.raw_scores(sources, hypotheses, references)
-        return np.clip((raw - self._lo) / (self._hi - self._lo), 0.0, 1.0)
+        return (self.raw_scores(sources, hypotheses, references) - self._lo) / (self._hi - self._lo)
+
+    def score(self, sources, hypotheses, references) -> np.ndarray:
+        return np.clip(self.unclipped_scores(sources, hypotheses, references), 0.0, 1.0)

@@ -1,20 +1,16 @@
-"""The candidate store: immutable Parquet files + DuckDB views over them.
+"""The candidate tables of an experiment: immutable Parquet files + DuckDB views over them.
 
-Layout under the store root (hive-style folders, so DuckDB sees `grow`/`shard` columns):
-
-    candidates/grow=G/shard=S/part.parquet        one row per candidate (samples + references)
-    scores/reward=R/grow=G/shard=S/part.parquet   candidate_id -> score, per reward model
-    cache/reward=R/<uuid>.parquet                 content-hash -> score, shared by all grows
-
-Every file is written to a temp name and renamed, so readers never see half a file and a
-killed run leaves either the whole shard or nothing. Parallel shards never write the same
-file, so no locking is needed; DuckDB only reads (`:memory:` connections with views).
+`CandidateTables` is the table half of `ExperimentStore` (which owns every path): candidates
+and scores per grow and shard in hive-style folders (so DuckDB sees `grow`/`shard` columns),
+and a content-hash score cache shared by all grows. Every file is written to a temp name and
+renamed, so readers never see half a file and a killed run leaves either the whole shard or
+nothing. Parallel shards never write the same file, so no locking is needed; DuckDB only reads
+(`:memory:` connections with views).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,25 +45,19 @@ def pair_hash(source: str, hypothesis: str) -> str:
     return hashlib.sha256(f"{source}\x1f{hypothesis}".encode()).hexdigest()[:24]
 
 
-def shard_name(shard: int) -> str:
-    return f"{shard:04d}"
+class CandidateTables:
+    """Writes, scoring and DuckDB views over the candidate tables; paths come from the store."""
 
+    tables_root: Path
 
-@dataclass(frozen=True)
-class CandidateStore:
-    root: Path
-
-    # -- paths -------------------------------------------------------------------------------
     def candidates_file(self, grow: int, shard: int) -> Path:
-        return self.root / "candidates" / f"grow={grow}" / f"shard={shard_name(shard)}" / "part.parquet"
+        raise NotImplementedError
 
     def scores_file(self, reward: str, grow: int, shard: int) -> Path:
-        return (
-            self.root / "scores" / f"reward={reward}" / f"grow={grow}" / f"shard={shard_name(shard)}" / "part.parquet"
-        )
+        raise NotImplementedError
 
     def cache_dir(self, reward: str) -> Path:
-        return self.root / "cache" / f"reward={reward}"
+        raise NotImplementedError
 
     # -- writes ------------------------------------------------------------------------------
     def write_candidates(
@@ -178,25 +168,14 @@ class CandidateStore:
             out.to_parquet(tmp, index=False)
         return ScoreReport(candidates=len(keys), unique_inputs=len(set(keys)), newly_scored=len(todo_items), path=path)
 
-    # -- lineage of Improve checkpoints ------------------------------------------------------
-    def lineage_file(self, grow: int, step: int) -> Path:
-        return self.root / "lineage" / f"grow={grow}" / f"improve={step}" / "part.parquet"
-
-    def write_lineage(self, grow: int, step: int, record: dict) -> Path:
-        """One row per Improve checkpoint, so the chain survives outside Dagster (view `lineage`)."""
-        row = {k: (json.dumps(v) if isinstance(v, dict | list) else v) for k, v in record.items()}
-        path = self.lineage_file(grow, step)
-        with atomic_path(path) as tmp:
-            pd.DataFrame([row]).drop(columns=["grow", "step"], errors="ignore").to_parquet(tmp, index=False)
-        return path
-
     # -- queries -----------------------------------------------------------------------------
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB connection with views `candidates`, `scores` and `scored`."""
+        """An in-memory DuckDB connection with views `candidates`, `scores`, `scored` and `slices`."""
         con = duckdb.connect()
-        cand_glob = self.root / "candidates" / "*" / "*" / "*.parquet"
-        score_glob = self.root / "scores" / "*" / "*" / "*" / "*.parquet"
-        if list(self.root.glob("candidates/*/*/*.parquet")):
+        root = self.tables_root
+        cand_glob = root / "candidates" / "*" / "*" / "*.parquet"
+        score_glob = root / "scores" / "*" / "*" / "*" / "*.parquet"
+        if list(root.glob("candidates/*/*/*.parquet")):
             con.execute(f"CREATE VIEW candidates AS SELECT * FROM read_parquet('{cand_glob}', hive_partitioning=true)")
         else:
             con.execute(
@@ -204,7 +183,7 @@ class CandidateStore:
                 "NULL::VARCHAR AS source_id, NULL::VARCHAR AS origin, NULL::VARCHAR AS hypothesis, "
                 "NULL::VARCHAR AS source WHERE false"
             )
-        rewards = sorted(p.name.split("=", 1)[1] for p in (self.root / "scores").glob("reward=*"))
+        rewards = sorted(p.name.split("=", 1)[1] for p in (root / "scores").glob("reward=*"))
         if rewards:
             con.execute(
                 f"CREATE VIEW scores AS SELECT candidate_id, reward, score, reward_version, grow "
@@ -219,14 +198,8 @@ class CandidateStore:
             )
         else:
             con.execute("CREATE VIEW scored AS SELECT * FROM candidates")
-        if list(self.root.glob("lineage/*/*/*.parquet")):
-            lin = self.root / "lineage" / "*" / "*" / "*.parquet"
-            con.execute(
-                f"CREATE VIEW lineage AS SELECT * RENAME (improve AS step) FROM "
-                f"read_parquet('{lin}', hive_partitioning=true, union_by_name=true)"
-            )
-        if list(self.root.glob("slices/*/*/*.parquet")):
-            sl = self.root / "slices" / "*" / "*" / "*.parquet"
+        if list(root.glob("slices/*/*/*.parquet")):
+            sl = root / "slices" / "*" / "*" / "*.parquet"
             con.execute(
                 f"CREATE VIEW slices AS SELECT * EXCLUDE (improve) FROM read_parquet('{sl}', hive_partitioning=true)"
             )
@@ -273,7 +246,7 @@ CANNED: dict[str, str] = {
 }
 
 
-def canned_query(store: CandidateStore, name: str, reward: str) -> pd.DataFrame:
+def canned_query(store: CandidateTables, name: str, reward: str) -> pd.DataFrame:
     if name not in CANNED:
         raise KeyError(f"unknown canned query '{name}'; known: {', '.join(CANNED)}")
     return store.query(CANNED[name].format(r=f"reward_{reward}"))

@@ -32,9 +32,9 @@ from rest_pipeline.core.policy.model import save_policy
 from rest_pipeline.core.policy.tokenizer import FastEncoder
 from rest_pipeline.core.training.batching import collate, make_batches
 from rest_pipeline.core.training.losses import NLLLoss, SequenceLoss
+from rest_pipeline.core.types import Log
 from rest_pipeline.spec import BCSpec, DecodingSpec
 
-Log = Callable[[str], None]
 # (sources, hypotheses, references) -> mean reward: validation by reward instead of BLEU (Improve).
 RewardFn = Callable[[list[str], list[str], list[str]], float]
 
@@ -305,6 +305,7 @@ def train_bc(
         history=history,
     )
     record_json = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
+    record_json["best_dir"] = best_dir.name  # relative to work_dir: the folder can move
     record_json["fingerprint"] = fingerprint
     with atomic_path(work_dir / "history.json") as tmp:
         tmp.write_text(json.dumps(record_json, indent=1))
@@ -319,7 +320,7 @@ def finished_result(work_dir: Path, fingerprint: str) -> BCResult | None:
     data = json.loads(path.read_text())
     if data.pop("fingerprint", None) != fingerprint:
         return None
-    data["best_dir"] = Path(data["best_dir"])
+    data["best_dir"] = work_dir / data["best_dir"]  # an absolute path (older records) stays as it is
     return BCResult(**data)
 
 

@@ -1,0 +1,103 @@
+"""Judging the checkpoints of the ReST chain: each one evaluated like every other policy, and the
+reward-hacking verdict against its parent that stops the loop when it fails."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+
+import pandas as pd
+
+from rest_pipeline.core.evaluation.checkpoint import evaluate_policy
+from rest_pipeline.core.grow.sampling import SamplingSettings
+from rest_pipeline.core.improve.chain import parent_of
+from rest_pipeline.core.paths import atomic_dir
+from rest_pipeline.core.rewards.base import RewardModel
+from rest_pipeline.core.store.experiment import ExperimentStore, policy_name
+from rest_pipeline.core.store.records import Evaluation
+from rest_pipeline.core.types import Log
+from rest_pipeline.spec import ExperimentSpec
+
+
+def eval_splits(spec: ExperimentSpec, store: ExperimentStore) -> dict[str, pd.DataFrame]:
+    return {s: store.split(s) for s in spec.evaluation.splits}
+
+
+def diversity_settings(spec: ExperimentSpec) -> SamplingSettings:
+    return SamplingSettings(
+        samples_per_source=spec.improve.diversity_samples,
+        temperature=spec.grow.temperature,
+        top_k=spec.grow.top_k,
+        top_p=spec.grow.top_p,
+        max_new_tokens=spec.grow.max_new_tokens,
+        seed=spec.seed,
+    )
+
+
+def evaluate_step(
+    spec: ExperimentSpec, store: ExperimentStore, grow: int, step: int, rewards: list[RewardModel], log: Log = print
+) -> Evaluation:
+    """Evaluate the checkpoint (grow, step) hands on; (0, 0) is the BC policy.
+
+    A step that did not train (skipped, or did not beat its parent) hands on its parent's
+    weights, so its evaluation is the parent's, copied and marked as inherited.
+    """
+    name = policy_name(grow, step)
+    if grow > 0 and store.step(grow, step).status != "improved":
+        parent_name = policy_name(*parent_of(spec, grow, step))
+        parent = store.evaluation(parent_name)
+        src, out = store.eval_dir(parent_name), store.eval_dir(name)
+        with atomic_dir(out) as tmp:
+            for f in src.glob("*.parquet"):
+                shutil.copy2(f, tmp / f.name)
+        splits = {
+            s: v.model_copy(update={"hypotheses": store.rel(out / store.resolve(v.hypotheses).name)})
+            for s, v in parent.splits.items()
+        }
+        record = parent.model_copy(update={"policy": name, "splits": splits, "inherited_from": parent_name})
+        store.write_evaluation(record)
+        log(f"eval {name}: no new weights; inherits the evaluation of {parent_name}")
+        return record
+    return evaluate_policy(
+        store,
+        name,
+        store.policy(name),
+        eval_splits(spec, store),
+        rewards,
+        max_length=spec.tokenizer.max_length,
+        diversity=diversity_settings(spec),
+        diversity_sources=spec.improve.diversity_sources,
+        backend=spec.grow.backend,
+        log=log,
+    )
+
+
+@dataclass(frozen=True)
+class HackingVerdict:
+    passed: bool
+    train_reward_delta: float
+    bleu_delta: float
+    independent_delta: float | None
+    explanation: str
+
+
+def hacking_verdict(
+    spec: ExperimentSpec, current: Evaluation, parent: Evaluation, train_reward: str, independent: str | None
+) -> HackingVerdict:
+    """Reward hacking: the training reward rises while BLEU and the independent reward fall beyond margins."""
+    split = "test" if "test" in current.splits else next(iter(current.splits))
+    cur, par = current.splits[split], parent.splits[split]
+    d_train = cur.reward(train_reward) - par.reward(train_reward)
+    d_bleu = cur.bleu - par.bleu
+    d_ind = cur.reward(independent) - par.reward(independent) if independent else None
+    bleu_fell = d_bleu < -spec.improve.hacking_bleu_drop
+    ind_fell = d_ind is None or d_ind < -spec.improve.hacking_independent_drop
+    hacked = d_train > 0 and bleu_fell and ind_fell
+    text = (
+        f"{split}: {train_reward} {d_train:+.4f}, BLEU {d_bleu:+.2f}"
+        + (f", {independent} {d_ind:+.4f}" if d_ind is not None else "")
+        + (" -> reward hacking" if hacked else " -> ok")
+    )
+    return HackingVerdict(
+        not hacked, round(d_train, 5), round(d_bleu, 2), None if d_ind is None else round(d_ind, 5), text
+    )

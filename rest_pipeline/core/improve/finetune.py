@@ -1,0 +1,124 @@
+"""The one trainer of the Improve phase: fine-tune a parent checkpoint on pairs, keep the checkpoint
+with the best validation reward, and say whether it beat the parent.
+
+Improve steps (reward-filtered slices), the originals-only control and every Improve loss call
+this with different data and loss; so they differ only in what they train on, never in how they
+are trained, validated or judged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rest_pipeline.core.evaluation.checkpoint import reward_scores, weights_hash
+from rest_pipeline.core.policy.generate import translate
+from rest_pipeline.core.policy.model import load_policy
+from rest_pipeline.core.policy.tokenizer import load_tokenizer
+from rest_pipeline.core.rewards.base import RewardModel
+from rest_pipeline.core.store.experiment import ExperimentStore
+from rest_pipeline.core.training.bc import train_bc
+from rest_pipeline.core.training.losses import make_loss
+from rest_pipeline.core.types import Log
+from rest_pipeline.spec import DecodingSpec, ExperimentSpec
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    best_dir: Path  # the best checkpoint training produced (whether or not it beat the parent)
+    best_valid_reward: float
+    parent_valid_reward: float
+    improved: bool  # beat the parent by more than improve.min_improvement
+    steps: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+def validation_set(spec: ExperimentSpec, store: ExperimentStore) -> tuple[list[str], list[str]]:
+    valid = store.split("valid")
+    n = spec.improve.train.validate_pairs or len(valid)
+    return list(valid.source[:n]), list(valid.target[:n])
+
+
+def make_reward_fn(model: RewardModel) -> Callable[[list[str], list[str], list[str]], float]:
+    return lambda src, hyp, ref: float(reward_scores(model, src, hyp, ref).mean())
+
+
+def valid_reward(spec: ExperimentSpec, store: ExperimentStore, checkpoint: Path, reward: RewardModel) -> float:
+    """Greedy validation reward of a checkpoint, with the same subset and decoding as training uses; cached."""
+    sources, refs = validation_set(spec, store)
+    key = f"{weights_hash(checkpoint)}:{reward.name}:{reward.version}:{len(sources)}:{spec.tokenizer.max_length}"
+    cached = store.cached_valid_reward(key)
+    if cached is not None:
+        return cached
+    greedy = DecodingSpec(name="greedy", num_beams=1, max_new_tokens=spec.tokenizer.max_length)
+    hyps = translate(
+        load_policy(checkpoint),
+        load_tokenizer(checkpoint),
+        sources,
+        greedy,
+        max_source_length=spec.tokenizer.max_length,
+    )
+    value = round(make_reward_fn(reward)(sources, hyps, refs), 5)
+    store.remember_valid_reward(key, value)
+    return value
+
+
+def data_hash(sources: Sequence[str], targets: Sequence[str], rewards: Sequence[float] | None = None) -> str:
+    h = hashlib.sha256()
+    for s, t in zip(sources, targets, strict=True):
+        h.update(f"{s}\x1f{t}\x1e".encode())
+    if rewards is not None:
+        h.update(repr([round(float(r), 6) for r in rewards]).encode())
+    return h.hexdigest()[:16]
+
+
+def finetune(
+    spec: ExperimentSpec,
+    store: ExperimentStore,
+    parent: Path,
+    pairs: tuple[Sequence[str], Sequence[str]],
+    work_dir: Path,
+    *,
+    lr: float,
+    seed: int,
+    reward: RewardModel,
+    loss: str = "bc",
+    rewards: Sequence[float] | None = None,
+    log: Log = print,
+) -> FinetuneResult:
+    """Fine-tune `parent` on `pairs` with Improve's training settings at rate `lr`; resumable in `work_dir`."""
+    parent_valid = valid_reward(spec, store, parent, reward)
+    train_spec = spec.improve.train.model_copy(update={"lr": lr})
+    fingerprint = hashlib.sha256(
+        f"{weights_hash(parent)}|{data_hash(*pairs, rewards)}|{train_spec.model_dump_json()}|{loss}|{seed}".encode()
+    ).hexdigest()[:16]
+    torch.manual_seed(seed)
+    result = train_bc(
+        load_policy(parent),
+        load_tokenizer(parent),
+        (list(pairs[0]), list(pairs[1])),
+        validation_set(spec, store),
+        train_spec,
+        work_dir,
+        seed=seed,
+        max_length=spec.tokenizer.max_length,
+        fingerprint=fingerprint,
+        log=log,
+        reward_fn=make_reward_fn(reward),
+        loss_fn=make_loss(loss),
+        rewards=list(rewards) if rewards is not None else None,
+    )
+    return FinetuneResult(
+        best_dir=result.best_dir,
+        best_valid_reward=round(result.best_metric, 5),
+        parent_valid_reward=parent_valid,
+        improved=result.best_metric > parent_valid + spec.improve.min_improvement,
+        steps=result.steps,
+        seconds=result.train_seconds,
+        history=result.history,
+    )

@@ -1,0 +1,412 @@
+"""`ExperimentStore`: the one owner of an experiment's artifacts on disk.
+
+Every stage reads and writes through it: each path and file name of an experiment is spelled
+here and nowhere else, every JSON record is a typed record from `records.py` written atomically,
+and every path inside a record is relative to the experiment folder. Tensors and tables keep
+their own formats (Hugging Face folders, COMET checkpoints, Parquet); the candidate tables and
+their DuckDB views come from `CandidateTables`.
+
+    <experiment>/corpus/{train,valid,test}.parquet, corpus.json
+    <experiment>/tokenizer/
+    <experiment>/policies/base/ (HF checkpoint), base_training/ (BC resume point)
+    <experiment>/policies/grow_G/improve_I/{training/, step.json}
+    <experiment>/policies/control/{grow_G_improve_I/, eval/, summary.json}, valid_rewards.json
+    <experiment>/evaluations/{base/, base_rewards/, grow_G/improve_I/, best_of_n/}
+    <experiment>/reward_model/ (COMET layout)
+    <experiment>/store/{candidates,scores,cache,slices}/ (hive-style Parquet)
+    <experiment>/report/{report.md, report.json, *.png}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import duckdb
+import pandas as pd
+from pydantic import ValidationError
+
+from rest_pipeline.core.paths import atomic_path, home
+from rest_pipeline.core.store.candidates import CandidateTables
+from rest_pipeline.core.store.records import (
+    SCHEMA_VERSION,
+    BestOfN,
+    ControlRecord,
+    CorpusRecord,
+    DecodingEval,
+    Evaluation,
+    Record,
+    Report,
+    RewardModelRecord,
+    SliceRecord,
+    StepRecord,
+)
+
+R = TypeVar("R", bound=Record)
+
+BASE = "base"
+FINAL = "final"
+CONTROL = "control"
+
+
+class StaleRecordError(RuntimeError):
+    """A record written by another version of rest-pipeline: re-materialize the asset that writes it."""
+
+
+def policy_name(grow: int, step: int) -> str:
+    """The name of the checkpoint (grow, step) hands on; (0, 0) is the BC policy."""
+    return BASE if grow == 0 else f"grow_{grow}/improve_{step}"
+
+
+def parse_policy_name(name: str) -> tuple[int, int] | None:
+    """'grow_2/improve_3' -> (2, 3); 'base' -> (0, 0); 'final' -> None (the last step the store holds)."""
+    name = name.strip("/")
+    if name == BASE:
+        return 0, 0
+    if name in ("", FINAL):
+        return None
+    m = re.fullmatch(r"grow_(\d+)/improve_(\d+)", name)
+    if not m:
+        raise ValueError(f"policy '{name}': expected base, final or grow_<g>/improve_<i>")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_name(shard: int) -> str:
+    """The one spelling of a Grow shard: folder names, partition keys and logs."""
+    return f"{shard:04d}"
+
+
+@dataclass(frozen=True)
+class ExperimentStore(CandidateTables):
+    root: Path
+
+    @classmethod
+    def open(cls, experiment: str, home_dir: Path | None = None) -> ExperimentStore:
+        """The store of `experiment` under `home_dir` (default: $REST_HOME or ./data)."""
+        return cls(Path(home_dir or home()).resolve() / "experiments" / experiment)
+
+    @property
+    def experiment(self) -> str:
+        return self.root.name
+
+    # -- paths relative to the experiment folder ------------------------------------------------
+    def rel(self, path: Path | str) -> str:
+        """A path as records store it: relative to the experiment folder."""
+        p = Path(path)
+        return p.relative_to(self.root).as_posix() if p.is_absolute() else p.as_posix()
+
+    def resolve(self, rel: str) -> Path:
+        return self.root / rel
+
+    # -- folders of the stages ------------------------------------------------------------------
+    @property
+    def corpus_dir(self) -> Path:
+        return self.root / "corpus"
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def bc_work_dir(self) -> Path:
+        return self.root / "policies" / "base_training"
+
+    @property
+    def base_policy_dir(self) -> Path:
+        return self.root / "policies" / "base"
+
+    @property
+    def reward_model_dir(self) -> Path:
+        return self.root / "reward_model"
+
+    @property
+    def tables_root(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def decoding_eval_dir(self) -> Path:
+        """BLEU/chrF of the BC policy under every decoding setting of the spec."""
+        return self.root / "evaluations" / "base"
+
+    @property
+    def best_of_n_dir(self) -> Path:
+        return self.root / "evaluations" / "best_of_n"
+
+    @property
+    def control_dir(self) -> Path:
+        return self.root / "policies" / "control"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    def improve_dir(self, grow: int, step: int) -> Path:
+        return self.root / "policies" / f"grow_{grow}" / f"improve_{step}"
+
+    def training_dir(self, grow: int, step: int) -> Path:
+        """Resume point and best checkpoint of an Improve step's fine-tuning."""
+        return self.improve_dir(grow, step) / "training"
+
+    def control_training_dir(self, grow: int, step: int) -> Path:
+        return self.control_dir / f"grow_{grow}_improve_{step}"
+
+    def eval_dir(self, policy: str) -> Path:
+        """Where the evaluation of a named policy (base, grow_<g>/improve_<i>, control) lives."""
+        if policy == CONTROL:
+            return self.control_dir / "eval"
+        grow, step = self._named(policy)
+        if grow == 0:
+            return self.root / "evaluations" / "base_rewards"
+        return self.root / "evaluations" / f"grow_{grow}" / f"improve_{step}"
+
+    def split_file(self, role: str) -> Path:
+        return self.corpus_dir / f"{role}.parquet"
+
+    def candidates_file(self, grow: int, shard: int) -> Path:
+        return self.tables_root / "candidates" / f"grow={grow}" / f"shard={shard_name(shard)}" / "part.parquet"
+
+    def scores_file(self, reward: str, grow: int, shard: int) -> Path:
+        return (
+            self.tables_root
+            / "scores"
+            / f"reward={reward}"
+            / f"grow={grow}"
+            / f"shard={shard_name(shard)}"
+            / "part.parquet"
+        )
+
+    def cache_dir(self, reward: str) -> Path:
+        return self.tables_root / "cache" / f"reward={reward}"
+
+    def slice_dir(self, grow: int, step: int) -> Path:
+        return self.tables_root / "slices" / f"grow={grow}" / f"improve={step}"
+
+    # -- record files (the only place their names are spelled) ----------------------------------
+    def _corpus_file(self) -> Path:
+        return self.corpus_dir / "corpus.json"
+
+    def _step_file(self, grow: int, step: int) -> Path:
+        return self.improve_dir(grow, step) / "step.json"
+
+    def _evaluation_file(self, policy: str) -> Path:
+        return self.eval_dir(policy) / "summary.json"
+
+    def _decoding_eval_file(self) -> Path:
+        return self.decoding_eval_dir / "scores.json"
+
+    def _slice_file(self, grow: int, step: int) -> Path:
+        return self.slice_dir(grow, step) / "slice.json"
+
+    def _best_of_n_file(self) -> Path:
+        return self.best_of_n_dir / "curves.json"
+
+    def _control_file(self) -> Path:
+        return self.control_dir / "summary.json"
+
+    def _report_file(self) -> Path:
+        return self.report_dir / "report.json"
+
+    def _valid_rewards_file(self) -> Path:
+        return self.root / "policies" / "valid_rewards.json"
+
+    @property
+    def report_markdown(self) -> Path:
+        return self.report_dir / "report.md"
+
+    # -- typed records ------------------------------------------------------------------------
+    def _write(self, path: Path, record: Record) -> Path:
+        with atomic_path(path) as tmp:
+            tmp.write_text(record.model_dump_json(indent=1))
+        return path
+
+    def _read(self, path: Path, cls: type[R], what: str) -> R:
+        """A record, validated; a record of another schema version is refused, never misread."""
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: {what} not materialized")
+        data = json.loads(path.read_text())
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if version != SCHEMA_VERSION:
+            raise StaleRecordError(
+                f"{path}: written by another rest-pipeline version (record schema {version}, this version "
+                f"reads {SCHEMA_VERSION}); re-materialize {what} (`./scripts/rest main {self.experiment}` "
+                "does: training resumes from its saved results, evaluations are recomputed)"
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise StaleRecordError(f"{path}: not a valid {cls.__name__} record ({e.error_count()} errors): {e}") from e
+
+    def _reusable(self, path: Path, cls: type[R]) -> R | None:
+        """A record to reuse if it is there and current; a missing, stale or broken one is simply redone."""
+        try:
+            return self._read(path, cls, cls.__name__)
+        except (FileNotFoundError, StaleRecordError, json.JSONDecodeError):
+            return None
+
+    def write_corpus(self, record: CorpusRecord) -> Path:
+        return self._write(self._corpus_file(), record)
+
+    def corpus(self) -> CorpusRecord:
+        return self._read(self._corpus_file(), CorpusRecord, f"the corpus ({self.experiment}/corpus)")
+
+    def split(self, role: str) -> pd.DataFrame:
+        path = self.split_file(role)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: corpus split '{role}' not materialized (asset {self.experiment}/corpus)")
+        return pd.read_parquet(path)
+
+    def reward_model(self) -> RewardModelRecord:
+        """The learned reward's report, as its training wrote it beside the checkpoint."""
+        path = self.reward_model_dir / "rest_reward.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the learned reward model is not trained (asset reward_model)")
+        report = {k: v for k, v in json.loads(path.read_text())["report"].items() if k != "path"}
+        return RewardModelRecord.model_validate(report)
+
+    def write_decoding_eval(self, record: DecodingEval) -> Path:
+        return self._write(self._decoding_eval_file(), record)
+
+    def decoding_eval(self) -> DecodingEval:
+        return self._read(self._decoding_eval_file(), DecodingEval, "the BC policy's evaluation (base_policy_eval)")
+
+    def reusable_decoding_eval(self, key: str) -> DecodingEval | None:
+        rec = self._reusable(self._decoding_eval_file(), DecodingEval)
+        return rec if rec is not None and rec.key == key else None
+
+    def write_evaluation(self, record: Evaluation) -> Path:
+        return self._write(self._evaluation_file(record.policy), record)
+
+    def evaluation(self, policy: str) -> Evaluation:
+        policy = self.canonical(policy)
+        return self._read(self._evaluation_file(policy), Evaluation, f"the evaluation of policy {policy}")
+
+    def reusable_evaluation(self, policy: str, key: str) -> Evaluation | None:
+        rec = self._reusable(self._evaluation_file(policy), Evaluation)
+        return rec if rec is not None and rec.key == key else None
+
+    def has_evaluation(self, policy: str) -> bool:
+        return self._reusable(self._evaluation_file(self.canonical(policy)), Evaluation) is not None
+
+    def write_slice(self, record: SliceRecord, rows: pd.DataFrame) -> SliceRecord:
+        """The slice's rows and its record; `record.path` is filled in here."""
+        path = self.slice_dir(record.grow, record.step) / "part.parquet"
+        with atomic_path(path) as tmp:
+            rows.assign(step=record.step).to_parquet(tmp, index=False)
+        record = record.model_copy(update={"path": self.rel(path)})
+        self._write(self._slice_file(record.grow, record.step), record)
+        return record
+
+    def slice(self, grow: int, step: int) -> SliceRecord:
+        return self._read(self._slice_file(grow, step), SliceRecord, f"the slice of grow_{grow}/improve_{step}")
+
+    def slice_rows(self, grow: int, step: int) -> pd.DataFrame:
+        return pd.read_parquet(self.resolve(self.slice(grow, step).path))
+
+    def write_step(self, record: StepRecord) -> Path:
+        """The one writer of a checkpoint's lineage: the `lineage` view is read from these records."""
+        return self._write(self._step_file(record.grow, record.step), record)
+
+    def step(self, grow: int, step: int) -> StepRecord:
+        return self._read(self._step_file(grow, step), StepRecord, f"the Improve step grow_{grow}/improve_{step}")
+
+    def steps(self) -> list[StepRecord]:
+        """Every step record, in (grow, step) order."""
+        found = []
+        for path in self.root.glob("policies/grow_*/improve_*/step.json"):
+            g, i = parse_policy_name(f"{path.parent.parent.name}/{path.parent.name}") or (0, 0)
+            found.append((g, i))
+        return [self.step(g, i) for g, i in sorted(found)]
+
+    def write_best_of_n(self, record: BestOfN) -> Path:
+        return self._write(self._best_of_n_file(), record)
+
+    def best_of_n(self) -> BestOfN:
+        return self._read(self._best_of_n_file(), BestOfN, "Best-of-N (best_of_n)")
+
+    def reusable_best_of_n(self, key: str) -> BestOfN | None:
+        rec = self._reusable(self._best_of_n_file(), BestOfN)
+        return rec if rec is not None and rec.key == key else None
+
+    def write_control(self, record: ControlRecord) -> Path:
+        return self._write(self._control_file(), record)
+
+    def control(self) -> ControlRecord | None:
+        """The originals-only control, or None when it never ran."""
+        path = self._control_file()
+        return self._read(path, ControlRecord, "the control (control)") if path.is_file() else None
+
+    def write_report(self, record: Report, markdown: str) -> Path:
+        with atomic_path(self.report_markdown) as tmp:
+            tmp.write_text(markdown)
+        self._write(self._report_file(), record)
+        return self.report_markdown
+
+    def report(self) -> Report:
+        return self._read(self._report_file(), Report, "the report (report)")
+
+    def has_report(self) -> bool:
+        return self._report_file().is_file()
+
+    def cached_valid_reward(self, key: str) -> float | None:
+        path = self._valid_rewards_file()
+        return json.loads(path.read_text()).get(key) if path.is_file() else None
+
+    def remember_valid_reward(self, key: str, value: float) -> None:
+        path = self._valid_rewards_file()
+        cache = json.loads(path.read_text()) if path.is_file() else {}
+        cache[key] = value
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(cache, indent=1))
+
+    # -- policies and their lineage -----------------------------------------------------------
+    def final_step(self) -> tuple[int, int]:
+        """(grow, step) of the last step the store holds: its checkpoint is what the loop handed on."""
+        found = sorted(
+            parse_policy_name(f"{p.parent.parent.name}/{p.parent.name}") or (0, 0)
+            for p in self.root.glob("policies/grow_*/improve_*/step.json")
+        )
+        return found[-1] if found else (0, 0)
+
+    def canonical(self, policy: str) -> str:
+        """'final' -> the name of the step it stands for; other names unchanged (validated)."""
+        if policy == CONTROL:
+            return policy
+        return policy_name(*self._named(policy))
+
+    def _named(self, policy: str) -> tuple[int, int]:
+        parsed = parse_policy_name(policy)
+        return self.final_step() if parsed is None else parsed
+
+    def policy(self, name: str) -> Path:
+        """The checkpoint folder of a policy name: base, grow_<g>/improve_<i>, final or control."""
+        if name == CONTROL:
+            rec = self.control()
+            if rec is None:
+                raise FileNotFoundError(f"{self._control_file()}: the control has not run (asset control)")
+            return self.resolve(rec.checkpoint)
+        grow, step = self._named(name)
+        if grow == 0:
+            return self.base_policy_dir
+        return self.resolve(self.step(grow, step).checkpoint)
+
+    def lineage(self, grow: int, step: int) -> list[StepRecord]:
+        """The step records from (grow, step) back to the BC policy, newest first (follows `parent`)."""
+        chain: list[StepRecord] = []
+        name = policy_name(grow, step)
+        while name != BASE:
+            rec = self.step(*self._named(name))
+            chain.append(rec)
+            name = rec.parent
+        return chain
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """DuckDB over the candidate tables, plus `lineage`: one row per step record (history left out)."""
+        con = super().connect()
+        rows = [r.model_dump(exclude={"history", "hyperparameters"}) for r in self.steps()]
+        if rows:
+            con.register("lineage_records", pd.DataFrame(rows))
+            con.execute("CREATE VIEW lineage AS SELECT * FROM lineage_records")
+        return con

@@ -1,0 +1,99 @@
+"""The architecture's rules, checked on the source: no import cycle anywhere in the package (function-
+local imports included), the core never imports the orchestration layer, and each record file name
+is spelled in one module only."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "rest_pipeline"
+
+
+def module_name(path: Path, root: Path = PACKAGE) -> str:
+    parts = path.relative_to(root.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """module -> the package modules it imports, from every import statement (top level or not)."""
+    files = {module_name(p, root): p for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in files}
+    for mod, path in files.items():
+        is_package = path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative import
+                    anchor = mod.split(".") if is_package else mod.split(".")[:-1]
+                    anchor = anchor[: len(anchor) - node.level + 1]
+                    base = ".".join([*anchor, base] if base else anchor)
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            for t in targets:
+                while t and t not in files:  # `from pkg.mod import name` -> pkg.mod
+                    t = t.rpartition(".")[0]
+                if t and t != mod:
+                    graph[mod].add(t)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a path of modules, or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                return stack[stack.index(n) :] + [n]
+            if n not in state and (cycle := visit(n)):
+                return cycle
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (cycle := visit(m)):
+            return cycle
+    return None
+
+
+def test_cycle_finder_finds_a_cycle_through_a_function_local_import(tmp_path):
+    pkg = tmp_path / "rest_pipeline"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from rest_pipeline.sub.b import f\n")
+    (pkg / "sub" / "b.py").write_text("def f():\n    from rest_pipeline import a\n")
+    assert find_cycle(import_graph(pkg)) == ["rest_pipeline.a", "rest_pipeline.sub.b", "rest_pipeline.a"]
+    (pkg / "sub" / "b.py").write_text("def f():\n    import json\n")
+    assert find_cycle(import_graph(pkg)) is None
+
+
+def test_no_import_cycle_in_the_package():
+    graph = import_graph()
+    assert len(graph) > 40 and "rest_pipeline.orchestration.keys" in graph
+    cycle = find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_core_never_imports_orchestration_and_keys_imports_no_asset_file():
+    graph = import_graph()
+    for mod, deps in graph.items():
+        if mod.startswith("rest_pipeline.core"):
+            assert not [d for d in deps if d.startswith("rest_pipeline.orchestration")], mod
+    assert not [d for d in graph["rest_pipeline.orchestration.keys"] if d.startswith("rest_pipeline.orchestration")]
+
+
+def test_each_record_file_is_named_in_one_module():
+    names = ["summary.json", "step.json", "slice.json", "curves.json", "scores.json", "report.json", "corpus.json",
+             "valid_rewards.json"]  # fmt: skip
+    for name in names:
+        where = [p for p in PACKAGE.rglob("*.py") if re.search(re.escape(f'"{name}"'), p.read_text())]
+        assert [p.relative_to(PACKAGE).as_posix() for p in where] == ["core/store/experiment.py"], name
