@@ -52,7 +52,11 @@ def cmd_main(args: argparse.Namespace) -> int:
     instance = dg.DagsterInstance.get()
     t0 = time.perf_counter()
     print(f"rest: materializing experiment '{spec.name}' (Dagster instance: {dh})", flush=True)
-    results = materialize_experiment(spec, instance)
+    try:
+        results = materialize_experiment(spec, instance, until=args.until)
+    except ValueError as e:
+        print(f"rest: {e}", file=sys.stderr)
+        return 2
     wall = time.perf_counter() - t0
     failed = [r for r in results if not r.success]
     if failed:
@@ -244,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("experiment", nargs="?", default="default")
     p.add_argument(
         "--control", action="store_true", help="also run the originals-only control (as improve.control: true)"
+    )
+    p.add_argument(
+        "--until",
+        action="append",
+        metavar="ASSET",
+        help="materialize only this asset (e.g. grow_1/rewards) and what it depends on; repeatable",
     )
     p.set_defaults(func=cmd_main)
     p = sub.add_parser("check-spec", help="validate a spec (name or path) and print it resolved")

@@ -8,7 +8,7 @@ shard. Every run lands in the same instance the web UI reads.
 import dagster as dg
 
 from rest_pipeline.orchestration.definitions import build_definitions
-from rest_pipeline.orchestration.keys import control_key
+from rest_pipeline.orchestration.keys import control_key, key
 from rest_pipeline.spec import ExperimentSpec
 
 
@@ -43,16 +43,38 @@ def _same_partitions(a: dg.PartitionsDefinition | None, b: dg.PartitionsDefiniti
     return list(a.get_partition_keys()) == list(b.get_partition_keys())
 
 
+def upstream_closure(defs: dg.Definitions, targets: list[dg.AssetKey]) -> set[dg.AssetKey]:
+    """The targets and every asset they depend on, directly or not."""
+    graph = defs.resolve_asset_graph()
+    unknown = [t.to_user_string() for t in targets if not graph.has(t)]
+    if unknown:
+        raise ValueError(f"--until: no asset {', '.join(unknown)} in this experiment")
+    seen: set[dg.AssetKey] = set()
+    todo = list(targets)
+    while todo:
+        key = todo.pop()
+        if key not in seen:
+            seen.add(key)
+            todo.extend(graph.get(key).parent_keys)
+    return seen
+
+
 def materialize_experiment(
-    spec: ExperimentSpec, instance: dg.DagsterInstance, resources: dict | None = None
+    spec: ExperimentSpec,
+    instance: dg.DagsterInstance,
+    resources: dict | None = None,
+    until: list[str] | None = None,
 ) -> list[dg.ExecuteInProcessResult]:
+    """Every stage of the experiment in dependency order; with `until` (asset paths such as
+    'grow_1/rewards'), only those assets and what they depend on."""
     defs = build_definitions([spec])
     everything = [*defs.assets, *defs.asset_checks]
     resources = resources or defs.resources
     optional = set() if spec.improve.control else {control_key(spec)}
+    wanted = upstream_closure(defs, [key(spec, *u.strip("/").split("/")) for u in until]) if until else None
     results = []
     for keys, parts in stages(defs):
-        keys = [k for k in keys if k not in optional]
+        keys = [k for k in keys if k not in optional and (wanted is None or k in wanted)]
         if not keys:
             continue
         for partition_key in parts.get_partition_keys() if parts else [None]:
