@@ -37,15 +37,15 @@ def dagster_home() -> Path:
 
 def open_store(spec: ExperimentSpec) -> ExperimentStore:
     """The experiment's store, found the way the Dagster resource finds it ($REST_HOME or ./data)."""
-    return ExperimentStore.open(spec.name, home())
+    return ExperimentStore.for_spec(spec, home())
 
 
-def cmd_main(args: argparse.Namespace) -> int:
+def _main_one(name: str, args: argparse.Namespace) -> int:
     import dagster as dg
 
     from rest_pipeline.orchestration.headless import materialize_experiment
 
-    spec = load_spec(find_spec(args.experiment))
+    spec = load_spec(find_spec(name))
     if args.control:
         spec = spec.model_copy(update={"improve": spec.improve.model_copy(update={"control": True})})
     dh = dagster_home()
@@ -83,6 +83,40 @@ def cmd_main(args: argparse.Namespace) -> int:
         print(f"  final checkpoint: {store.policy('final')}")
         print(f"  lineage of the final checkpoint: ./scripts/rest lineage {spec.name}")
     print("  open the web UI with: ./scripts/rest ui")
+    return 0
+
+
+def cmd_main(args: argparse.Namespace) -> int:
+    """Materialize each named experiment in turn; several of them are then compared side by side."""
+    names = args.experiments or ["default"]
+    for name in names:
+        rc = _main_one(name, args)
+        if rc:
+            return rc
+    if len(names) > 1 and not args.until:
+        return cmd_compare(argparse.Namespace(experiments=names))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Finished experiments side by side (the paper's loss-ablation table), written under data/comparisons/."""
+    from rest_pipeline.core.compare import compare, render
+    from rest_pipeline.core.paths import atomic_path
+
+    runs = [(spec, open_store(spec)) for spec in (load_spec(find_spec(n)) for n in args.experiments)]
+    try:
+        rows = compare(runs)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"rest: {e}", file=sys.stderr)
+        return 2
+    text = render(rows)
+    out = home() / "comparisons" / ("-".join(args.experiments) + ".md")
+    with atomic_path(out) as tmp:
+        tmp.write_text(f"# {' vs '.join(args.experiments)}\n\n{text}")
+    with atomic_path(out.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(rows, indent=1))
+    print(text)
+    print(f"rest: comparison written to {out}")
     return 0
 
 
@@ -244,8 +278,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rest", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("main", help="materialize an experiment's whole graph headless")
-    p.add_argument("experiment", nargs="?", default="default")
+    p = sub.add_parser("main", help="materialize experiments' whole graphs headless (several: then compare them)")
+    p.add_argument("experiments", nargs="*", help="experiment names (default: default)")
     p.add_argument(
         "--control", action="store_true", help="also run the originals-only control (as improve.control: true)"
     )
@@ -256,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         help="materialize only this asset (e.g. grow_1/rewards) and what it depends on; repeatable",
     )
     p.set_defaults(func=cmd_main)
+    p = sub.add_parser("compare", help="finished experiments side by side (e.g. the loss ablation's branches)")
+    p.add_argument("experiments", nargs="+", help="the first is the baseline the others are compared with")
+    p.set_defaults(func=cmd_compare)
     p = sub.add_parser("check-spec", help="validate a spec (name or path) and print it resolved")
     p.add_argument("spec")
     p.set_defaults(func=cmd_check_spec)

@@ -185,7 +185,31 @@ class InterpolatedFilter(_Strict):
 FilterSpec = Annotated[ThresholdFilter | PercentileFilter | InterpolatedFilter, Field(discriminator="kind")]
 
 # Improve losses that exist; a name is added here only with its implementation (training/losses.py).
-LossName = Literal["bc"]
+LossName = Literal["bc", "gold", "bvmpo", "oac"]
+
+
+class GoldSpec(_Strict):
+    """GOLD's options (Pang & He 2021): the lower bound u of the per-token importance weight."""
+
+    weight_floor: float = Field(0.2, gt=0, le=1)  # the authors' --iw-min in their translation runs
+
+
+class BVMPOSpec(_Strict):
+    """BVMPO's options (V-MPO, Song et al. 2020, with a behaviour-value baseline; ReST paper's ablation)."""
+
+    eps_eta: float = Field(0.1, gt=0)  # V-MPO's KL bound of the temperature dual
+    eta: float = Field(1.0, gt=0)  # initial (or fixed) temperature
+    learn_eta: bool = True
+    top_fraction: float = Field(0.5, gt=0, le=1)  # V-MPO keeps the top half of advantages
+    kl_start: float = Field(1.0, gt=0)  # lambda of KL(pi_b || pi), annealed geometrically ...
+    kl_end: float = Field(1e-5, gt=0)  # ... to this by the end of training (the ReST paper: 1 -> 1e-5)
+
+
+class OACSpec(_Strict):
+    """Offline actor-critic's options (Mathieu et al. 2021)."""
+
+    rho_max: float = Field(1.0, gt=0)  # clip of the per-token importance ratio pi / pi_b
+    value_coef: float = Field(0.5, ge=0)  # weight of the critic's squared error
 
 
 class ImproveTrainSpec(BCSpec):
@@ -222,6 +246,10 @@ class ImproveSpec(_Strict):
     # times the evidence (off by default, as in the paper).
     dedupe: bool = False
     loss: LossName = "bc"
+    # Options of the offline-RL losses (used only when `loss` names them).
+    gold: GoldSpec = GoldSpec()
+    bvmpo: BVMPOSpec = BVMPOSpec()
+    oac: OACSpec = OACSpec()
     # Fine-tuning of each step; it keeps the checkpoint with the best validation reward.
     train: ImproveTrainSpec = ImproveTrainSpec()
     # Learning rate of Improve step i of grow g: train.lr * grow_lr_decay**(g-1) * lr_decay**(i-1).
@@ -296,9 +324,30 @@ class AutomationSpec(_Strict):
     sensor_running: bool = True  # the automation sensor starts RUNNING (it only acts downstream of Grow 1)
 
 
+class BranchSpec(_Strict):
+    """Branch from another experiment after one of its grows: reuse its corpus, tokenizer, BC policy,
+    reward model and the candidates and scores of its grows up to `at`, and own everything after."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    parent: str = Field(alias="from", pattern=r"^[a-z][a-z0-9_]*$")
+    at: str = Field(pattern=r"^grow_[1-9][0-9]*$")
+
+    @property
+    def grow(self) -> int:
+        """The last grow reused from the parent; the branch's own Improve steps start in this grow."""
+        return int(self.at.removeprefix("grow_"))
+
+
+# What a branch takes from its parent as it is: setting these in a branch spec is an error.
+BRANCH_INHERITED = ("data", "tokenizer", "policy", "bc", "reward", "evaluation", "seed")
+_REPLACED_WHOLE = {"filter"}  # merged as a whole, not field by field (a different kind has other fields)
+
+
 class ExperimentSpec(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     description: str = ""
+    branch: BranchSpec | None = None
     seed: int = 1234
     data: DataSpec
     tokenizer: TokenizerSpec = TokenizerSpec()
@@ -336,6 +385,8 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     raw.setdefault("name", path.stem)
+    if "branch" in raw:
+        raw = _with_parent(path, raw)
     try:
         spec = ExperimentSpec.model_validate(raw)
     except ValidationError as e:
@@ -343,6 +394,42 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     if spec.name != path.stem:
         raise SpecError(f"{path}: field 'name' is '{spec.name}' but the file is named '{path.stem}.yaml'")
     return spec
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        deep = isinstance(v, dict) and isinstance(out.get(k), dict) and k not in _REPLACED_WHOLE
+        out[k] = _merge(out[k], v) if deep else v
+    return out
+
+
+def _with_parent(path: Path, raw: dict) -> dict:
+    """A branch spec completed with its parent's settings (the branch's own fields win)."""
+    branch = raw["branch"]
+    parent_name = branch.get("from") if isinstance(branch, dict) else None
+    if not isinstance(parent_name, str):
+        raise SpecError(f"{path}: field 'branch.from' must name the parent experiment")
+    inherited = [k for k in BRANCH_INHERITED if k in raw]
+    if inherited:
+        raise SpecError(
+            f"{path}: field '{inherited[0]}': a branch reuses its parent's {', '.join(inherited)} "
+            f"(from '{parent_name}'); it may set improve, grow, automation and description"
+        )
+    if parent_name == raw["name"]:
+        raise SpecError(f"{path}: field 'branch.from': an experiment cannot branch from itself")
+    parent = load_spec(find_spec(parent_name))
+    if parent.branch is not None:
+        raise SpecError(f"{path}: field 'branch.from': '{parent_name}' is itself a branch; branch from its parent")
+    merged = _merge(parent.model_dump(mode="json", by_alias=True, exclude={"name", "description"}), raw)
+    at = str(branch.get("at", ""))
+    if at.startswith("grow_") and at[5:].isdigit():
+        g = int(at[5:])
+        if g > parent.improve.grows:
+            raise SpecError(f"{path}: field 'branch.at': '{parent_name}' has only {parent.improve.grows} grows")
+        if g > merged["improve"]["grows"]:
+            raise SpecError(f"{path}: field 'improve.grows' must be at least {g} (the branch's steps start in {at})")
+    return merged
 
 
 def spec_dirs() -> list[Path]:

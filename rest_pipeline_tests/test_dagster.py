@@ -1,5 +1,6 @@
 """The Dagster layer on a real instance: the whole smoke graph, checks, metadata, lineage."""
 
+import json
 import os
 import subprocess
 import sys
@@ -22,7 +23,7 @@ GROW_KEYS = [[f"grow_{g}", a] for g in (1, 2) for a in ("candidates", "rewards")
 IMPROVE_KEYS = [[f"grow_{g}", f"improve_{i}", a] for g in (1, 2) for i in (1, 2) for a in ("slice", "policy", "eval")]
 
 
-def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir):
+def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir, monkeypatch):
     spec = load_spec(find_spec("smoke"))
     storage = RestStorage(home=str(tmp_path / "home"), data_dir=str(data_dir))
     (tmp_path / "dagster").mkdir()
@@ -88,6 +89,8 @@ def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir):
             per_grow[per_grow.origin == "reference"]["mean"].item()
             > per_grow[per_grow.origin == "sample"]["mean"].item()
         )
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        _assert_a_branch_reuses_its_parents_grow(tmp_path, instance, spec, storage, monkeypatch)
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:  # last: it re-samples a shard
         _assert_rotation_resamples_shard_by_shard(instance, spec, storage)
 
@@ -193,6 +196,91 @@ def _assert_every_artifact_reads_back_typed(store: ExperimentStore, spec, moved:
         raise AssertionError("an old record was read")
     except StaleRecordError as e:
         assert "the evaluation of policy grow_1/improve_1" in str(e) and "./scripts/rest main smoke" in str(e)
+
+
+def _assert_a_branch_reuses_its_parents_grow(tmp_path, instance, parent_spec, storage, monkeypatch) -> None:
+    """A branch of smoke at grow 1 trains its own steps (with another loss) on smoke's grow 1, read in place:
+    nothing is re-sampled, re-scored or written under the parent; its lineage crosses into the parent's
+    assets; and it refuses to run once the parent's grow changed."""
+    import hashlib
+
+    from rest_pipeline.core.improve.filtering import slice_for_step
+    from rest_pipeline.core.store.experiment import BranchError
+    from rest_pipeline.orchestration.lineage import dagster_chain
+
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "smoke_gold.yaml").write_text(
+        "branch: {from: smoke, at: grow_1}\nimprove: {grows: 1, loss: gold, control: false}\n"
+    )
+    monkeypatch.setenv("REST_EXPERIMENTS_DIR", str(specs))
+    branch = load_spec(find_spec("smoke_gold"))
+    parent = storage.store(parent_spec)
+
+    def snapshot() -> dict[str, str]:
+        return {
+            str(p.relative_to(parent.root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in parent.root.rglob("*")
+            if p.is_file()
+        }
+
+    before = snapshot()
+    results = materialize_experiment(branch, instance, {"storage": storage})
+    assert all(r.success for r in results)
+    assert snapshot() == before  # not one byte written under the parent
+    store = storage.store(branch)
+    assert store.parent.root == parent.root and not (store.root / "store" / "candidates").exists()
+    assert not (store.root / "store" / "cache").exists()  # nothing re-scored either
+    n = "SELECT count(*) AS n FROM candidates WHERE grow = 1"
+    assert store.query(n).n.item() == parent.query(n).n.item() == parent_spec.grow.max_sources * 4
+    chain = store.lineage(1, 2)
+    assert [r.name for r in chain] == ["grow_1/improve_2", "grow_1/improve_1"] and chain[-1].parent == "base"
+    assert {r.loss for r in chain} == {"gold"} and chain[-1].parent_checkpoint == "../smoke/policies/base"
+    assert store.policy("base") == parent.policy("base")
+    assert store.evaluation("base").splits["test"].rewards == parent.evaluation("base").splits["test"].rewards
+    assert store.resolve(store.evaluation("base").checkpoint).resolve() == parent.base_policy_dir
+    graph = build_definitions([parent_spec, branch]).resolve_asset_graph()
+    point = graph.get(dg.AssetKey(["smoke_gold", "branch_point"])).parent_keys
+    assert {dg.AssetKey(["smoke", "grow_1", "rewards"]), dg.AssetKey(["smoke", "base_policy"])} <= point
+    assert graph.get(dg.AssetKey(["smoke_gold", "branch_point"])).group_name == "smoke_gold"
+    rows = dagster_chain(instance, branch, 1, 2)
+    assert [r["asset"] for r in rows] == ["smoke_gold/grow_1/improve_2/policy", "smoke_gold/grow_1/improve_1/policy"]
+    assert store.report().findings  # the branch's own report
+    # The loss-ablation table: the branch against its parent's final checkpoint, from the CLI.
+    from rest_pipeline.cli import main
+
+    monkeypatch.setenv("REST_HOME", storage.home)
+    assert main(["compare", "smoke", "smoke_gold"]) == 0
+    rows = json.loads((Path(storage.home) / "comparisons" / "smoke-smoke_gold.json").read_text())
+    assert [(r["experiment"], r["loss"], r["final"]) for r in rows] == [
+        ("smoke", "bc", "grow_2/improve_2"),
+        ("smoke_gold", "gold", "grow_1/improve_2"),
+    ]
+    assert rows[1]["test_learned"] == store.evaluation("final").splits["test"].reward("learned")
+    assert rows[1]["test_learned_minus_smoke"].count("[") == 1 and "test_learned_minus_smoke" not in rows[0]
+    # The parent's grow 1 changes under the branch: the branch refuses to go on, naming the file.
+    shard = parent.candidates_file(1, 0)
+    original = shard.read_bytes()
+    parent.write_candidates(
+        experiment="smoke", grow=1, shard=0, source_ids=["x"], sources=["s"], references=["r"], samples=[["h"]],
+        policy="p", decoding="d",
+    )  # fmt: skip
+    try:
+        slice_for_step(branch, store, 1, 1)
+        raise AssertionError("a branch trained on a changed parent")
+    except BranchError as e:
+        assert "changed: ../smoke/store/candidates/grow=1/shard=0000/part.parquet" in str(e)
+    finally:
+        shard.write_bytes(original)
+    try:
+        store.write_candidates(
+            experiment="smoke_gold", grow=1, shard=0, source_ids=["x"], sources=["s"], references=["r"],
+            samples=[["h"]], policy="p", decoding="d",
+        )  # fmt: skip
+        raise AssertionError("a branch wrote its parent's grow")
+    except BranchError as e:
+        assert "never writes its parent" in str(e)
+    assert snapshot() == before
 
 
 def _assert_rotation_resamples_shard_by_shard(instance: dg.DagsterInstance, spec, storage: RestStorage) -> None:

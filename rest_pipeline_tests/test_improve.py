@@ -170,3 +170,17 @@ def test_control_mirrors_the_rest_chain_on_originals_only(tmp_path):
     ctl = store.evaluation("control").splits["valid"].reward("chrf")
     assert result.control_minus_bc["valid"]["reward_chrf"] == pytest.approx(ctl - bc, abs=1e-4)
     assert store.control() == result
+
+
+@pytest.mark.parametrize("loss", ["gold", "bvmpo", "oac"])
+def test_each_offline_rl_loss_trains_a_real_improve_step(tmp_path, loss):
+    spec, store, reward = make_experiment(tmp_path, [0.5])
+    train = spec.improve.train.model_copy(update={"max_steps": 30, "validate_every_steps": 15})
+    spec = spec.model_copy(update={"improve": spec.improve.model_copy(update={"loss": loss, "train": train})})
+    build_slice(store, 1, 1, "chrf", "threshold", 0.5, mix_originals=True)
+    logs: list[str] = []
+    rec = run_improve_step(spec, store, 1, 1, reward, log=logs.append)
+    assert rec.loss == loss and rec.train_steps == 30 and rec.trained_checkpoint
+    assert rec.status in {"improved", "not_improved"}
+    assert all(r["valid_loss"] == r["valid_loss"] for r in rec.history)  # no NaN
+    assert any("behaviour policy" in m for m in logs) == (loss == "oac")  # only OAC weighs against pi_b

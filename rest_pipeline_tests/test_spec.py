@@ -91,6 +91,29 @@ def test_specs_in_the_old_filter_shape_say_how_to_rewrite_them(tmp_path):
 
 
 def test_only_implemented_losses_are_accepted(tmp_path):
-    assert load_spec(_write(tmp_path, "bc", BASE + "improve: {loss: bc}\n")).improve.loss == "bc"
+    for loss in ("bc", "gold", "bvmpo", "oac"):
+        assert load_spec(_write(tmp_path, loss, BASE + f"improve: {{loss: {loss}}}\n")).improve.loss == loss
     with pytest.raises(SpecError, match=r"improve\.loss"):
-        load_spec(_write(tmp_path, "gold", BASE + "improve: {loss: gold}\n"))
+        load_spec(_write(tmp_path, "ppo", BASE + "improve: {loss: ppo}\n"))
+    with pytest.raises(SpecError, match=r"improve\.gold\.weight_floor"):
+        load_spec(_write(tmp_path, "floor", BASE + "improve: {loss: gold, gold: {weight_floor: 0}}\n"))
+
+
+def test_a_branch_takes_its_parent_and_may_not_change_what_it_reuses(tmp_path, monkeypatch):
+    monkeypatch.setenv("REST_EXPERIMENTS_DIR", str(tmp_path))
+    child = load_spec(
+        _write(tmp_path, "child", "branch: {from: default, at: grow_1}\nimprove: {grows: 1, loss: gold}\n")
+    )
+    default = load_spec(find_spec("default"))
+    assert child.branch.parent == "default" and child.branch.grow == 1
+    assert (child.data, child.bc, child.reward, child.seed) == (default.data, default.bc, default.reward, default.seed)
+    assert child.improve.loss == "gold" and child.improve.grows == 1
+    assert child.improve.filter == default.improve.filter and child.improve.train == default.improve.train
+    other = "branch: {from: default, at: grow_1}\nimprove: {grows: 1, filter: {kind: threshold, values: [0.5]}}\n"
+    assert load_spec(_write(tmp_path, "thr", other)).improve.filter.kind == "threshold"  # replaced whole
+    with pytest.raises(SpecError, match=r"field 'bc': a branch reuses its parent's bc"):
+        load_spec(_write(tmp_path, "bad", "branch: {from: default, at: grow_1}\nbc: {lr: 0.1}\n"))
+    with pytest.raises(SpecError, match="has only 2 grows"):
+        load_spec(_write(tmp_path, "far", "branch: {from: default, at: grow_3}\n"))
+    with pytest.raises(SpecError, match="unknown experiment 'nope'"):
+        load_spec(_write(tmp_path, "orphan", "branch: {from: nope, at: grow_1}\n"))

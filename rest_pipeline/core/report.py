@@ -14,7 +14,7 @@ from rest_pipeline.core.evaluation.significance import eval_deltas  # noqa: E402
 from rest_pipeline.core.improve.chain import all_steps, final_step  # noqa: E402
 from rest_pipeline.core.paths import atomic_path  # noqa: E402
 from rest_pipeline.core.store.experiment import BASE, CONTROL, ExperimentStore, policy_name  # noqa: E402
-from rest_pipeline.core.store.records import BestOfN, Finding, Report  # noqa: E402
+from rest_pipeline.core.store.records import BestOfN, Evaluation, Finding, Report  # noqa: E402
 from rest_pipeline.core.tables import md_table  # noqa: E402
 from rest_pipeline.spec import ExperimentSpec  # noqa: E402
 
@@ -38,14 +38,20 @@ def checkpoint_rows(
             )
         else:
             row.update(status="base", filter="-", kept="-", kept_fraction="-", valid_reward_selection="-")
-        for split, s in summary.splits.items():
-            row[f"{split}_{train_reward}"] = s.reward(train_reward)
-            if independent:
-                row[f"{split}_{independent}"] = s.reward(independent)
-            row[f"{split}_bleu"] = s.bleu
-        row["distinct_samples"] = summary.diversity.distinct_samples_per_source if summary.diversity else None
-        rows.append(row)
+        rows.append({**row, **score_columns(summary, train_reward, independent)})
     return rows
+
+
+def score_columns(summary: Evaluation, train_reward: str, independent: str | None) -> dict:
+    """A checkpoint's table columns: per split the training and independent rewards and BLEU; diversity."""
+    row: dict = {}
+    for split, s in summary.splits.items():
+        row[f"{split}_{train_reward}"] = s.reward(train_reward)
+        if independent:
+            row[f"{split}_{independent}"] = s.reward(independent)
+        row[f"{split}_bleu"] = s.bleu
+    row["distinct_samples"] = summary.diversity.distinct_samples_per_source if summary.diversity else None
+    return row
 
 
 def table1(rows: list[dict], spec: ExperimentSpec, train_reward: str) -> list[dict]:

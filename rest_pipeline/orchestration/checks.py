@@ -9,7 +9,7 @@ import pandas as pd
 from rest_pipeline.core.corpus.splits import ROLES
 from rest_pipeline.core.grow.run import grow_sources, shard_of
 from rest_pipeline.core.improve.assess import hacking_verdict
-from rest_pipeline.core.improve.chain import all_steps, parent_of
+from rest_pipeline.core.improve.chain import own_steps, parent_of
 from rest_pipeline.core.rewards.factory import independent_reward, reward_names
 from rest_pipeline.core.store.experiment import policy_name
 from rest_pipeline.orchestration import keys
@@ -104,7 +104,7 @@ def grow_checks(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetChecksDefin
 
 
 def improve_checks(spec: ExperimentSpec) -> list[dg.AssetChecksDefinition]:
-    return [c for g, i in all_steps(spec) for c in _step_checks(spec, g, i)]
+    return [c for g, i in own_steps(spec) for c in _step_checks(spec, g, i)]
 
 
 def _step_checks(spec: ExperimentSpec, grow: int, step: int) -> list[dg.AssetChecksDefinition]:

@@ -6,9 +6,11 @@ import os
 
 import dagster as dg
 
+from rest_pipeline.core.improve.chain import own_grows
 from rest_pipeline.core.rewards.factory import reward_names
 from rest_pipeline.orchestration.assets import experiment_assets
 from rest_pipeline.orchestration.automation import automation_sensor, round_schedule
+from rest_pipeline.orchestration.branch_assets import branch_point_asset
 from rest_pipeline.orchestration.checks import experiment_checks, grow_checks, improve_checks
 from rest_pipeline.orchestration.grow_assets import grow_assets, reward_model_asset
 from rest_pipeline.orchestration.improve_assets import all_improve_assets
@@ -23,12 +25,15 @@ def build_definitions(specs: list[ExperimentSpec] | None = None) -> dg.Definitio
     sensors: list[dg.SensorDefinition] = []
     schedules: list[dg.ScheduleDefinition] = []
     for spec in specs:
-        assets += experiment_assets(spec)
-        checks += experiment_checks(spec)
+        if spec.branch is None:
+            assets += experiment_assets(spec)
+            checks += experiment_checks(spec)
+        else:  # a branch reuses its parent's assets up to its branch point
+            assets.append(branch_point_asset(spec))
         if spec.improve.grows >= 1:
-            if "learned" in reward_names(spec):
+            if "learned" in reward_names(spec) and spec.branch is None:
                 assets.append(reward_model_asset(spec))
-            for g in range(1, spec.improve.grows + 1):
+            for g in own_grows(spec):
                 assets += grow_assets(spec, grow=g)
                 checks += grow_checks(spec, grow=g)
             assets += all_improve_assets(spec)

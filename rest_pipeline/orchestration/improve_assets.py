@@ -8,7 +8,7 @@ import dagster as dg
 import pandas as pd
 
 from rest_pipeline.core.improve import assess
-from rest_pipeline.core.improve.chain import all_steps, final_step, parent_of
+from rest_pipeline.core.improve.chain import all_steps, final_step, own_steps, parent_of
 from rest_pipeline.core.improve.filtering import slice_for_step
 from rest_pipeline.core.improve.step import run_improve_step
 from rest_pipeline.core.report import build_report
@@ -75,7 +75,9 @@ def improve_step_assets(spec: ExperimentSpec, grow: int, step: int) -> list[dg.A
         key=keys.slice_key(spec, grow, step),
         group_name=keys.group(spec),
         automation_condition=step_condition(spec),
-        deps=[keys.rewards_key(spec, grow)],
+        # A branch's first slices read its parent's grow: through the branch point, which pins it.
+        deps=[keys.rewards_key(spec, grow)]
+        + ([keys.branch_point_key(spec)] if spec.branch and grow == spec.branch.grow else []),
         # Only this step's filter value: raising another step's bar leaves this slice fresh.
         code_version=keys.code_version(
             spec,
@@ -298,7 +300,8 @@ def report_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
 
 
 def all_improve_assets(spec: ExperimentSpec) -> list[dg.AssetsDefinition]:
-    assets = [base_rewards_asset(spec)]
-    for g, i in all_steps(spec):
+    """The experiment's own Improve steps and what follows them (a branch reuses its parent's BC evaluation)."""
+    assets = [] if spec.branch else [base_rewards_asset(spec)]
+    for g, i in own_steps(spec):
         assets += improve_step_assets(spec, g, i)
     return [*assets, best_of_n_asset(spec), control_asset(spec), report_asset(spec)]

@@ -26,43 +26,60 @@ def key(spec: ExperimentSpec, *path: str) -> dg.AssetKey:
     return dg.AssetKey([spec.name, *path])
 
 
+def owner(spec: ExperimentSpec, grow: int = 0, inclusive: bool = False) -> str:
+    """The experiment whose asset a grow's artifact is: a branch reuses its parent's up to its branch
+    grow (inclusive: that grow's candidates and scores; exclusive: the Improve steps before it)."""
+    b = spec.branch
+    if b is not None and (grow < b.grow or (inclusive and grow == b.grow)):
+        return b.parent
+    return spec.name
+
+
 def corpus_key(spec: ExperimentSpec) -> dg.AssetKey:
-    return key(spec, "corpus")
+    return dg.AssetKey([owner(spec), "corpus"])
 
 
 def tokenizer_key(spec: ExperimentSpec) -> dg.AssetKey:
-    return key(spec, "tokenizer")
+    return dg.AssetKey([owner(spec), "tokenizer"])
 
 
 def base_eval_key(spec: ExperimentSpec) -> dg.AssetKey:
     """BLEU/chrF of the BC policy under every decoding setting."""
-    return key(spec, "base_policy_eval")
+    return dg.AssetKey([owner(spec), "base_policy_eval"])
 
 
 def reward_model_key(spec: ExperimentSpec) -> dg.AssetKey:
-    return key(spec, "reward_model")
+    return dg.AssetKey([owner(spec), "reward_model"])
 
 
 def candidates_key(spec: ExperimentSpec, grow: int) -> dg.AssetKey:
-    return key(spec, f"grow_{grow}", "candidates")
+    return dg.AssetKey([owner(spec, grow, inclusive=True), f"grow_{grow}", "candidates"])
 
 
 def rewards_key(spec: ExperimentSpec, grow: int) -> dg.AssetKey:
-    return key(spec, f"grow_{grow}", "rewards")
+    return dg.AssetKey([owner(spec, grow, inclusive=True), f"grow_{grow}", "rewards"])
 
 
 def policy_key(spec: ExperimentSpec, grow: int, step: int) -> dg.AssetKey:
     """Asset of the checkpoint (grow, step) hands on; (0, 0) is the BC policy."""
-    return key(spec, "base_policy") if grow == 0 else key(spec, f"grow_{grow}", f"improve_{step}", "policy")
+    if grow == 0:
+        return dg.AssetKey([owner(spec), "base_policy"])
+    return dg.AssetKey([owner(spec, grow), f"grow_{grow}", f"improve_{step}", "policy"])
 
 
 def eval_key(spec: ExperimentSpec, grow: int, step: int) -> dg.AssetKey:
     """Evaluation of the checkpoint (grow, step) hands on, the way ReST is judged."""
-    return key(spec, "base_policy_rewards") if grow == 0 else key(spec, f"grow_{grow}", f"improve_{step}", "eval")
+    if grow == 0:
+        return dg.AssetKey([owner(spec), "base_policy_rewards"])
+    return dg.AssetKey([owner(spec, grow), f"grow_{grow}", f"improve_{step}", "eval"])
 
 
 def slice_key(spec: ExperimentSpec, grow: int, step: int) -> dg.AssetKey:
-    return key(spec, f"grow_{grow}", f"improve_{step}", "slice")
+    return dg.AssetKey([owner(spec, grow), f"grow_{grow}", f"improve_{step}", "slice"])
+
+
+def branch_point_key(spec: ExperimentSpec) -> dg.AssetKey:
+    return key(spec, "branch_point")
 
 
 def best_of_n_key(spec: ExperimentSpec) -> dg.AssetKey:

@@ -21,7 +21,7 @@ class RestStorage(dg.ConfigurableResource):
 
     def store(self, spec: ExperimentSpec) -> ExperimentStore:
         """The experiment's store: the CLI opens it the same way (`ExperimentStore.open`)."""
-        return ExperimentStore.open(spec.name, self.root())
+        return ExperimentStore.for_spec(spec, self.root())
 
     def mirror(self) -> Path | None:
         value = self.data_dir or os.environ.get("REST_DATA_DIR", "")

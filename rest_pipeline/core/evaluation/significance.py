@@ -43,13 +43,19 @@ def paired_delta(a: pd.DataFrame, b: pd.DataFrame, metric: str, resamples: int =
 
 
 def eval_deltas(
-    store: ExperimentStore, a_eval: Evaluation, b_eval: Evaluation, splits: list[str], metrics: list[str]
+    store: ExperimentStore,
+    a_eval: Evaluation,
+    b_eval: Evaluation,
+    splits: list[str],
+    metrics: list[str],
+    b_store: ExperimentStore | None = None,
 ) -> list[dict]:
-    """One row per (split, metric): b - a with its interval, from two evaluations' per-sentence outputs."""
+    """One row per (split, metric): b - a with its interval, from two evaluations' per-sentence outputs
+    (b may come from another experiment's store)."""
     rows = []
     for split in splits:
         a = pd.read_parquet(store.resolve(a_eval.splits[split].hypotheses))
-        b = pd.read_parquet(store.resolve(b_eval.splits[split].hypotheses))
+        b = pd.read_parquet((b_store or store).resolve(b_eval.splits[split].hypotheses))
         for m in metrics:
             d = paired_delta(a, b, m)
             rows.append(

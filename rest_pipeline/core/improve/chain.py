@@ -29,6 +29,18 @@ def all_steps(spec: ExperimentSpec) -> list[tuple[int, int]]:
     return [(g, i) for g in range(1, spec.improve.grows + 1) for i in range(1, spec.improve.steps + 1)]
 
 
+def own_steps(spec: ExperimentSpec) -> list[tuple[int, int]]:
+    """The steps this experiment trains itself: all of them, or a branch's from its branch grow on."""
+    first = spec.branch.grow if spec.branch else 1
+    return [(g, i) for g, i in all_steps(spec) if g >= first]
+
+
+def own_grows(spec: ExperimentSpec) -> list[int]:
+    """The grows this experiment samples itself: all, or a branch's after its branch grow."""
+    last_reused = spec.branch.grow if spec.branch else 0
+    return list(range(last_reused + 1, spec.improve.grows + 1))
+
+
 def step_number(imp: ImproveSpec, grow: int, step: int) -> int:
     """Improve steps so far, across grows (1, 2, ...): seeds each step."""
     return (grow - 1) * imp.steps + step

@@ -78,7 +78,9 @@ def select(
     return con.execute(
         "WITH st AS (SELECT source_id, max(reward) AS max_r, avg(reward) AS mean_r, "
         f"quantile_cont(reward, {q!r}) AS p_bar FROM dg WHERE origin = 'sample' GROUP BY source_id), "
-        f"marked AS (SELECT dg.*, CASE WHEN dg.reward >= {bar} THEN 'filter' {mixed}END AS kept_by "
+        # source_mean_reward: the behaviour (grow) policy's value estimate of the source (a loss baseline).
+        f"marked AS (SELECT dg.*, CASE WHEN dg.reward >= {bar} THEN 'filter' {mixed}END AS kept_by, "
+        "st.mean_r AS source_mean_reward "
         "FROM dg LEFT JOIN st USING (source_id)) "
         f"SELECT * FROM marked WHERE kept_by IS NOT NULL {distinct}ORDER BY candidate_id"
     ).df()
@@ -138,6 +140,8 @@ def build_slice(
 
 def slice_for_step(spec: ExperimentSpec, store: ExperimentStore, grow: int, step: int) -> SliceRecord:
     """The slice Improve step (grow, step) trains on, as the spec's filter defines it."""
+    if store.parent is not None:
+        store.verify_parent()  # a branch refuses to train on a parent that changed under it
     imp = spec.improve
     return build_slice(
         store,

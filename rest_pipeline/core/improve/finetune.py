@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -18,11 +18,12 @@ import torch
 from rest_pipeline.core.evaluation.checkpoint import reward_scores, weights_hash
 from rest_pipeline.core.policy.generate import translate
 from rest_pipeline.core.policy.model import load_policy
-from rest_pipeline.core.policy.tokenizer import load_tokenizer
+from rest_pipeline.core.policy.tokenizer import FastEncoder, load_tokenizer
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import ExperimentStore
-from rest_pipeline.core.training.bc import train_bc
-from rest_pipeline.core.training.losses import make_loss
+from rest_pipeline.core.training.batching import collate, make_batches
+from rest_pipeline.core.training.bc import ExampleSignals, train_bc
+from rest_pipeline.core.training.losses import SequenceLoss, make_loss, token_logprobs
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import DecodingSpec, ExperimentSpec
 
@@ -68,13 +69,44 @@ def valid_reward(spec: ExperimentSpec, store: ExperimentStore, checkpoint: Path,
     return value
 
 
-def data_hash(sources: Sequence[str], targets: Sequence[str], rewards: Sequence[float] | None = None) -> str:
+def data_hash(sources: Sequence[str], targets: Sequence[str], signals: ExampleSignals | None = None) -> str:
     h = hashlib.sha256()
     for s, t in zip(sources, targets, strict=True):
         h.update(f"{s}\x1f{t}\x1e".encode())
-    if rewards is not None:
-        h.update(repr([round(float(r), 6) for r in rewards]).encode())
+    if signals is not None:
+        for values in (signals.rewards, signals.baselines):
+            h.update(repr([round(float(r), 6) for r in values]).encode())
+        h.update(bytes(bool(x) for x in signals.is_sample))
     return h.hexdigest()[:16]
+
+
+@torch.inference_mode()
+def behaviour_logprobs(
+    checkpoint: Path, pairs: tuple[Sequence[str], Sequence[str]], max_length: int, max_tokens: int = 4000
+) -> list[list[float]]:
+    """log pi_b(y_t | y_<t, x) of every target token under the behaviour (grow) policy, per pair."""
+    model, tokenizer = load_policy(checkpoint).eval(), load_tokenizer(checkpoint)
+    enc = FastEncoder(tokenizer)
+    src, tgt = enc.encode(list(pairs[0]), max_length), enc.encode(list(pairs[1]), max_length, target=True)
+    device = next(model.parameters()).device
+    out: list[list[float]] = [[] for _ in src]
+    for idx in make_batches(src, tgt, max_tokens, seed=0, epoch=0):
+        b = collate(idx, src, tgt, tokenizer.pad_token_id, model.config.decoder_start_token_id)
+        logits = model(
+            input_ids=b.input_ids.to(device),
+            attention_mask=b.attention_mask.to(device),
+            decoder_input_ids=b.decoder_input_ids.to(device),
+        ).logits
+        logp, mask = token_logprobs(logits, b.labels.to(device))
+        for row, i in enumerate(idx):
+            out[i] = logp[row][mask[row]].tolist()
+    return out
+
+
+def loss_for(spec: ExperimentSpec, name: str, d_model: int) -> SequenceLoss:
+    """The Improve loss `name` with its options from the spec (improve.gold, improve.bvmpo, improve.oac)."""
+    options = getattr(spec.improve, name).model_dump() if name != "bc" else None
+    return make_loss(name, d_model=d_model, options=options)
 
 
 def finetune(
@@ -88,18 +120,29 @@ def finetune(
     seed: int,
     reward: RewardModel,
     loss: str = "bc",
-    rewards: Sequence[float] | None = None,
+    signals: ExampleSignals | None = None,
+    behaviour: Path | None = None,
     log: Log = print,
 ) -> FinetuneResult:
-    """Fine-tune `parent` on `pairs` with Improve's training settings at rate `lr`; resumable in `work_dir`."""
+    """Fine-tune `parent` on `pairs` with Improve's training settings at rate `lr`; resumable in `work_dir`.
+
+    `signals` carry what an offline-RL loss needs per pair; `behaviour` is the policy that sampled the
+    pairs (the grow policy), whose token log-probabilities a loss such as OAC weighs against."""
     parent_valid = valid_reward(spec, store, parent, reward)
     train_spec = spec.improve.train.model_copy(update={"lr": lr})
-    fingerprint = hashlib.sha256(
-        f"{weights_hash(parent)}|{data_hash(*pairs, rewards)}|{train_spec.model_dump_json()}|{loss}|{seed}".encode()
-    ).hexdigest()[:16]
+    options = getattr(spec.improve, loss).model_dump_json() if loss != "bc" else ""
+    key = f"{weights_hash(parent)}|{data_hash(*pairs, signals)}|{train_spec.model_dump_json()}|{loss}{options}|{seed}"
+    fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
     torch.manual_seed(seed)
+    model = load_policy(parent)
+    loss_fn = loss_for(spec, loss, model.config.d_model)
+    if loss_fn.needs_behaviour_logprobs:
+        if behaviour is None or signals is None:
+            raise ValueError(f"improve.loss {loss}: needs the behaviour (grow) policy and the slice's signals")
+        log(f"finetune: scoring the {len(pairs[0])} training pairs under the behaviour policy for {loss}")
+        signals = replace(signals, behaviour_logprobs=behaviour_logprobs(behaviour, pairs, spec.tokenizer.max_length))
     result = train_bc(
-        load_policy(parent),
+        model,
         load_tokenizer(parent),
         (list(pairs[0]), list(pairs[1])),
         validation_set(spec, store),
@@ -110,8 +153,8 @@ def finetune(
         fingerprint=fingerprint,
         log=log,
         reward_fn=make_reward_fn(reward),
-        loss_fn=make_loss(loss),
-        rewards=list(rewards) if rewards is not None else None,
+        loss_fn=loss_fn,
+        signals=signals,
     )
     return FinetuneResult(
         best_dir=result.best_dir,

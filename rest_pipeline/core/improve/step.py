@@ -20,6 +20,7 @@ from rest_pipeline.core.improve.finetune import finetune, valid_reward
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import ExperimentStore, policy_name
 from rest_pipeline.core.store.records import StepRecord
+from rest_pipeline.core.training.bc import ExampleSignals
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import ExperimentSpec
 
@@ -32,6 +33,8 @@ def run_improve_step(
     spec: ExperimentSpec, store: ExperimentStore, grow: int, step: int, reward: RewardModel, log: Log = print
 ) -> StepRecord:
     """Fine-tune the parent on this step's slice (or record why not); returns the lineage record."""
+    if store.parent is not None:
+        store.verify_parent()
     stats, rows = store.slice(grow, step), store.slice_rows(grow, step)
     parent = policy_name(*parent_of(spec, grow, step))
     parent_ckpt = store.policy(parent)
@@ -99,7 +102,12 @@ def run_improve_step(
         seed=spec.seed + step_number(imp, grow, step),
         reward=reward,
         loss=imp.loss,
-        rewards=list(rows.reward),
+        signals=ExampleSignals(
+            rewards=[float(r) for r in rows.reward],
+            baselines=[float(v) for v in rows.source_mean_reward],
+            is_sample=[o == "sample" for o in rows.origin],
+        ),
+        behaviour=store.policy(policy_name(*sampler_of(spec, grow))),
         log=log,
     )
     fields.update(

@@ -59,6 +59,16 @@ class CandidateTables:
     def cache_dir(self, reward: str) -> Path:
         raise NotImplementedError
 
+    def candidate_files(self) -> list[Path]:
+        """Every candidates Parquet the views read (a branch adds its parent's)."""
+        return sorted(self.tables_root.glob("candidates/grow=*/shard=*/*.parquet"))
+
+    def score_files(self) -> list[Path]:
+        return sorted(self.tables_root.glob("scores/reward=*/grow=*/shard=*/*.parquet"))
+
+    def check_writable(self, path: Path) -> None:
+        """Refuse a write this store does not own (a branch never writes its parent)."""
+
     # -- writes ------------------------------------------------------------------------------
     def write_candidates(
         self,
@@ -93,6 +103,7 @@ class CandidateTables:
                 rows["pair_hash"].append(pair_hash(src, hyp))
         table = pa.table(rows, schema=CANDIDATE_SCHEMA)
         path = self.candidates_file(grow, shard)
+        self.check_writable(path)
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
         return table.to_pandas()
@@ -108,13 +119,13 @@ class CandidateTables:
 
     # -- scoring with a content-hash cache ---------------------------------------------------
     def cached_scores(self, reward: str, keys: Sequence[str]) -> dict[str, float]:
-        folder = self.cache_dir(reward)
-        if not folder.is_dir() or not any(folder.glob("*.parquet")):
+        files = sorted(self.cache_dir(reward).glob("*.parquet"))
+        if not files:
             return {}
         con = duckdb.connect()
         con.register("wanted", pd.DataFrame({"key": list(set(keys))}))
         df = con.execute(
-            f"SELECT c.key, any_value(c.score) AS score FROM read_parquet('{folder}/*.parquet') c "
+            f"SELECT c.key, any_value(c.score) AS score FROM read_parquet({_sql_list(files)}) c "
             "JOIN wanted USING (key) GROUP BY c.key"
         ).df()
         return dict(zip(df.key, df.score, strict=True))
@@ -135,6 +146,7 @@ class CandidateTables:
     ) -> ScoreReport:
         """Score a shard's candidates; identical inputs are scored once and cached across runs."""
         cand = self.read_candidates(grow, shard)
+        self.check_writable(self.scores_file(model.name, grow, shard))
         refs = cand.reference.tolist()
         keys = [cache_key(model, s, h, r) for s, h, r in zip(cand.source, cand.hypothesis, refs, strict=True)]
         known = self.cached_scores(model.name, keys)
@@ -172,22 +184,22 @@ class CandidateTables:
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with views `candidates`, `scores`, `scored` and `slices`."""
         con = duckdb.connect()
-        root = self.tables_root
-        cand_glob = root / "candidates" / "*" / "*" / "*.parquet"
-        score_glob = root / "scores" / "*" / "*" / "*" / "*.parquet"
-        if list(root.glob("candidates/*/*/*.parquet")):
-            con.execute(f"CREATE VIEW candidates AS SELECT * FROM read_parquet('{cand_glob}', hive_partitioning=true)")
+        candidates, scores = self.candidate_files(), self.score_files()
+        if candidates:
+            con.execute(
+                f"CREATE VIEW candidates AS SELECT * FROM read_parquet({_sql_list(candidates)}, hive_partitioning=true)"
+            )
         else:
             con.execute(
                 "CREATE VIEW candidates AS SELECT NULL::VARCHAR AS candidate_id, NULL::BIGINT AS grow, "
                 "NULL::VARCHAR AS source_id, NULL::VARCHAR AS origin, NULL::VARCHAR AS hypothesis, "
                 "NULL::VARCHAR AS source WHERE false"
             )
-        rewards = sorted(p.name.split("=", 1)[1] for p in (root / "scores").glob("reward=*"))
+        rewards = sorted({p.parent.parent.parent.name.split("=", 1)[1] for p in scores})
         if rewards:
             con.execute(
                 f"CREATE VIEW scores AS SELECT candidate_id, reward, score, reward_version, grow "
-                f"FROM read_parquet('{score_glob}', hive_partitioning=true)"
+                f"FROM read_parquet({_sql_list(scores)}, hive_partitioning=true)"
             )
             cols = ", ".join(
                 f"max(score) FILTER (WHERE reward = '{r}') AS reward_{r}" for r in rewards if r.isidentifier()
@@ -198,15 +210,21 @@ class CandidateTables:
             )
         else:
             con.execute("CREATE VIEW scored AS SELECT * FROM candidates")
-        if list(root.glob("slices/*/*/*.parquet")):
-            sl = root / "slices" / "*" / "*" / "*.parquet"
+        slices = sorted(self.tables_root.glob("slices/grow=*/improve=*/*.parquet"))
+        if slices:
             con.execute(
-                f"CREATE VIEW slices AS SELECT * EXCLUDE (improve) FROM read_parquet('{sl}', hive_partitioning=true)"
+                f"CREATE VIEW slices AS SELECT * EXCLUDE (improve) FROM read_parquet({_sql_list(slices)}, "
+                "hive_partitioning=true, union_by_name=true)"
             )
         return con
 
     def query(self, sql: str) -> pd.DataFrame:
         return self.connect().execute(sql).df()
+
+
+def _sql_list(paths: Sequence[Path]) -> str:
+    """A SQL list of file paths, quoted (a folder name may hold an apostrophe)."""
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
 @dataclass(frozen=True)

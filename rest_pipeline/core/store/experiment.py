@@ -19,7 +19,9 @@ their DuckDB views come from `CandidateTables`.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,7 @@ from rest_pipeline.core.store.candidates import CandidateTables
 from rest_pipeline.core.store.records import (
     SCHEMA_VERSION,
     BestOfN,
+    BranchRecord,
     ControlRecord,
     CorpusRecord,
     DecodingEval,
@@ -44,6 +47,7 @@ from rest_pipeline.core.store.records import (
     SliceRecord,
     StepRecord,
 )
+from rest_pipeline.spec import ExperimentSpec
 
 R = TypeVar("R", bound=Record)
 
@@ -54,6 +58,10 @@ CONTROL = "control"
 
 class StaleRecordError(RuntimeError):
     """A record written by another version of rest-pipeline: re-materialize the asset that writes it."""
+
+
+class BranchError(RuntimeError):
+    """A branch's parent changed since the branch was made, or a write would touch the parent."""
 
 
 def policy_name(grow: int, step: int) -> str:
@@ -74,6 +82,11 @@ def parse_policy_name(name: str) -> tuple[int, int] | None:
     return int(m.group(1)), int(m.group(2))
 
 
+def _grow_of(path: Path) -> int:
+    """The grow of a hive-style table file (.../grow=G/shard=S/part.parquet)."""
+    return next(int(p.split("=", 1)[1]) for p in path.parts if p.startswith("grow="))
+
+
 def shard_name(shard: int) -> str:
     """The one spelling of a Grow shard: folder names, partition keys and logs."""
     return f"{shard:04d}"
@@ -81,12 +94,36 @@ def shard_name(shard: int) -> str:
 
 @dataclass(frozen=True)
 class ExperimentStore(CandidateTables):
+    """An experiment's folder. A branch store also holds its `parent`'s store: everything up to grow
+    `branch_grow` (corpus, tokenizer, BC policy, reward model, those grows' candidates and scores, and
+    the Improve steps of earlier grows) is read from the parent in place, never copied or written."""
+
     root: Path
+    parent: ExperimentStore | None = None
+    branch_grow: int = 0
 
     @classmethod
     def open(cls, experiment: str, home_dir: Path | None = None) -> ExperimentStore:
-        """The store of `experiment` under `home_dir` (default: $REST_HOME or ./data)."""
-        return cls(Path(home_dir or home()).resolve() / "experiments" / experiment)
+        """The store of `experiment` under `home_dir` (default: $REST_HOME or ./data), as its spec says
+        (a branch's store comes with its parent's); a folder without a spec is read as it is."""
+        from rest_pipeline.spec import SpecError, find_spec, load_spec
+
+        try:
+            spec = load_spec(find_spec(experiment))
+        except SpecError:
+            return cls(Path(home_dir or home()).resolve() / "experiments" / experiment)
+        return cls.for_spec(spec, home_dir)
+
+    @classmethod
+    def for_spec(cls, spec: ExperimentSpec, home_dir: Path | None = None) -> ExperimentStore:
+        base = Path(home_dir or home()).resolve() / "experiments"
+        if spec.branch is None:
+            return cls(base / spec.name)
+        return cls(base / spec.name, cls(base / spec.branch.parent), spec.branch.grow)
+
+    def _from_parent(self, grow: int, inclusive: bool) -> bool:
+        """Whether grow `grow`'s artifacts of this kind belong to the parent."""
+        return self.parent is not None and (grow < self.branch_grow or (inclusive and grow == self.branch_grow))
 
     @property
     def experiment(self) -> str:
@@ -94,9 +131,9 @@ class ExperimentStore(CandidateTables):
 
     # -- paths relative to the experiment folder ------------------------------------------------
     def rel(self, path: Path | str) -> str:
-        """A path as records store it: relative to the experiment folder."""
+        """A path as records store it: relative to the experiment folder (a branch's parent is a sibling)."""
         p = Path(path)
-        return p.relative_to(self.root).as_posix() if p.is_absolute() else p.as_posix()
+        return Path(os.path.relpath(p, self.root)).as_posix() if p.is_absolute() else p.as_posix()
 
     def resolve(self, rel: str) -> Path:
         return self.root / rel
@@ -104,23 +141,23 @@ class ExperimentStore(CandidateTables):
     # -- folders of the stages ------------------------------------------------------------------
     @property
     def corpus_dir(self) -> Path:
-        return self.root / "corpus"
+        return self.parent.corpus_dir if self.parent else self.root / "corpus"
 
     @property
     def tokenizer_dir(self) -> Path:
-        return self.root / "tokenizer"
+        return self.parent.tokenizer_dir if self.parent else self.root / "tokenizer"
 
     @property
     def bc_work_dir(self) -> Path:
-        return self.root / "policies" / "base_training"
+        return self.parent.bc_work_dir if self.parent else self.root / "policies" / "base_training"
 
     @property
     def base_policy_dir(self) -> Path:
-        return self.root / "policies" / "base"
+        return self.parent.base_policy_dir if self.parent else self.root / "policies" / "base"
 
     @property
     def reward_model_dir(self) -> Path:
-        return self.root / "reward_model"
+        return self.parent.reward_model_dir if self.parent else self.root / "reward_model"
 
     @property
     def tables_root(self) -> Path:
@@ -129,7 +166,7 @@ class ExperimentStore(CandidateTables):
     @property
     def decoding_eval_dir(self) -> Path:
         """BLEU/chrF of the BC policy under every decoding setting of the spec."""
-        return self.root / "evaluations" / "base"
+        return self.parent.decoding_eval_dir if self.parent else self.root / "evaluations" / "base"
 
     @property
     def best_of_n_dir(self) -> Path:
@@ -144,6 +181,8 @@ class ExperimentStore(CandidateTables):
         return self.root / "report"
 
     def improve_dir(self, grow: int, step: int) -> Path:
+        if self._from_parent(grow, inclusive=False):
+            return self.parent.improve_dir(grow, step)
         return self.root / "policies" / f"grow_{grow}" / f"improve_{step}"
 
     def training_dir(self, grow: int, step: int) -> Path:
@@ -158,6 +197,8 @@ class ExperimentStore(CandidateTables):
         if policy == CONTROL:
             return self.control_dir / "eval"
         grow, step = self._named(policy)
+        if self.parent is not None and (grow == 0 or self._from_parent(grow, inclusive=False)):
+            return self.parent.eval_dir(policy)
         if grow == 0:
             return self.root / "evaluations" / "base_rewards"
         return self.root / "evaluations" / f"grow_{grow}" / f"improve_{step}"
@@ -166,9 +207,13 @@ class ExperimentStore(CandidateTables):
         return self.corpus_dir / f"{role}.parquet"
 
     def candidates_file(self, grow: int, shard: int) -> Path:
+        if self._from_parent(grow, inclusive=True):
+            return self.parent.candidates_file(grow, shard)
         return self.tables_root / "candidates" / f"grow={grow}" / f"shard={shard_name(shard)}" / "part.parquet"
 
     def scores_file(self, reward: str, grow: int, shard: int) -> Path:
+        if self._from_parent(grow, inclusive=True):
+            return self.parent.scores_file(reward, grow, shard)
         return (
             self.tables_root
             / "scores"
@@ -182,7 +227,29 @@ class ExperimentStore(CandidateTables):
         return self.tables_root / "cache" / f"reward={reward}"
 
     def slice_dir(self, grow: int, step: int) -> Path:
+        if self._from_parent(grow, inclusive=False):
+            return self.parent.slice_dir(grow, step)
         return self.tables_root / "slices" / f"grow={grow}" / f"improve={step}"
+
+    def candidate_files(self) -> list[Path]:
+        own = super().candidate_files()
+        if self.parent is None:
+            return own
+        return [p for p in self.parent.candidate_files() if _grow_of(p) <= self.branch_grow] + [
+            p for p in own if _grow_of(p) > self.branch_grow
+        ]
+
+    def score_files(self) -> list[Path]:
+        own = super().score_files()
+        if self.parent is None:
+            return own
+        return [p for p in self.parent.score_files() if _grow_of(p) <= self.branch_grow] + [
+            p for p in own if _grow_of(p) > self.branch_grow
+        ]
+
+    def check_writable(self, path: Path) -> None:
+        if self.root not in Path(path).parents:
+            raise BranchError(f"{path}: {self.experiment} does not own this file (a branch never writes its parent)")
 
     # -- record files (the only place their names are spelled) ----------------------------------
     def _corpus_file(self) -> Path:
@@ -212,12 +279,16 @@ class ExperimentStore(CandidateTables):
     def _valid_rewards_file(self) -> Path:
         return self.root / "policies" / "valid_rewards.json"
 
+    def _branch_file(self) -> Path:
+        return self.root / "branch.json"
+
     @property
     def report_markdown(self) -> Path:
         return self.report_dir / "report.md"
 
     # -- typed records ------------------------------------------------------------------------
     def _write(self, path: Path, record: Record) -> Path:
+        self.check_writable(path)
         with atomic_path(path) as tmp:
             tmp.write_text(record.model_dump_json(indent=1))
         return path
@@ -239,6 +310,28 @@ class ExperimentStore(CandidateTables):
         except ValidationError as e:
             raise StaleRecordError(f"{path}: not a valid {cls.__name__} record ({e.error_count()} errors): {e}") from e
 
+    def _adopt(self, record: R) -> R:
+        """A parent's record with its paths re-rooted to this folder (records hold relative paths)."""
+
+        def move(p: str | None) -> str | None:
+            return None if p is None else self.rel(self.parent.resolve(p))
+
+        if isinstance(record, StepRecord):
+            names = ("checkpoint", "trained_checkpoint", "parent_checkpoint", "grow_policy", "slice_path")
+            return record.model_copy(update={n: move(getattr(record, n)) for n in names})
+        if isinstance(record, Evaluation):
+            splits = {k: v.model_copy(update={"hypotheses": move(v.hypotheses)}) for k, v in record.splits.items()}
+            return record.model_copy(update={"checkpoint": move(record.checkpoint), "splits": splits})
+        if isinstance(record, DecodingEval):
+            rows = [r.model_copy(update={"hypotheses": move(r.hypotheses)}) for r in record.rows]
+            return record.model_copy(update={"checkpoint": move(record.checkpoint), "rows": rows})
+        if isinstance(record, SliceRecord):
+            return record.model_copy(update={"path": move(record.path)})
+        if isinstance(record, CorpusRecord):
+            splits = {k: v.model_copy(update={"file": move(v.file)}) for k, v in record.splits.items()}
+            return record.model_copy(update={"splits": splits})
+        return record
+
     def _reusable(self, path: Path, cls: type[R]) -> R | None:
         """A record to reuse if it is there and current; a missing, stale or broken one is simply redone."""
         try:
@@ -250,6 +343,8 @@ class ExperimentStore(CandidateTables):
         return self._write(self._corpus_file(), record)
 
     def corpus(self) -> CorpusRecord:
+        if self.parent is not None:
+            return self._adopt(self.parent.corpus())
         return self._read(self._corpus_file(), CorpusRecord, f"the corpus ({self.experiment}/corpus)")
 
     def split(self, role: str) -> pd.DataFrame:
@@ -270,6 +365,8 @@ class ExperimentStore(CandidateTables):
         return self._write(self._decoding_eval_file(), record)
 
     def decoding_eval(self) -> DecodingEval:
+        if self.parent is not None:
+            return self._adopt(self.parent.decoding_eval())
         return self._read(self._decoding_eval_file(), DecodingEval, "the BC policy's evaluation (base_policy_eval)")
 
     def reusable_decoding_eval(self, key: str) -> DecodingEval | None:
@@ -281,6 +378,10 @@ class ExperimentStore(CandidateTables):
 
     def evaluation(self, policy: str) -> Evaluation:
         policy = self.canonical(policy)
+        if self.parent is not None and policy != CONTROL:
+            grow, _ = self._named(policy)
+            if grow == 0 or self._from_parent(grow, inclusive=False):
+                return self._adopt(self.parent.evaluation(policy))
         return self._read(self._evaluation_file(policy), Evaluation, f"the evaluation of policy {policy}")
 
     def reusable_evaluation(self, policy: str, key: str) -> Evaluation | None:
@@ -293,6 +394,7 @@ class ExperimentStore(CandidateTables):
     def write_slice(self, record: SliceRecord, rows: pd.DataFrame) -> SliceRecord:
         """The slice's rows and its record; `record.path` is filled in here."""
         path = self.slice_dir(record.grow, record.step) / "part.parquet"
+        self.check_writable(path)
         with atomic_path(path) as tmp:
             rows.assign(step=record.step).to_parquet(tmp, index=False)
         record = record.model_copy(update={"path": self.rel(path)})
@@ -300,6 +402,8 @@ class ExperimentStore(CandidateTables):
         return record
 
     def slice(self, grow: int, step: int) -> SliceRecord:
+        if self._from_parent(grow, inclusive=False):
+            return self._adopt(self.parent.slice(grow, step))
         return self._read(self._slice_file(grow, step), SliceRecord, f"the slice of grow_{grow}/improve_{step}")
 
     def slice_rows(self, grow: int, step: int) -> pd.DataFrame:
@@ -310,15 +414,24 @@ class ExperimentStore(CandidateTables):
         return self._write(self._step_file(record.grow, record.step), record)
 
     def step(self, grow: int, step: int) -> StepRecord:
+        if self._from_parent(grow, inclusive=False):
+            return self._adopt(self.parent.step(grow, step))
         return self._read(self._step_file(grow, step), StepRecord, f"the Improve step grow_{grow}/improve_{step}")
 
+    def _step_names(self) -> list[tuple[int, int]]:
+        """(grow, step) of every step record this store reads: its own and, for a branch, the parent's before it."""
+        own = [
+            parse_policy_name(f"{p.parent.parent.name}/{p.parent.name}") or (0, 0)
+            for p in self.root.glob("policies/grow_*/improve_*/step.json")
+        ]
+        if self.parent is None:
+            return sorted(own)
+        inherited = [(g, i) for g, i in self.parent._step_names() if self._from_parent(g, inclusive=False)]
+        return sorted(inherited + [(g, i) for g, i in own if not self._from_parent(g, inclusive=False)])
+
     def steps(self) -> list[StepRecord]:
-        """Every step record, in (grow, step) order."""
-        found = []
-        for path in self.root.glob("policies/grow_*/improve_*/step.json"):
-            g, i = parse_policy_name(f"{path.parent.parent.name}/{path.parent.name}") or (0, 0)
-            found.append((g, i))
-        return [self.step(g, i) for g, i in sorted(found)]
+        """Every step record, in (grow, step) order (a branch's lineage crosses into its parent's)."""
+        return [self.step(g, i) for g, i in self._step_names()]
 
     def write_best_of_n(self, record: BestOfN) -> Path:
         return self._write(self._best_of_n_file(), record)
@@ -352,7 +465,10 @@ class ExperimentStore(CandidateTables):
 
     def cached_valid_reward(self, key: str) -> float | None:
         path = self._valid_rewards_file()
-        return json.loads(path.read_text()).get(key) if path.is_file() else None
+        value = json.loads(path.read_text()).get(key) if path.is_file() else None
+        if value is None and self.parent is not None:
+            return self.parent.cached_valid_reward(key)  # read only: the parent's cache is never written
+        return value
 
     def remember_valid_reward(self, key: str, value: float) -> None:
         path = self._valid_rewards_file()
@@ -361,13 +477,59 @@ class ExperimentStore(CandidateTables):
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(cache, indent=1))
 
+    # -- the branch point -------------------------------------------------------------------------
+    def parent_fingerprint(self) -> dict[str, str]:
+        """Content hashes of everything a branch reads from its parent, by path relative to the branch."""
+        if self.parent is None:
+            raise BranchError(f"{self.root}: not a branch")
+        p = self.parent
+        files = [p.split_file(r) for r in ("train", "valid", "test")]
+        files += sorted(f for f in p.tokenizer_dir.glob("*") if f.is_file())
+        files += [p.base_policy_dir / "model.safetensors", p._evaluation_file(BASE)]
+        files += sorted(f for f in (p.reward_model_dir / "checkpoints").glob("*.ckpt"))
+        files += [f for f in p.candidate_files() + p.score_files() if _grow_of(f) <= self.branch_grow]
+        files += [p._step_file(g, i) for g, i in p._step_names() if g < self.branch_grow]
+        missing = [self.rel(f) for f in files if not f.is_file()]
+        if missing:
+            raise BranchError(
+                f"{self.experiment} branches from {p.experiment} at grow_{self.branch_grow}, but the parent does "
+                f"not hold {', '.join(missing[:5])}: materialize it first "
+                f"(`./scripts/rest main {p.experiment} --until grow_{self.branch_grow}/rewards`)"
+            )
+        return {self.rel(f): hashlib.sha256(f.read_bytes()).hexdigest()[:16] for f in files}
+
+    def pin_parent(self) -> BranchRecord:
+        """Record what the branch reads from its parent; an existing pin must still hold."""
+        if self._branch_file().is_file():
+            return self.verify_parent()
+        record = BranchRecord(
+            parent=self.parent.experiment if self.parent else "",
+            at_grow=self.branch_grow,
+            hashes=self.parent_fingerprint(),
+        )
+        self._write(self._branch_file(), record)
+        return record
+
+    def verify_parent(self) -> BranchRecord:
+        """The branch's pin, after checking that the parent still holds exactly what was pinned."""
+        pin = self._read(self._branch_file(), BranchRecord, f"the branch point of {self.experiment} (branch_point)")
+        now = self.parent_fingerprint()
+        changed = sorted(k for k in pin.hashes.keys() & now.keys() if pin.hashes[k] != now[k])
+        gone, new = sorted(pin.hashes.keys() - now.keys()), sorted(now.keys() - pin.hashes.keys())
+        if changed or gone or new:
+            parts = [f"changed: {', '.join(changed)}" if changed else "", f"gone: {', '.join(gone)}" if gone else ""]
+            parts.append(f"new: {', '.join(new)}" if new else "")
+            raise BranchError(
+                f"{self.experiment}: its parent {pin.parent} changed since the branch was made at "
+                f"grow_{pin.at_grow} ({'; '.join(x for x in parts if x)}). The branch's results no longer follow "
+                f"from the parent; delete {self.root} to branch again from the parent as it is now"
+            )
+        return pin
+
     # -- policies and their lineage -----------------------------------------------------------
     def final_step(self) -> tuple[int, int]:
         """(grow, step) of the last step the store holds: its checkpoint is what the loop handed on."""
-        found = sorted(
-            parse_policy_name(f"{p.parent.parent.name}/{p.parent.name}") or (0, 0)
-            for p in self.root.glob("policies/grow_*/improve_*/step.json")
-        )
+        found = self._step_names()
         return found[-1] if found else (0, 0)
 
     def canonical(self, policy: str) -> str:

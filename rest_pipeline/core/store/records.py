@@ -61,6 +61,14 @@ class RewardModelRecord(Record):
     repeat_raises_score_fraction: float
 
 
+class BranchRecord(Record):
+    """What a branch read from its parent when it was made: content hashes by relative path."""
+
+    parent: str
+    at_grow: int
+    hashes: dict[str, str]
+
+
 # -- evaluations ----------------------------------------------------------------------------------
 
 

@@ -31,7 +31,7 @@ from rest_pipeline.core.policy.generate import translate
 from rest_pipeline.core.policy.model import save_policy
 from rest_pipeline.core.policy.tokenizer import FastEncoder
 from rest_pipeline.core.training.batching import collate, make_batches
-from rest_pipeline.core.training.losses import NLLLoss, SequenceLoss
+from rest_pipeline.core.training.losses import LossBatch, NLLLoss, SequenceLoss
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import BCSpec, DecodingSpec
 
@@ -50,6 +50,45 @@ class BCResult:
     stopped_because: str
     averaged: bool
     history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class ExampleSignals:
+    """What an Improve loss knows of each training pair besides its text."""
+
+    rewards: list[float]  # R(x, y) under the training reward model
+    baselines: list[float]  # mean reward of the behaviour policy's samples of the same source
+    is_sample: list[bool]  # drawn from the behaviour (grow) policy; False for original pairs
+    behaviour_logprobs: list[list[float]] | None = None  # per target token, for losses that need them
+
+    @classmethod
+    def plain(cls, n: int) -> ExampleSignals:
+        return cls([1.0] * n, [0.0] * n, [False] * n)
+
+    def batch(self, idx: Sequence[int], out, b, device: torch.device, progress: float, smoothing: float) -> LossBatch:
+        def pick(values: list, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor([values[i] for i in idx], dtype=dtype, device=device)
+
+        labels = b.labels.to(device)
+        behaviour = None
+        if self.behaviour_logprobs is not None:
+            behaviour = torch.zeros(labels.shape, dtype=torch.float32)
+            for row, i in enumerate(idx):
+                lp = self.behaviour_logprobs[i][: labels.shape[1]]
+                behaviour[row, : len(lp)] = torch.tensor(lp)
+            behaviour = behaviour.to(device)
+        return LossBatch(
+            logits=out.logits,
+            labels=labels,
+            rewards=pick(self.rewards, torch.float32),
+            baselines=pick(self.baselines, torch.float32),
+            is_sample=pick(self.is_sample, torch.float32),
+            encoder_states=out.encoder_last_hidden_state,
+            encoder_mask=b.attention_mask.to(device),
+            progress=progress,
+            label_smoothing=smoothing,
+            behaviour_logprobs=behaviour,
+        )
 
 
 def lr_at(step: int, spec: BCSpec, total_steps: int, budget_used: float = 0.0) -> float:
@@ -117,18 +156,24 @@ def train_bc(
     log: Log = print,
     reward_fn: RewardFn | None = None,
     loss_fn: SequenceLoss | None = None,
-    rewards: Sequence[float] | None = None,
+    signals: ExampleSignals | None = None,
 ) -> BCResult:
     """Train `model` in place on (sources, targets); returns where the best checkpoint is.
 
-    `rewards` (one per training pair) reach `loss_fn`; plain BC ignores them.
+    `signals` (rewards, behaviour baselines, ... one per training pair) reach `loss_fn`; plain BC
+    ignores them. A loss with parameters of its own (a critic, a temperature) is optimised and saved
+    with the resume point like the model.
     """
     if not train[0]:
         raise ValueError("bc: the training set is empty")
     if spec.keep_best_by == "reward" and reward_fn is None:
         raise ValueError("bc: keep_best_by 'reward' needs a reward_fn")
     loss_fn = loss_fn or NLLLoss()
-    example_rewards = torch.tensor(list(rewards) if rewards is not None else [1.0] * len(train[0]))
+    signals = signals or ExampleSignals.plain(len(train[0]))
+    if len(signals.rewards) != len(train[0]):
+        raise ValueError(f"bc: {len(signals.rewards)} example signals for {len(train[0])} training pairs")
+    if loss_fn.needs_behaviour_logprobs and signals.behaviour_logprobs is None:
+        raise ValueError(f"bc: loss '{loss_fn.name}' needs the behaviour policy's token log-probabilities")
     done = finished_result(work_dir, fingerprint)
     if done is not None:
         log(f"bc: already trained with this spec ({done.steps} steps); reusing {done.best_dir}")
@@ -151,8 +196,13 @@ def train_bc(
     total_steps = spec.max_steps or spec.epochs * batches_per_epoch
     validate_every = spec.validate_every_steps or batches_per_epoch
 
+    loss_fn.to(device)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay, eps=1e-8
+        [*model.parameters(), *(p for p in loss_fn.parameters() if p.requires_grad)],
+        lr=spec.lr,
+        betas=spec.betas,
+        weight_decay=spec.weight_decay,
+        eps=1e-8,
     )
     step, elapsed, history = 0, 0.0, []
     best = -math.inf  # larger is better (BLEU, or negative loss)
@@ -165,6 +215,7 @@ def train_bc(
             model.load_state_dict(load_file(str(last_dir / "model.safetensors")), strict=False)
             model.tie_weights()
             optimizer.load_state_dict(state["optimizer"])
+            loss_fn.load_state_dict(state.get("loss", {}))
             step, elapsed, history, best = state["step"], state["elapsed"], state["history"], state["best"]
             torch.set_rng_state(state["torch_rng"])
             log(f"bc: resuming at step {step} ({elapsed:.0f}s already trained)")
@@ -180,6 +231,7 @@ def train_bc(
                 {
                     "fingerprint": fingerprint,
                     "optimizer": optimizer.state_dict(),
+                    "loss": loss_fn.state_dict(),
                     "step": step,
                     "elapsed": elapsed,
                     "history": history,
@@ -230,12 +282,13 @@ def train_bc(
             b = collate(idx, src, tgt, pad_id, start_id)
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(step, spec, total_steps, elapsed / budget if budget else 0.0)
-            logits = model(
+            out = model(
                 input_ids=b.input_ids.to(device),
                 attention_mask=b.attention_mask.to(device),
                 decoder_input_ids=b.decoder_input_ids.to(device),
-            ).logits
-            loss_sum = loss_fn(logits, b.labels.to(device), example_rewards[idx].to(device), spec.label_smoothing)
+            )
+            progress = max(step / total_steps, elapsed / budget if budget else 0.0)
+            loss_sum = loss_fn(signals.batch(idx, out, b, device, progress, spec.label_smoothing))
             loss = loss_sum / b.target_tokens
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
