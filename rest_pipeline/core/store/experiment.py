@@ -47,7 +47,7 @@ from rest_pipeline.core.store.records import (
     SliceRecord,
     StepRecord,
 )
-from rest_pipeline.spec import ExperimentSpec
+from rest_pipeline.spec import ExperimentSpec, SpecError, find_spec, load_spec
 
 R = TypeVar("R", bound=Record)
 
@@ -106,8 +106,6 @@ class ExperimentStore(CandidateTables):
     def open(cls, experiment: str, home_dir: Path | None = None) -> ExperimentStore:
         """The store of `experiment` under `home_dir` (default: $REST_HOME or ./data), as its spec says
         (a branch's store comes with its parent's); a folder without a spec is read as it is."""
-        from rest_pipeline.spec import SpecError, find_spec, load_spec
-
         try:
             spec = load_spec(find_spec(experiment))
         except SpecError:
