@@ -148,9 +148,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def cmd_query(args: argparse.Namespace) -> int:
     """Read-only SQL over an experiment's candidate store (views: candidates, scores, scored)."""
+    import duckdb
     import pandas as pd
 
-    from rest_pipeline.core.store.candidates import CANNED, canned_query
+    from rest_pipeline.core.store.candidates import CANNED, QueryError, canned_query
 
     spec = load_spec(find_spec(args.experiment))
     store = open_store(spec)
@@ -158,15 +159,14 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.sql in CANNED:
         df = canned_query(store, args.sql, reward)
     else:
-        con = store.connect()
-        first = args.sql.lstrip().split(None, 1)[0].upper() if args.sql.strip() else ""
-        if first not in {"SELECT", "WITH", "DESCRIBE", "SUMMARIZE", "SHOW", "FROM"}:
-            print(
-                f"rest: only read-only queries are allowed (got {first or 'nothing'}); canned: {', '.join(CANNED)}",
-                file=sys.stderr,
-            )
+        try:
+            df = store.user_query(args.sql)
+        except QueryError as e:
+            print(f"rest: {e}; canned queries: {', '.join(CANNED)}", file=sys.stderr)
             return 2
-        df = con.execute(args.sql).df()
+        except duckdb.Error as e:  # e.g. a file outside the store, refused by the locked-down connection
+            print(f"rest: query refused or failed: {e}", file=sys.stderr)
+            return 2
     with pd.option_context(
         "display.max_rows", args.limit, "display.max_columns", 20, "display.width", 200, "display.max_colwidth", 60
     ):

@@ -118,3 +118,38 @@ def test_load_reward_by_import_path_and_errors():
         load_reward("nonsense")
     with pytest.raises(RewardError, match="could not be imported"):
         load_reward("no.such.module:thing")
+
+
+def test_user_sql_is_exactly_one_read_only_statement_on_a_locked_connection(tmp_path):
+    """Every bypass found by hand is refused, and a folder name with an apostrophe breaks nothing."""
+    import duckdb
+
+    from rest_pipeline.core.store.candidates import QueryError
+
+    store = ExperimentStore(tmp_path / "it's mine" / "exp")
+    _write(store)
+    shard = store.candidates_file(1, 0)
+    before = shard.read_bytes()
+    assert store.user_query("SELECT count(*) AS n FROM candidates").n.item() == 8
+    assert store.user_query("FROM candidates SELECT DISTINCT origin ORDER BY origin").origin.tolist() == [
+        "reference",
+        "sample",
+    ]
+    bypasses = [
+        f"SELECT 1; COPY (SELECT 1 AS x) TO '{shard}' (FORMAT parquet)",
+        f"COPY (SELECT 1 AS x) TO '{tmp_path}/copied.parquet' (FORMAT parquet)",
+        f"SELECT 1; ATTACH '{tmp_path}/new.duckdb' AS db; CREATE TABLE db.t AS SELECT 1",
+        "FROM (SELECT 1); INSTALL httpfs",
+        "INSTALL httpfs",
+        "SET enable_external_access = true",
+        "",
+    ]
+    for sql in bypasses:
+        with pytest.raises(QueryError):
+            store.user_query(sql)
+    outside = tmp_path / "secret.csv"
+    outside.write_text("a\n1\n")
+    with pytest.raises(duckdb.Error, match="Permission|disabled"):
+        store.user_query(f"SELECT * FROM read_csv('{outside}')")
+    assert shard.read_bytes() == before
+    assert not (tmp_path / "copied.parquet").exists() and not (tmp_path / "new.duckdb").exists()

@@ -124,9 +124,9 @@ class CandidateTables:
             return {}
         con = duckdb.connect()
         con.register("wanted", pd.DataFrame({"key": list(set(keys))}))
+        con.read_parquet([str(f) for f in files]).create_view("cache")
         df = con.execute(
-            f"SELECT c.key, any_value(c.score) AS score FROM read_parquet({_sql_list(files)}) c "
-            "JOIN wanted USING (key) GROUP BY c.key"
+            "SELECT c.key, any_value(c.score) AS score FROM cache c JOIN wanted USING (key) GROUP BY c.key"
         ).df()
         return dict(zip(df.key, df.score, strict=True))
 
@@ -182,13 +182,12 @@ class CandidateTables:
 
     # -- queries -----------------------------------------------------------------------------
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB connection with views `candidates`, `scores`, `scored` and `slices`."""
-        con = duckdb.connect()
+        """An in-memory DuckDB connection with views `candidates`, `scores`, `scored` and `slices`.
+        Paths reach DuckDB as values (relations), never pasted into SQL."""
+        con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
         candidates, scores = self.candidate_files(), self.score_files()
         if candidates:
-            con.execute(
-                f"CREATE VIEW candidates AS SELECT * FROM read_parquet({_sql_list(candidates)}, hive_partitioning=true)"
-            )
+            con.read_parquet([str(p) for p in candidates], hive_partitioning=True).create_view("candidates")
         else:
             con.execute(
                 "CREATE VIEW candidates AS SELECT NULL::VARCHAR AS candidate_id, NULL::BIGINT AS grow, "
@@ -197,9 +196,9 @@ class CandidateTables:
             )
         rewards = sorted({p.parent.parent.parent.name.split("=", 1)[1] for p in scores})
         if rewards:
+            con.read_parquet([str(p) for p in scores], hive_partitioning=True).create_view("score_files")
             con.execute(
-                f"CREATE VIEW scores AS SELECT candidate_id, reward, score, reward_version, grow "
-                f"FROM read_parquet({_sql_list(scores)}, hive_partitioning=true)"
+                "CREATE VIEW scores AS SELECT candidate_id, reward, score, reward_version, grow FROM score_files"
             )
             cols = ", ".join(
                 f"max(score) FILTER (WHERE reward = '{r}') AS reward_{r}" for r in rewards if r.isidentifier()
@@ -212,19 +211,13 @@ class CandidateTables:
             con.execute("CREATE VIEW scored AS SELECT * FROM candidates")
         slices = sorted(self.tables_root.glob("slices/grow=*/improve=*/*.parquet"))
         if slices:
-            con.execute(
-                f"CREATE VIEW slices AS SELECT * EXCLUDE (improve) FROM read_parquet({_sql_list(slices)}, "
-                "hive_partitioning=true, union_by_name=true)"
-            )
+            rel = con.read_parquet([str(p) for p in slices], hive_partitioning=True, union_by_name=True)
+            rel.create_view("slice_files")
+            con.execute("CREATE VIEW slices AS SELECT * EXCLUDE (improve) FROM slice_files")
         return con
 
     def query(self, sql: str) -> pd.DataFrame:
         return self.connect().execute(sql).df()
-
-
-def _sql_list(paths: Sequence[Path]) -> str:
-    """A SQL list of file paths, quoted (a folder name may hold an apostrophe)."""
-    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
 @dataclass(frozen=True)
@@ -262,6 +255,35 @@ CANNED: dict[str, str] = {
         "GROUP BY ALL) GROUP BY grow ORDER BY grow"
     ),
 }
+
+
+def lock_down(con: duckdb.DuckDBPyConnection, readable: Sequence[Path]) -> duckdb.DuckDBPyConnection:
+    """Make a connection safe for SQL from users: files only under `readable` (the views keep working),
+    no other file access, no extension installs or loads, and a configuration nobody can change back."""
+    con.execute("SET allowed_directories = ?", [[f"{d}/" for d in readable]])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+class QueryError(ValueError):
+    """SQL from a user that is not exactly one read-only statement."""
+
+
+def read_only_statement(sql: str) -> str:
+    """The one SELECT statement in `sql` (DuckDB's own parser decides), or a QueryError saying why not."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as e:
+        raise QueryError(f"not valid SQL: {e}") from None
+    if len(statements) != 1:
+        raise QueryError(f"exactly one statement is allowed, got {len(statements)}")
+    kind = statements[0].type
+    if kind != duckdb.StatementType.SELECT:
+        raise QueryError(
+            f"only read-only queries (SELECT, FROM, WITH, DESCRIBE, SHOW, SUMMARIZE) are allowed, got {kind.name}"
+        )
+    return statements[0].query
 
 
 def canned_query(store: CandidateTables, name: str, reward: str) -> pd.DataFrame:

@@ -32,7 +32,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from rest_pipeline.core.paths import atomic_path, home
-from rest_pipeline.core.store.candidates import CandidateTables
+from rest_pipeline.core.store.candidates import CandidateTables, lock_down, read_only_statement
 from rest_pipeline.core.store.records import (
     SCHEMA_VERSION,
     BestOfN,
@@ -562,11 +562,19 @@ class ExperimentStore(CandidateTables):
             name = rec.parent
         return chain
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
+    def readable_dirs(self) -> list[Path]:
+        """The folders SQL from users may read: this experiment's and, for a branch, its parent's."""
+        return [self.root, *(self.parent.readable_dirs() if self.parent else [])]
+
+    def connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
         """DuckDB over the candidate tables, plus `lineage`: one row per step record (history left out)."""
-        con = super().connect()
         rows = [r.model_dump(exclude={"history", "hyperparameters"}) for r in self.steps()]
+        con = super().connect()
         if rows:
             con.register("lineage_records", pd.DataFrame(rows))
             con.execute("CREATE VIEW lineage AS SELECT * FROM lineage_records")
-        return con
+        return lock_down(con, self.readable_dirs()) if read_only else con
+
+    def user_query(self, sql: str) -> pd.DataFrame:
+        """SQL from a person (`rest query`): exactly one read-only statement, on a locked-down connection."""
+        return self.connect(read_only=True).execute(read_only_statement(sql)).df()
