@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import warnings
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
@@ -21,9 +23,31 @@ class SpecError(ValueError):
     """A spec file could not be read or failed validation."""
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """YAML as people write specs: a repeated key is an error (not "last wins"), and 1e-3 is a number."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 class _Strict(BaseModel):
     # Unknown keys are errors: a misspelt field must not be silently ignored.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No coercion either: `max_steps: true` or `samples_per_source: "3"` is a mistake, not a number; nor
+    # is an infinite or NaN setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class LinePolicy(_Strict):
@@ -46,6 +70,26 @@ class DataSpec(_Strict):
     max_train_pairs: int | None = Field(None, gt=0)
     max_eval_pairs: int | None = Field(None, gt=0)
     lines: LinePolicy = LinePolicy()
+
+    @model_validator(mode="after")
+    def _registered(self) -> DataSpec:
+        """The dataset, its language pair and its splits exist in the registry (checked before anything runs)."""
+        from rest_pipeline.core.corpus.registry import DATASETS
+
+        ds = DATASETS.get(self.dataset)
+        if ds is None:
+            raise ValueError(f"data.dataset: unknown dataset '{self.dataset}'; known: {', '.join(sorted(DATASETS))}")
+        if (ds.source_lang, ds.target_lang) != (self.source_lang, self.target_lang):
+            raise ValueError(
+                f"data.source_lang/target_lang: {self.source_lang}->{self.target_lang}, but '{ds.name}' is "
+                f"{ds.source_lang}->{ds.target_lang}"
+            )
+        for role in ("train", "valid", "test"):
+            if getattr(self, role) not in ds.splits:
+                raise ValueError(
+                    f"data.{role}: '{ds.name}' has no split '{getattr(self, role)}' ({', '.join(ds.splits)})"
+                )
+        return self
 
 
 class TokenizerSpec(_Strict):
@@ -91,7 +135,7 @@ class BCSpec(_Strict):
     decay: Literal["inverse_sqrt", "linear", "cosine"] = "inverse_sqrt"
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
     weight_decay: float = Field(0.01, ge=0.0)
-    betas: tuple[float, float] = (0.9, 0.98)
+    betas: tuple[float, float] = Field((0.9, 0.98), strict=False)  # YAML gives a list
     clip_norm: float = Field(1.0, gt=0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     validate_every_steps: int | None = Field(None, ge=1)  # None = once per epoch
@@ -153,6 +197,21 @@ class RewardSpec(_Strict):
     comet_path: str | None = None  # a local COMET checkpoint directory for model 'comet'
     learned_max_rows: int | None = Field(None, ge=50)  # subsample the judgements (smoke runs)
     learned_epochs: int = Field(60, ge=1)
+
+    @model_validator(mode="after")
+    def _known(self) -> RewardSpec:
+        """Every reward name resolves (built-in, installed entry point or importable factory) before anything runs."""
+        from rest_pipeline.core.rewards.base import check_reward_name
+
+        for where, name in [("reward.model", self.model)] + [
+            (f"reward.extra[{i}]", n) for i, n in enumerate(self.extra)
+        ]:
+            problem = check_reward_name(name, also=("learned", "comet"))
+            if problem:
+                raise ValueError(f"{where}: {problem}")
+        if "comet" in (self.model, *self.extra) and not self.comet_path:
+            raise ValueError("reward.comet_path must name a local COMET checkpoint folder for reward 'comet'")
+        return self
 
 
 class ThresholdFilter(_Strict):
@@ -328,7 +387,7 @@ class BranchSpec(_Strict):
     """Branch from another experiment after one of its grows: reuse its corpus, tokenizer, BC policy,
     reward model and the candidates and scores of its grows up to `at`, and own everything after."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
 
     parent: str = Field(alias="from", pattern=r"^[a-z][a-z0-9_]*$")
     at: str = Field(pattern=r"^grow_[1-9][0-9]*$")
@@ -359,6 +418,13 @@ class ExperimentSpec(_Strict):
     improve: ImproveSpec = ImproveSpec()
     automation: AutomationSpec = AutomationSpec()
 
+    @model_validator(mode="after")
+    def _shards_have_sources(self) -> ExperimentSpec:
+        sources = [n for n in (self.grow.max_sources, self.data.max_train_pairs) if n]
+        if sources and self.grow.shards > min(sources):
+            raise ValueError(f"grow.shards ({self.grow.shards}) exceeds the sources a grow samples ({min(sources)})")
+        return self
+
     def section_hash(self, *sections: str) -> str:
         """A short content hash of the named sections: a code/data version for Dagster."""
         payload = {s: self.model_dump(mode="json")[s] for s in sections}
@@ -377,7 +443,7 @@ def _format_errors(path: Path, err: ValidationError) -> str:
 def load_spec(path: str | Path) -> ExperimentSpec:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SpecLoader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError as e:
         raise SpecError(f"{path}: spec file not found") from e
     except yaml.YAMLError as e:
@@ -444,21 +510,29 @@ def spec_dirs() -> list[Path]:
 
 
 def find_spec(name_or_path: str) -> Path:
+    """A spec file by path or name; REST_EXPERIMENTS_DIR wins over the packaged specs (everywhere)."""
     p = Path(name_or_path)
     if p.suffix in {".yaml", ".yml"} and p.exists():
         return p
-    for d in spec_dirs():
+    for d in reversed(spec_dirs()):
         cand = d / f"{name_or_path}.yaml"
         if cand.exists():
             return cand
-    known = sorted(q.stem for d in spec_dirs() for q in d.glob("*.yaml"))
+    known = sorted({q.stem for d in spec_dirs() for q in d.glob("*.yaml")})
     raise SpecError(f"unknown experiment '{name_or_path}'; known: {', '.join(known)}")
 
 
-def all_specs() -> list[ExperimentSpec]:
-    seen: dict[str, ExperimentSpec] = {}
-    for d in spec_dirs():
-        for p in sorted(d.glob("*.yaml")):
-            spec = load_spec(p)
-            seen[spec.name] = spec
-    return list(seen.values())
+def all_specs(errors: list[SpecError] | None = None) -> list[ExperimentSpec]:
+    """Every experiment, resolved as `find_spec` resolves names. A file that does not validate is left
+    out (and reported in `errors`, when given) instead of hiding every other experiment."""
+    names = sorted({q.stem for d in spec_dirs() for q in d.glob("*.yaml")})
+    specs = []
+    for name in names:
+        try:
+            specs.append(load_spec(find_spec(name)))
+        except SpecError as e:
+            if errors is None:
+                warnings.warn(str(e), stacklevel=2)
+            else:
+                errors.append(e)
+    return specs

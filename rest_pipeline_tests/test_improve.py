@@ -32,7 +32,15 @@ def make_experiment(
     spec = ExperimentSpec(
         name="t",
         seed=3,
-        data=DataSpec(dataset="synthetic", source_lang="x", target_lang="y", train="train", valid="v", test="t"),
+        # A registered dataset (specs are checked against the registry); the corpus itself is written below.
+        data=DataSpec(
+            dataset="multi30k_de_en",
+            source_lang="de",
+            target_lang="en",
+            train="train",
+            valid="val",
+            test="test_2016_flickr",
+        ),
         tokenizer=TokenizerSpec(vocab_size=41, max_length=32),
         improve=ImproveSpec(
             grows=1,

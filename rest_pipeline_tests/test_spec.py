@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,50 @@ def test_a_branch_takes_its_parent_and_may_not_change_what_it_reuses(tmp_path, m
         load_spec(_write(tmp_path, "far", "branch: {from: default, at: grow_3}\n"))
     with pytest.raises(SpecError, match="unknown experiment 'nope'"):
         load_spec(_write(tmp_path, "orphan", "branch: {from: nope, at: grow_1}\n"))
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "why"),
+    [
+        ("reward: {model: nosuchreward}\n", "reward", "unknown reward model 'nosuchreward'"),
+        ("reward: {model: chrf, extra: [nosuch]}\n", "reward", r"reward\.extra\[0\]: unknown reward model"),
+        ("reward: {model: 'nosuchpkg.mod:make'}\n", "reward", "could not be imported"),
+        ("bc: {lr: .inf}\n", "bc.lr", "finite"),
+        ("bc: {max_steps: true}\n", "bc.max_steps", "integer"),
+        ("grow: {samples_per_source: '3'}\n", "grow.samples_per_source", "integer"),
+        ("grow: {shards: 9, max_sources: 4}\n", "<root>", r"grow\.shards \(9\) exceeds"),
+    ],
+)
+def test_check_spec_refuses_what_would_fail_later(tmp_path, body, field, why):
+    with pytest.raises(SpecError) as e:
+        load_spec(_write(tmp_path, "late", BASE + body))
+    assert f"field '{field}" in str(e.value) and re.search(why, str(e.value)), str(e.value)
+
+
+def test_unknown_dataset_language_pair_and_split_are_refused_at_check_time(tmp_path):
+    for data, why in [
+        ("dataset: nosuch, source_lang: de, target_lang: en", "unknown dataset 'nosuch'"),
+        ("dataset: multi30k_de_en, source_lang: en, target_lang: de", "is de->en"),
+    ]:
+        text = f"data: {{{data}, train: train, valid: val, test: test_2016_flickr}}\n"
+        with pytest.raises(SpecError, match=why):
+            load_spec(_write(tmp_path, "data", text))
+    with pytest.raises(SpecError, match=r"data\.valid: 'multi30k_de_en' has no split 'dev'"):
+        load_spec(_write(tmp_path, "split", BASE.replace("valid: val", "valid: dev")))
+
+
+def test_duplicate_keys_are_refused_and_exponents_are_numbers(tmp_path):
+    with pytest.raises(SpecError, match="duplicate key 'bc'"):
+        load_spec(_write(tmp_path, "dup", BASE + "bc: {lr: 0.1}\nbc: {lr: 0.2}\n"))
+    assert load_spec(_write(tmp_path, "exp", BASE + "bc: {lr: 1e-3}\n")).bc.lr == 0.001
+
+
+def test_one_resolution_order_and_a_bad_file_hides_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("REST_EXPERIMENTS_DIR", str(tmp_path))
+    _write(tmp_path, "smoke", BASE + "description: mine\n")  # shadows the packaged smoke, everywhere
+    _write(tmp_path, "broken", BASE + "bc: {epochs: -1}\n")
+    assert load_spec(find_spec("smoke")).description == "mine"
+    errors: list[SpecError] = []
+    specs = {s.name: s for s in all_specs(errors)}
+    assert specs["smoke"].description == "mine" and "default" in specs and "broken" not in specs
+    assert len(errors) == 1 and "broken.yaml" in str(errors[0]) and "bc.epochs" in str(errors[0])

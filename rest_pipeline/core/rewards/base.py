@@ -104,6 +104,27 @@ BUILTIN = {"chrf": ChrFReward, "bleu": BleuReward}
 ENTRY_POINT_GROUP = "rest_pipeline.rewards"
 
 
+def check_reward_name(name: str, also: Sequence[str] = ()) -> str | None:
+    """Why `name` cannot be a reward model, or None if it can (checked without building the model)."""
+    if name in BUILTIN or name in also:
+        return None
+    plugins = {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    if name in plugins:
+        return None
+    if ":" in name:
+        module_name, attr = name.split(":", 1)
+        try:
+            getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            return f"reward model '{name}' could not be imported: {e}"
+        return None
+    return (
+        f"unknown reward model '{name}': use one of {sorted({*BUILTIN, *also})}, an installed "
+        f"'{ENTRY_POINT_GROUP}' entry point ({', '.join(sorted(plugins)) or 'none installed'}), "
+        "or 'package.module:factory'"
+    )
+
+
 def load_reward(name: str, **kwargs: object) -> RewardModel:
     """A built-in reward, an installed entry point, or a user factory by import path `package.module:attr`."""
     if name in BUILTIN:
