@@ -127,9 +127,12 @@ def cmd_check_spec(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    for spec in all_specs():
-        print(f"{spec.name:<12} {spec.description}")
-    return 0
+    errors: list[SpecError] = []
+    for spec in all_specs(errors):
+        print(f"{spec.name:<15} {spec.description}")
+    for e in errors:
+        print(f"rest: skipped: {e}", file=sys.stderr)
+    return 2 if errors else 0
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:

@@ -41,7 +41,9 @@ def compare(runs: list[tuple[ExperimentSpec, ExperimentStore]]) -> list[dict]:
 
 def render(rows: list[dict]) -> str:
     base = rows[0]["experiment"]
+    columns = list(dict.fromkeys(c for r in rows for c in r))  # the baseline row has no delta columns
     return (
-        md_table(rows) + f"\nDeltas: final checkpoint minus {base}'s, per sentence of the greedy outputs, with a 95 % "
+        md_table(rows, columns)
+        + f"\nDeltas: final checkpoint minus {base}'s, per sentence of the greedy outputs, with a 95 % "
         "paired-bootstrap interval (2,000 resamples); * marks an interval that excludes 0.\n"
     )
