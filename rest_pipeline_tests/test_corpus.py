@@ -107,26 +107,18 @@ def test_prepare_split_real_data_stable_ids(tmp_path, data_dir):
 
 
 def test_wrong_language_pair_and_split(tmp_path, data_dir):
-    data = DataSpec(
-        dataset="multi30k_de_en",
-        source_lang="en",
-        target_lang="de",
-        train="train",
-        valid="val",
-        test="test_2016_flickr",
-    )
-    with pytest.raises(ValueError, match="dataset 'multi30k_de_en' is de->en"):
-        prepare_split(data, "valid", tmp_path / "valid.parquet", mirror=data_dir)
-    data = DataSpec(
-        dataset="multi30k_de_en",
-        source_lang="de",
-        target_lang="en",
-        train="train",
-        valid="dev",
-        test="test_2016_flickr",
-    )
-    with pytest.raises(ValueError, match="no split 'dev'"):
-        prepare_split(data, "valid", tmp_path / "valid.parquet", mirror=data_dir)
+    """A spec names them wrong: refused when the spec is checked; and prepare_split checks again for
+    callers that build a DataSpec without validation."""
+    wrong_pair = dict(dataset="multi30k_de_en", source_lang="en", target_lang="de", train="train", valid="val")
+    wrong_split = dict(dataset="multi30k_de_en", source_lang="de", target_lang="en", train="train", valid="dev")
+    for fields, why in [(wrong_pair, "is de->en"), (wrong_split, "has no split 'dev'")]:
+        with pytest.raises(ValueError, match=why):
+            DataSpec(**fields, test="test_2016_flickr")
+        unchecked = DataSpec.model_construct(
+            **fields, test="test_2016_flickr", max_train_pairs=None, max_eval_pairs=None
+        )
+        with pytest.raises(ValueError, match="dataset 'multi30k_de_en' is de->en|no split 'dev'"):
+            prepare_split(unchecked, "valid", tmp_path / "valid.parquet", mirror=data_dir)
 
 
 def test_every_registered_file_matches_the_mirror(data_dir):
