@@ -9,7 +9,7 @@ import torch
 
 from rest_pipeline.core.policy.model import build_marian
 from rest_pipeline.core.policy.tokenizer import load_tokenizer, train_sentencepiece
-from rest_pipeline.spec import PolicySpec, TokenizerSpec
+from rest_pipeline.spec import DataSpec, PolicySpec, TokenizerSpec
 
 SRC_WORDS = "haus baum katze hund rot blau gross klein laufen springen".split()
 TGT_WORDS = "house tree cat dog red blue big small run jump".split()
@@ -40,3 +40,9 @@ def tiny_model(tok_dir: Path, seed: int = 0):
     torch.manual_seed(seed)
     tok = load_tokenizer(tok_dir)
     return build_marian(TINY, tok, 32), tok
+
+
+# Multi30k De->En as a spec names it (specs are checked against the registry).
+MULTI30K = DataSpec(
+    dataset="multi30k_de_en", source_lang="de", target_lang="en", train="train", valid="val", test="test_2016_flickr"
+)

@@ -9,6 +9,7 @@ from rest_pipeline.core.corpus.splits import prepare_split, source_id
 from rest_pipeline.core.corpus.validate import CorpusError, read_parallel
 from rest_pipeline.spec import DataSpec, LinePolicy
 from rest_pipeline_tests.conftest import write_lines
+from rest_pipeline_tests.synthetic import MULTI30K
 
 REJECT = LinePolicy()
 SKIP = LinePolicy(empty="skip", overlong="skip", undecodable="skip", max_chars=20)
@@ -87,14 +88,7 @@ def test_mirror_fetch_verifies_sha(tmp_path, data_dir):
 
 
 def test_prepare_split_real_data_stable_ids(tmp_path, data_dir):
-    data = DataSpec(
-        dataset="multi30k_de_en",
-        source_lang="de",
-        target_lang="en",
-        train="train",
-        valid="val",
-        test="test_2016_flickr",
-    )
+    data = MULTI30K
     info = prepare_split(data, "valid", tmp_path / "valid.parquet", mirror=data_dir)
     assert info.rows == 1014 and info.skipped == {}
     df = pd.read_parquet(info.path)

@@ -13,7 +13,6 @@ from rest_pipeline.core.policy.model import save_policy
 from rest_pipeline.core.rewards.base import ChrFReward
 from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.spec import (
-    DataSpec,
     EvaluationSpec,
     ExperimentSpec,
     GrowSpec,
@@ -23,7 +22,7 @@ from rest_pipeline.spec import (
     ThresholdFilter,
     TokenizerSpec,
 )
-from rest_pipeline_tests.synthetic import pairs, tiny_model, tokenizer_dir
+from rest_pipeline_tests.synthetic import MULTI30K, pairs, tiny_model, tokenizer_dir
 
 
 def make_experiment(
@@ -32,15 +31,7 @@ def make_experiment(
     spec = ExperimentSpec(
         name="t",
         seed=3,
-        # A registered dataset (specs are checked against the registry); the corpus itself is written below.
-        data=DataSpec(
-            dataset="multi30k_de_en",
-            source_lang="de",
-            target_lang="en",
-            train="train",
-            valid="val",
-            test="test_2016_flickr",
-        ),
+        data=MULTI30K,  # the corpus itself is written below
         tokenizer=TokenizerSpec(vocab_size=41, max_length=32),
         improve=ImproveSpec(
             grows=1,
