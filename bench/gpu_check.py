@@ -82,7 +82,7 @@ def bc_throughput(tok, train, valid, device: str, steps: int, work: Path, max_to
         "wall_seconds": round(wall, 1),
         "tgt_tokens_per_s": round(tokens / res.train_seconds),
         "valid_bleu_greedy_200": res.history[-1]["valid_bleu"],
-        "checkpoint": str(res.best_dir),
+        "checkpoint": str(Path(res.best_dir).relative_to(work.parent)),  # relative to the --work folder
     }
 
 
@@ -134,7 +134,7 @@ def main() -> None:
     emit("bc_cpu", bc_throughput(tok, train, valid, "cpu", args.cpu_steps, args.work / "bc_cpu", 2500))
     bc = bc_throughput(tok, train, valid, gpu, args.gpu_steps, args.work / "bc_gpu", 8000)
     emit("bc_gpu", bc)
-    ckpt = Path(bc["checkpoint"])
+    ckpt = args.work / bc["checkpoint"]
     sources = list(train.source[: args.sources])
     emit("sampling_gpu", sampling_rate(ckpt, sources, gpu))
     emit("sampling_cpu", sampling_rate(ckpt, sources[:200], "cpu"))

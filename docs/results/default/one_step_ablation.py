@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 from rest_pipeline.core.improve import finetune as ft
@@ -37,7 +38,7 @@ def main() -> None:
     ap.add_argument("rule", help="threshold:TAU, percentile:P, interpolated:GAMMA, or originals")
     ap.add_argument("train", nargs="?", default="{}", help="JSON overrides of improve.train (e.g. lr)")
     ap.add_argument("--lr", type=float, default=3e-4, help="improve.train.lr of default.yaml")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/one_step_ablation"))
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "one_step_ablation")
     args = ap.parse_args()
 
     spec = load_spec(find_spec("default"))
