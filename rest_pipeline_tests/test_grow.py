@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
-from rest_pipeline.core.grow.sampling import HFSampler, SamplingSettings, sample_candidates
+from rest_pipeline.core.grow.sampling import CT2Sampler, HFSampler, SamplingSettings, sample_candidates
 from rest_pipeline.core.policy.model import save_policy
 from rest_pipeline.core.rewards.base import ChrFReward
 from rest_pipeline.core.store.experiment import ExperimentStore
@@ -103,15 +104,14 @@ def test_killed_scoring_resumes_without_loss_or_rescoring(tmp_path):
     assert (abs(scores.score.to_numpy() - fresh) < 1e-9).all()
 
 
-def test_ctranslate2_greedy_matches_hf_greedy(tmp_path):
-    """The converted model decodes exactly like the HF checkpoint, first token included (our tied
-    embeddings train the <pad> start row, which CTranslate2's stock Marian loader drops)."""
-    from rest_pipeline.core.grow.sampling import CT2Sampler
-    from rest_pipeline.core.policy.generate import translate
+@pytest.fixture(scope="module")
+def trained_policy(tmp_path_factory):
+    """A tiny Marian trained enough to have a non-trivial, trained <pad> (decoder start) row."""
     from rest_pipeline.core.training.bc import train_bc
-    from rest_pipeline.spec import BCSpec, DecodingSpec
+    from rest_pipeline.spec import BCSpec
 
-    model, tok = tiny_model(tokenizer_dir(tmp_path))
+    tmp = tmp_path_factory.mktemp("ct2")
+    model, tok = tiny_model(tokenizer_dir(tmp))
     spec = BCSpec(
         max_tokens=200,
         epochs=20,
@@ -128,19 +128,58 @@ def test_ctranslate2_greedy_matches_hf_greedy(tmp_path):
         pairs(300, seed=1),
         pairs(10, seed=2),
         spec,
-        tmp_path / "bc",
+        tmp / "bc",
         seed=0,
         max_length=32,
         fingerprint="ct2",
         log=lambda m: None,
     )
-    ckpt = save_policy(model, tok, tmp_path / "policy")
+    return model, tok, save_policy(model, tok, tmp / "policy")
+
+
+def test_ctranslate2_decodes_exactly_like_hf(trained_policy):
+    """Greedy and beam outputs of the converted model equal HF `generate`'s, first token included (our
+    tied embeddings train the <pad> start row, which CTranslate2's stock Marian loader drops), for a saved
+    checkpoint and for weights still in training alike."""
+    from rest_pipeline.core.policy.ct2 import CT2Policy
+    from rest_pipeline.core.policy.generate import translate, translate_checkpoint, translate_model
+    from rest_pipeline.spec import DecodingSpec
+
+    model, tok, ckpt = trained_policy
     pad_row = model.get_input_embeddings().weight[tok.pad_token_id]
     assert pad_row.abs().sum() > 0  # the case the stock converter gets wrong
-    src, _ = pairs(30, seed=9)
-    hf = translate(model, tok, src, DecodingSpec(name="greedy", max_new_tokens=16))
+    src, _ = pairs(40, seed=9)
+    for dec in (
+        DecodingSpec(name="greedy", max_new_tokens=16),
+        DecodingSpec(name="beam", num_beams=4, max_new_tokens=16),
+    ):
+        hf = translate(model, tok, src, dec)
+        assert len(set(hf)) > 5  # a trained model, not one repeated string
+        assert translate_checkpoint(ckpt, src, dec, backend="ctranslate2") == hf
+        assert translate_model(model, tok, src, dec, backend="ctranslate2") == hf
+        for lanes in (1, 2):
+            assert CT2Policy.from_checkpoint(ckpt, lanes=lanes).translate(src, dec) == hf
     ct2 = sample_candidates(CT2Sampler(ckpt), src, SamplingSettings(1, 1.0, top_k=1, max_new_tokens=16, seed=0))
-    assert [c[0] for c in ct2] == hf
+    assert [c[0] for c in ct2] == translate(model, tok, src, DecodingSpec(name="greedy", max_new_tokens=16))
+
+
+def test_ctranslate2_sampling_depends_on_the_seed_only(trained_policy):
+    """Batches sampled concurrently on lane processes give the same candidates as one lane, run after run,
+    at float32 and int8; another seed gives other candidates."""
+    _, _, ckpt = trained_policy
+    src, _ = pairs(120, seed=4)
+    settings = SamplingSettings(4, 0.8, max_new_tokens=16, seed=5)
+    for compute_type in ("float32", "int8"):
+        runs = []
+        for lanes in (1, 2, 2):
+            sampler = CT2Sampler(ckpt, compute_type=compute_type)
+            sampler.policy.lanes = sampler.lanes = lanes
+            runs.append(sample_candidates(sampler, src, settings, batch_tokens=120))
+        assert runs[0] == runs[1] == runs[2], compute_type
+        assert len({h for hs in runs[0] for h in hs}) > len(src)  # real samples, not N greedy copies
+    other = sample_candidates(CT2Sampler(ckpt), src, SamplingSettings(4, 0.8, max_new_tokens=16, seed=6))
+    assert other != runs[0]
+    assert CT2Sampler(ckpt, compute_type="int8").name != CT2Sampler(ckpt).name  # stored shards know the precision
 
 
 def test_rotating_sources_gives_each_grow_its_own_block(tmp_path):

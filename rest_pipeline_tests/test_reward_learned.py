@@ -1,5 +1,6 @@
 """The learned COMET reward, trained for real on a slice of the WMT DA judgements."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +67,48 @@ def test_trained_model_reloads_with_comet_and_ranks_sensibly(trained):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(RewardError, match="not a COMET checkpoint"):
         CometReward(Path(tmp_path), name="learned")
+
+
+def test_ctranslate2_encoder_scores_like_comets_own(trained, data_dir):
+    """The CTranslate2 encoder gives COMET's embeddings: exactly at float32, within the stated tolerance
+    at int8 (docs/design.md), with the same held-out ranking quality; its scores never share a cache key."""
+    from scipy.stats import kendalltau
+
+    out, _ = trained
+    test = split_by_source(load_judgements(data_dir / JUDGEMENTS), seed=3)["test"].head(500)
+    src, mt, ref = list(test.src), list(test.mt), list(test.ref)
+    torch_r = CometReward(out, name="learned", engine="torch")
+    raw = torch_r.raw_scores(src, mt, ref)
+    exact = CometReward(out, name="learned", engine="ctranslate2", compute_type="float32")
+    assert np.abs(exact.raw_scores(src[:120], mt[:120], ref[:120]) - raw[:120]).max() < 1e-4
+    int8 = CometReward(out, name="learned", engine="ctranslate2", compute_type="int8")
+    raw_int8 = int8.raw_scores(src, mt, ref)
+    lo, hi = torch_r._lo, torch_r._hi
+    diff = np.abs(np.clip((raw_int8 - lo) / (hi - lo), 0, 1) - np.clip((raw - lo) / (hi - lo), 0, 1))
+    assert diff.mean() < 0.015 and diff.max() < 0.08, (diff.mean(), diff.max())
+    tau = kendalltau(raw, test.da_z).statistic
+    tau_int8 = kendalltau(raw_int8, test.da_z).statistic
+    assert abs(tau_int8 - tau) <= 0.005, (tau, tau_int8)
+    assert len({torch_r.version, exact.version, int8.version}) == 3
+
+
+def test_reward_model_is_trained_once_per_content_and_shared(tmp_path, data_dir):
+    """Two experiments asking for the same reward model share one folder; other settings get their own."""
+    from rest_pipeline.core.rewards.learned import train_shared_reward_model
+    from rest_pipeline.core.store.experiment import ExperimentStore
+
+    root = tmp_path / "reward_models"
+    settings = dict(seed=3, epochs=2, max_rows=120, engine="torch", compute_type="int8")
+    logs: list[str] = []
+    key, path, report = train_shared_reward_model(data_dir / JUDGEMENTS, root, log=logs.append, **settings)
+    again = train_shared_reward_model(data_dir / JUDGEMENTS, root, log=logs.append, **settings)
+    assert again == (key, path, report) and "already trained" in logs[-1]
+    other = train_shared_reward_model(data_dir / JUDGEMENTS, root, log=logs.append, **{**settings, "seed": 4})
+    assert other[0] != key and other[1] != path
+    for name in ("a", "b"):
+        store = ExperimentStore(tmp_path / "experiments" / name)
+        assert store.reward_models_root == root
+        store.link_reward_model(key, path)
+        assert store.reward_model_dir == path and store.reward_model() == report
+        link = json.loads((store.root / "reward_model.json").read_text())
+        assert link["path"] == f"../../reward_models/{key}"  # relative: the home folder can move

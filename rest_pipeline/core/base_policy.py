@@ -78,6 +78,7 @@ def train_base_policy(spec: ExperimentSpec, store: ExperimentStore, log: Log = p
         max_length=spec.tokenizer.max_length,
         fingerprint=fingerprint,
         log=log,
+        decode_backend=spec.evaluation.backend,
     )
     with atomic_dir(store.base_policy_dir) as tmp:
         shutil.copytree(result.best_dir, tmp, dirs_exist_ok=True)

@@ -31,20 +31,24 @@ def reward_model_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
         ),
     )
     def reward_model(context: dg.AssetExecutionContext, storage: RestStorage) -> dg.MaterializeResult:
-        from rest_pipeline.core.rewards.learned import train_learned_reward
+        from rest_pipeline.core.rewards.learned import train_shared_reward_model
 
         store = storage.store(spec)
         tsv = fetch(HUMAN_JUDGEMENTS, mirror=storage.mirror())
-        rep = train_learned_reward(
+        key, path, rep = train_shared_reward_model(
             tsv,
-            store.reward_model_dir,
+            store.reward_models_root,
             seed=spec.seed,
             epochs=spec.reward.learned_epochs,
             max_rows=spec.reward.learned_max_rows,
+            engine=spec.reward.engine,
+            compute_type=spec.reward.compute_type,
             log=context.log.info,
         )
+        store.link_reward_model(key, path)
         meta: dict[str, object] = rep.model_dump(exclude={"schema_version"})
-        meta["path"] = dg.MetadataValue.path(str(store.reward_model_dir))
+        meta["key"] = key
+        meta["path"] = dg.MetadataValue.path(str(path))
         return dg.MaterializeResult(metadata=meta)
 
     return reward_model

@@ -11,7 +11,7 @@ import pandas as pd
 
 from rest_pipeline.core.evaluation.checkpoint import reward_scores, weights_hash
 from rest_pipeline.core.grow.run import settings_for
-from rest_pipeline.core.grow.sampling import SamplingSettings, make_sampler, sample_candidates
+from rest_pipeline.core.grow.sampling import SamplingSettings, make_sampler, sample_candidates, sampler_id
 from rest_pipeline.core.paths import atomic_path
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import BASE, FINAL, ExperimentStore
@@ -30,6 +30,7 @@ def best_of_n(
     out_file: Path,
     *,
     backend: str = "hf",
+    compute_type: str = "float32",
     max_length: int = 128,
     log: Log = print,
 ) -> dict[int, float]:
@@ -39,7 +40,7 @@ def best_of_n(
     construction and costs a single sampling pass.
     """
     n_max = max(ns)
-    sampler = make_sampler(backend, checkpoint, max_length)
+    sampler = make_sampler(backend, checkpoint, max_length, compute_type)
     settings = SamplingSettings(**{**settings.__dict__, "samples_per_source": n_max})
     samples = sample_candidates(sampler, list(sources), settings)
     flat_src = [s for s, hyps in zip(sources, samples, strict=True) for _ in hyps]
@@ -77,7 +78,7 @@ def best_of_n_curves(spec: ExperimentSpec, store: ExperimentStore, reward: Rewar
     policies = {"bc": store.policy(BASE), "rest": store.policy(FINAL)}
     key = "|".join(
         [weights_hash(p) for p in policies.values()]
-        + [reward.version, settings.describe(), str(spec.improve.best_of_n), str(len(valid)), spec.grow.backend]
+        + [reward.version, settings.describe(), str(spec.improve.best_of_n), str(len(valid)), sampler_id(spec.grow)]
     )
     saved = store.reusable_best_of_n(key)
     if saved is not None:
@@ -94,6 +95,7 @@ def best_of_n_curves(spec: ExperimentSpec, store: ExperimentStore, reward: Rewar
             settings,
             store.best_of_n_dir / f"{label}.samples.parquet",
             backend=spec.grow.backend,
+            compute_type=spec.grow.compute_type,
             max_length=spec.tokenizer.max_length,
             log=log,
         )

@@ -21,18 +21,13 @@ import pandas as pd
 from rest_pipeline.core.evaluation.metrics import corpus_scores
 from rest_pipeline.core.grow.sampling import SamplingSettings, make_sampler, sample_candidates
 from rest_pipeline.core.paths import atomic_path
-from rest_pipeline.core.policy.generate import translate
-from rest_pipeline.core.policy.model import load_policy
-from rest_pipeline.core.policy.tokenizer import load_tokenizer
+from rest_pipeline.core.policy.ct2 import weights_hash
+from rest_pipeline.core.policy.generate import translate_checkpoint
 from rest_pipeline.core.rewards.base import RewardModel, check_scores
 from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.core.store.records import DecodingEval, Diversity, EvalRow, Evaluation, SplitScores
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import DecodingSpec, EvaluationSpec
-
-
-def weights_hash(checkpoint: Path) -> str:
-    return hashlib.sha256((Path(checkpoint) / "model.safetensors").read_bytes()).hexdigest()[:16]
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
@@ -76,24 +71,24 @@ def evaluate_decodings(
 ) -> DecodingEval:
     """BLEU and chrF of each split under each decoding setting; hypotheses stored per (split, decoding)."""
     key = hashlib.sha256(
-        f"{weights_hash(checkpoint)}|{spec.model_dump_json()}|{_data_hash(splits)}|{max_source_length}".encode()
+        # Not the backend: CTranslate2 at float32 decodes exactly like HF (tested), so results carry over.
+        f"{weights_hash(checkpoint)}|{spec.model_dump_json(exclude={'backend'})}|{_data_hash(splits)}|"
+        f"{max_source_length}".encode()
     ).hexdigest()[:24]
     saved = store.reusable_decoding_eval(key)
     if saved is not None:
         log(f"eval: {checkpoint} already evaluated with these settings; reusing {store.decoding_eval_dir}")
         return saved
-    model = load_policy(checkpoint)
-    tokenizer = load_tokenizer(checkpoint)
     rows: list[EvalRow] = []
     for split in spec.splits:
         df = splits[split]
         for dec in spec.decoding:
             t0 = time.perf_counter()
-            hyps = translate(
-                model,
-                tokenizer,
+            hyps = translate_checkpoint(
+                checkpoint,
                 list(df.source),
                 dec,
+                backend=spec.backend,
                 batch_tokens=spec.batch_tokens,
                 max_source_length=max_source_length,
             )
@@ -134,23 +129,27 @@ def evaluate_policy(
     diversity: SamplingSettings | None = None,
     diversity_sources: int = 200,
     backend: str = "hf",
+    decode_backend: str = "hf",
+    compute_type: str = "float32",
     log: Log = print,
 ) -> Evaluation:
     """Greedy outputs of each split scored by every reward and by BLEU/chrF, plus a diversity probe."""
     greedy = DecodingSpec(name="greedy", num_beams=1, max_new_tokens=max_length)
-    key_parts = [weights_hash(checkpoint), greedy.model_dump_json(), backend, repr(diversity), str(diversity_sources)]
+    # The decode backend is not in the key: CTranslate2 and HF greedy give the same outputs (tested).
+    sampler = backend if compute_type == "float32" else f"{backend}-{compute_type}"  # as grow.sampling.sampler_id
+    key_parts = [weights_hash(checkpoint), greedy.model_dump_json(), sampler, repr(diversity), str(diversity_sources)]
     key_parts += [f"{m.name}:{m.version}" for m in rewards] + [_data_hash(splits)]
     key = hashlib.sha256("|".join(key_parts).encode()).hexdigest()[:24]
     saved = store.reusable_evaluation(policy, key)
     if saved is not None:
         log(f"eval: {checkpoint} already evaluated with these rewards; reusing {store.eval_dir(policy)}")
         return saved
-    model = load_policy(checkpoint)
-    tokenizer = load_tokenizer(checkpoint)
     out_dir = store.eval_dir(policy)
     scores: dict[str, SplitScores] = {}
     for split, df in splits.items():
-        hyps = translate(model, tokenizer, list(df.source), greedy, max_source_length=max_length)
+        hyps = translate_checkpoint(
+            checkpoint, list(df.source), greedy, backend=decode_backend, max_source_length=max_length
+        )
         table = pd.DataFrame(
             {"source_id": df.source_id, "source": df.source, "reference": df.target, "hypothesis": hyps}
         )
@@ -175,7 +174,7 @@ def evaluate_policy(
         log(f"eval {policy}: {split}: BLEU {scores[split].bleu}, chrF {scores[split].chrf}, rewards {means}")
     probe = None
     if diversity is not None and "valid" in splits:
-        sampler = make_sampler(backend, checkpoint, max_length)
+        sampler = make_sampler(backend, checkpoint, max_length, compute_type)
         sources = list(splits["valid"].source[:diversity_sources])
         samples = sample_candidates(sampler, sources, diversity)
         probe = Diversity(

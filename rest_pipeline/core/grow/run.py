@@ -59,7 +59,7 @@ def grow_shard(
     from the same sources is kept (resume without re-sampling); any other is replaced."""
     df = shard_of(grow_sources(spec, store, grow), spec.grow.shards, shard)
     settings = settings_for(spec, grow, shard)
-    sampler = make_sampler(spec.grow.backend, policy_dir, spec.tokenizer.max_length)
+    sampler = make_sampler(spec.grow.backend, policy_dir, spec.tokenizer.max_length, spec.grow.compute_type)
     decoding = f"{sampler.name}:{settings.describe()}"
     if store.has_candidates(grow, shard):
         old = store.read_candidates(grow, shard)

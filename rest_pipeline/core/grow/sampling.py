@@ -7,8 +7,8 @@ are formed by length deterministically, so the same inputs give the same candida
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +18,7 @@ import torch
 from rest_pipeline.core.policy.generate import length_batches, pad
 from rest_pipeline.core.policy.model import load_policy
 from rest_pipeline.core.policy.tokenizer import FastEncoder, load_tokenizer
+from rest_pipeline.spec import GrowSpec
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class SamplingSettings:
 
 class SamplingBackend(Protocol):
     name: str
+    lanes: int  # batches sampled concurrently
 
     def sample(self, sources: Sequence[str], settings: SamplingSettings, batch_seed: int) -> list[list[str]]:
         """Return `settings.samples_per_source` hypotheses for each source, in order."""
@@ -48,6 +50,7 @@ class HFSampler:
     """Ancestral sampling with transformers' `generate` (CUDA when available)."""
 
     name = "hf"
+    lanes = 1  # torch parallelises inside each batch
 
     def __init__(self, checkpoint: Path, max_source_length: int = 128):
         self.model = load_policy(checkpoint).eval()
@@ -89,109 +92,59 @@ def sample_candidates(
     # Budget counts every returned sequence, so divide by N.
     budget = max(batch_tokens // settings.samples_per_source, 16)
     out: list[list[str]] = [[] for _ in sources]
+    batches = length_batches(lengths, budget, max_batch=256)
+
+    def run(b: int) -> list[list[str]]:
+        return backend.sample([sources[i] for i in batches[b]], settings, batch_seed=settings.seed * 1_000_003 + b)
+
     done = 0
-    for b, batch in enumerate(length_batches(lengths, budget, max_batch=256)):
-        hyps = backend.sample([sources[i] for i in batch], settings, batch_seed=settings.seed * 1_000_003 + b)
-        for i, h in zip(batch, hyps, strict=True):
-            out[i] = h
-        done += len(batch)
-        if progress:
-            progress(done, len(sources))
+    # Each batch's samples depend on its own seed only, so running batches concurrently changes nothing.
+    with ThreadPoolExecutor(max(1, getattr(backend, "lanes", 1))) as pool:
+        for batch, hyps in zip(batches, pool.map(run, range(len(batches))), strict=True):
+            for i, h in zip(batch, hyps, strict=True):
+                out[i] = h
+            done += len(batch)
+            if progress:
+                progress(done, len(sources))
     return out
 
 
-CT2_LAYOUT = "exact-start-v1"  # part of the conversion cache key: bump when the conversion changes
-
-
-@contextlib.contextmanager
-def _exact_marian_loader() -> Iterator[None]:
-    """Convert Marian checkpoints without CTranslate2's opus-mt shortcut.
-
-    Its stock loader drops <pad> from the vocabulary and starts decoding from a zero embedding,
-    which matches opus-mt (whose pad row stays zero) but not our checkpoints: their embeddings are
-    tied to the output layer, so the <pad> row (the decoder start token) is trained and non-zero.
-    With the shortcut the first sampled token is wrong ("men stand ..." for "Two men stand ...").
-    """
-    from ctranslate2.converters import transformers as ct2t
-
-    class ExactMarianLoader(ct2t.MarianMTLoader):
-        def get_model_spec(self, model):
-            model.config.normalize_before = False
-            model.config.normalize_embedding = False
-            return ct2t.BartLoader.get_model_spec(self, model)  # keep the <pad> row
-
-        def set_config(self, config, model, tokenizer):
-            super().set_config(config, model, tokenizer)
-            config.decoder_start_token = tokenizer.convert_ids_to_tokens(model.config.decoder_start_token_id)
-
-        def set_decoder(self, spec, decoder):
-            ct2t.BartLoader.set_decoder(self, spec, decoder)
-            spec.start_from_zero_embedding = False
-
-        def get_vocabulary(self, model, tokenizer):
-            return ct2t.BartLoader.get_vocabulary(self, model, tokenizer)
-
-    stock = ct2t._MODEL_LOADERS["MarianConfig"]
-    ct2t._MODEL_LOADERS["MarianConfig"] = ExactMarianLoader()
-    try:
-        yield
-    finally:
-        ct2t._MODEL_LOADERS["MarianConfig"] = stock
-
-
 class CT2Sampler:
-    """Random sampling with CTranslate2 (converted once from the HF checkpoint and cached beside it)."""
+    """Random sampling with CTranslate2 (converted once, at the spec's compute type, and cached beside
+    the checkpoint); batches run concurrently on the policy's lanes."""
 
-    # In every candidate's `decoding`: shards sampled by an older conversion are re-sampled, not reused.
-    name = f"ctranslate2-{CT2_LAYOUT}"
+    def __init__(self, checkpoint: Path, max_source_length: int = 128, compute_type: str = "float32"):
+        from rest_pipeline.core.policy.ct2 import CT2_LAYOUT, CT2Policy
 
-    def __init__(self, checkpoint: Path, max_source_length: int = 128, compute_type: str = "default"):
-        import ctranslate2
-
-        from rest_pipeline.core.paths import atomic_dir
-
-        checkpoint = Path(checkpoint)
-        converted = checkpoint.parent / f".{checkpoint.name}.ct2"
-        stamp = f"{CT2_LAYOUT}:{(checkpoint / 'model.safetensors').stat().st_mtime_ns}"
-        marker = converted / "source_mtime"
-        if not marker.is_file() or marker.read_text() != stamp:
-            with atomic_dir(converted) as tmp, _exact_marian_loader():
-                ctranslate2.converters.TransformersConverter(str(checkpoint)).convert(str(tmp), force=True)
-                (tmp / "source_mtime").write_text(str(stamp))
-        self.converted = converted
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.compute_type = compute_type
-        self.tokenizer = load_tokenizer(checkpoint)
-        self.encoder = FastEncoder(self.tokenizer)
-        self.max_source_length = max_source_length
+        self.policy = CT2Policy.from_checkpoint(Path(checkpoint), compute_type, max_source_length=max_source_length)
+        self.lanes = self.policy.lanes
+        self.device = self.policy.device
+        # In every candidate's `decoding`: shards sampled by another conversion or precision are re-sampled.
+        suffix = "" if self.policy.compute_type == "float32" else f"-{self.policy.compute_type}"
+        self.name = f"ctranslate2-{CT2_LAYOUT}{suffix}"
 
     def sample(self, sources: Sequence[str], settings: SamplingSettings, batch_seed: int) -> list[list[str]]:
-        ids = self.encoder.encode(sources, self.max_source_length)
-        tokens = [self.tokenizer.convert_ids_to_tokens(x) for x in ids]
-        import ctranslate2
-
-        # CTranslate2 seeds a worker's generator when the worker starts, so a seeded batch
-        # needs a fresh translator (cheap: the converted model is memory-mapped and small).
-        ctranslate2.set_random_seed(batch_seed % (2**31))
-        translator = ctranslate2.Translator(
-            str(self.converted), device=self.device, compute_type=self.compute_type, inter_threads=1
+        return self.policy.sample(
+            sources,
+            settings.samples_per_source,
+            temperature=settings.temperature,
+            top_k=settings.top_k,
+            top_p=settings.top_p,
+            max_new_tokens=settings.max_new_tokens,
+            seed=batch_seed,
         )
-        results = translator.translate_batch(
-            tokens,
-            beam_size=1,
-            num_hypotheses=settings.samples_per_source,
-            sampling_topk=settings.top_k or 0,
-            sampling_topp=settings.top_p or 1.0,
-            sampling_temperature=settings.temperature,
-            max_decoding_length=settings.max_new_tokens,
-            suppress_sequences=[[self.tokenizer.pad_token]],  # like HF's bad_words_ids in our configs
-        )
-        return [[self.tokenizer.convert_tokens_to_string(h).strip() for h in r.hypotheses] for r in results]
 
 
-def make_sampler(backend: str, checkpoint: Path, max_source_length: int = 128) -> SamplingBackend:
+def sampler_id(grow: GrowSpec) -> str:
+    """The sampler's part of cache keys: a precision other than float32 samples other candidates."""
+    return grow.backend if grow.compute_type == "float32" else f"{grow.backend}-{grow.compute_type}"
+
+
+def make_sampler(
+    backend: str, checkpoint: Path, max_source_length: int = 128, compute_type: str = "float32"
+) -> SamplingBackend:
     if backend == "hf":
         return HFSampler(checkpoint, max_source_length)
     if backend == "ctranslate2":
-        return CT2Sampler(checkpoint, max_source_length)
+        return CT2Sampler(checkpoint, max_source_length, compute_type)
     raise ValueError(f"grow.backend: unknown sampling backend '{backend}' (hf, ctranslate2)")

@@ -68,6 +68,8 @@ def evaluate_step(
         diversity=diversity_settings(spec),
         diversity_sources=spec.improve.diversity_sources,
         backend=spec.grow.backend,
+        compute_type=spec.grow.compute_type,
+        decode_backend=spec.evaluation.backend,
         log=log,
     )
 

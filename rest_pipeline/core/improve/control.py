@@ -88,6 +88,8 @@ def run_control(
         rewards,
         max_length=spec.tokenizer.max_length,
         backend=spec.grow.backend,
+        compute_type=spec.grow.compute_type,
+        decode_backend=spec.evaluation.backend,
         log=log,
     )
     record = ControlRecord(

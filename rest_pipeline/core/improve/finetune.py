@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from rest_pipeline.core.evaluation.checkpoint import reward_scores, weights_hash
-from rest_pipeline.core.policy.generate import translate
+from rest_pipeline.core.policy.generate import translate_checkpoint
 from rest_pipeline.core.policy.model import load_policy
 from rest_pipeline.core.policy.tokenizer import FastEncoder, load_tokenizer
 from rest_pipeline.core.rewards.base import RewardModel
@@ -57,12 +57,8 @@ def valid_reward(spec: ExperimentSpec, store: ExperimentStore, checkpoint: Path,
     if cached is not None:
         return cached
     greedy = DecodingSpec(name="greedy", num_beams=1, max_new_tokens=spec.tokenizer.max_length)
-    hyps = translate(
-        load_policy(checkpoint),
-        load_tokenizer(checkpoint),
-        sources,
-        greedy,
-        max_source_length=spec.tokenizer.max_length,
+    hyps = translate_checkpoint(
+        checkpoint, sources, greedy, backend=spec.evaluation.backend, max_source_length=spec.tokenizer.max_length
     )
     value = round(make_reward_fn(reward)(sources, hyps, refs), 5)
     store.remember_valid_reward(key, value)
@@ -155,6 +151,7 @@ def finetune(
         reward_fn=make_reward_fn(reward),
         loss_fn=loss_fn,
         signals=signals,
+        decode_backend=spec.evaluation.backend,
     )
     return FinetuneResult(
         best_dir=result.best_dir,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -76,3 +77,52 @@ def translate(
         if progress:
             progress(done, len(sources))
     return out
+
+
+def translate_checkpoint(
+    checkpoint: Path,
+    sources: Sequence[str],
+    decoding: DecodingSpec,
+    *,
+    backend: str = "hf",
+    batch_tokens: int = 6000,
+    max_source_length: int = 128,
+) -> list[str]:
+    """Deterministic decoding of a saved policy with the spec's inference backend (same outputs either way)."""
+    if backend == "ctranslate2":
+        from rest_pipeline.core.policy.ct2 import CT2Policy
+
+        policy = CT2Policy.from_checkpoint(checkpoint, max_source_length=max_source_length)
+        return policy.translate(sources, decoding, batch_tokens=batch_tokens)
+    from rest_pipeline.core.policy.model import load_policy
+    from rest_pipeline.core.policy.tokenizer import load_tokenizer
+
+    return translate(
+        load_policy(checkpoint),
+        load_tokenizer(checkpoint),
+        sources,
+        decoding,
+        batch_tokens=batch_tokens,
+        max_source_length=max_source_length,
+    )
+
+
+def translate_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    sources: Sequence[str],
+    decoding: DecodingSpec,
+    *,
+    backend: str = "hf",
+    batch_tokens: int = 6000,
+    max_source_length: int = 128,
+) -> list[str]:
+    """Like `translate_checkpoint` for weights in training; CTranslate2 converts them (~0.5 s) first."""
+    if backend == "ctranslate2":
+        from rest_pipeline.core.policy.ct2 import CT2Policy
+
+        with CT2Policy.from_model(model, tokenizer, max_source_length=max_source_length) as policy:
+            return policy.translate(sources, decoding, batch_tokens=batch_tokens)
+    return translate(
+        model, tokenizer, sources, decoding, batch_tokens=batch_tokens, max_source_length=max_source_length
+    )

@@ -12,7 +12,7 @@ their DuckDB views come from `CandidateTables`.
     <experiment>/policies/grow_G/improve_I/{training/, step.json}
     <experiment>/policies/control/{grow_G_improve_I/, eval/, summary.json}, valid_rewards.json
     <experiment>/evaluations/{base/, base_rewards/, grow_G/improve_I/, best_of_n/}
-    <experiment>/reward_model/ (COMET layout)
+    <experiment>/reward_model.json -> <home>/reward_models/<key>/ (COMET layout, shared by content)
     <experiment>/store/{candidates,scores,cache,slices}/ (hive-style Parquet)
     <experiment>/report/{report.md, report.json, *.png}
 """
@@ -43,6 +43,7 @@ from rest_pipeline.core.store.records import (
     Evaluation,
     Record,
     Report,
+    RewardModelLink,
     RewardModelRecord,
     SliceRecord,
     StepRecord,
@@ -155,7 +156,22 @@ class ExperimentStore(CandidateTables):
 
     @property
     def reward_model_dir(self) -> Path:
-        return self.parent.reward_model_dir if self.parent else self.root / "reward_model"
+        """The learned reward this experiment uses: the shared model it links to (an older store's own
+        `reward_model/` folder when it has no link)."""
+        if self.parent:
+            return self.parent.reward_model_dir
+        link = self.root / "reward_model.json"
+        if link.is_file():
+            return Path(os.path.normpath(self.resolve(self._read(link, RewardModelLink, "the reward model link").path)))
+        return self.root / "reward_model"
+
+    @property
+    def reward_models_root(self) -> Path:
+        """Reward models by content address, shared by every experiment of this home."""
+        return self.root.parent.parent / "reward_models"
+
+    def link_reward_model(self, key: str, path: Path) -> Path:
+        return self._write(self.root / "reward_model.json", RewardModelLink(key=key, path=self.rel(path)))
 
     @property
     def tables_root(self) -> Path:

@@ -61,6 +61,13 @@ class RewardModelRecord(Record):
     repeat_raises_score_fraction: float
 
 
+class RewardModelLink(Record):
+    """Which shared, content-addressed reward model an experiment trains and scores with."""
+
+    key: str
+    path: str  # relative to the experiment folder: <home>/reward_models/<key>
+
+
 class BranchRecord(Record):
     """What a branch read from its parent when it was made: content hashes by relative path."""
 

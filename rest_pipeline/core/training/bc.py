@@ -27,7 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rest_pipeline.core.evaluation.metrics import corpus_scores
 from rest_pipeline.core.paths import atomic_dir, atomic_path
-from rest_pipeline.core.policy.generate import translate
+from rest_pipeline.core.policy.generate import translate_model
 from rest_pipeline.core.policy.model import save_policy
 from rest_pipeline.core.policy.tokenizer import FastEncoder
 from rest_pipeline.core.training.batching import collate, make_batches
@@ -157,6 +157,7 @@ def train_bc(
     reward_fn: RewardFn | None = None,
     loss_fn: SequenceLoss | None = None,
     signals: ExampleSignals | None = None,
+    decode_backend: str = "hf",
 ) -> BCResult:
     """Train `model` in place on (sources, targets); returns where the best checkpoint is.
 
@@ -244,7 +245,9 @@ def train_bc(
     def validate() -> dict:
         t0 = time.perf_counter()
         loss = validation_loss(model, v_src, v_tgt, spec.max_tokens * 2, pad_id, start_id)
-        hyps = translate(model, tokenizer, v_src_text, greedy, max_source_length=max_length)
+        hyps = translate_model(
+            model, tokenizer, v_src_text, greedy, backend=decode_backend, max_source_length=max_length
+        )
         scores = corpus_scores(hyps, v_ref)
         out = {"valid_loss": round(loss, 4), "valid_bleu": round(scores.bleu, 2), "valid_chrf": round(scores.chrf, 2)}
         if reward_fn is not None:

@@ -1,0 +1,248 @@
+"""CTranslate2 inference for policies: exact conversion, deterministic decoding and seeded sampling.
+
+Every inference stage (Grow sampling, validation during training, evaluation) decodes here when the
+spec says `ctranslate2`; Hugging Face `generate` stays the reference the tests compare against.
+On CPU the work runs on several *lanes* (one single-threaded translator each): a small model spends
+most of a decoding step in per-call overhead that a second thread does not share, so two lanes on
+two cores do ~1.5-1.9x the work of one translator with two threads (bench/throughput_bench.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rest_pipeline.core.paths import atomic_dir
+from rest_pipeline.core.policy.ct2_lane import LanePool, sample_tokens
+from rest_pipeline.core.policy.tokenizer import FastEncoder, load_tokenizer
+from rest_pipeline.spec import DecodingSpec
+
+CT2_LAYOUT = "exact-start-v1"  # part of the conversion cache key: bump when the conversion changes
+COMPUTE_TYPES = ("float32", "int8", "int8_float32", "int16", "float16", "bfloat16", "int8_float16")
+
+
+def weights_hash(checkpoint: Path) -> str:
+    return hashlib.sha256((Path(checkpoint) / "model.safetensors").read_bytes()).hexdigest()[:16]
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_lanes() -> int:
+    """Concurrent single-threaded translators on CPU (one per core, at most 4); one on CUDA."""
+    return 1 if device() == "cuda" else max(1, min(os.cpu_count() or 1, 4))
+
+
+def resolve_compute_type(compute_type: str) -> str:
+    """A spec's compute type, or its nearest supported fallback on this device (fp16 types need CUDA)."""
+    import ctranslate2
+
+    supported = ctranslate2.get_supported_compute_types(device())
+    if compute_type in supported:
+        return compute_type
+    fallback = {"float16": "float32", "bfloat16": "float32", "int8_float16": "int8", "int8_bfloat16": "int8"}
+    return fallback.get(compute_type, "float32")
+
+
+@contextlib.contextmanager
+def _exact_marian_loader() -> Iterator[None]:
+    """Convert Marian checkpoints without CTranslate2's opus-mt shortcut.
+
+    Its stock loader drops <pad> from the vocabulary and starts decoding from a zero embedding,
+    which matches opus-mt (whose pad row stays zero) but not our checkpoints: their embeddings are
+    tied to the output layer, so the <pad> row (the decoder start token) is trained and non-zero.
+    With the shortcut the first sampled token is wrong ("men stand ..." for "Two men stand ...").
+    """
+    from ctranslate2.converters import transformers as ct2t
+
+    class ExactMarianLoader(ct2t.MarianMTLoader):
+        def get_model_spec(self, model):
+            model.config.normalize_before = False
+            model.config.normalize_embedding = False
+            return ct2t.BartLoader.get_model_spec(self, model)  # keep the <pad> row
+
+        def set_config(self, config, model, tokenizer):
+            super().set_config(config, model, tokenizer)
+            config.decoder_start_token = tokenizer.convert_ids_to_tokens(model.config.decoder_start_token_id)
+
+        def set_decoder(self, spec, decoder):
+            ct2t.BartLoader.set_decoder(self, spec, decoder)
+            spec.start_from_zero_embedding = False
+
+        def get_vocabulary(self, model, tokenizer):
+            return ct2t.BartLoader.get_vocabulary(self, model, tokenizer)
+
+    stock = ct2t._MODEL_LOADERS["MarianConfig"]
+    ct2t._MODEL_LOADERS["MarianConfig"] = ExactMarianLoader()
+    try:
+        yield
+    finally:
+        ct2t._MODEL_LOADERS["MarianConfig"] = stock
+
+
+_CONVERT_LOCK = threading.Lock()  # the loader swap above is process-global
+
+
+def convert(checkpoint: Path, out: Path, compute_type: str = "float32") -> Path:
+    """Convert an HF checkpoint folder; weights are stored already quantized, so loading is a memory map."""
+    import ctranslate2
+
+    quantization = None if compute_type == "float32" else compute_type
+    with _CONVERT_LOCK, atomic_dir(out) as tmp, _exact_marian_loader():
+        ctranslate2.converters.TransformersConverter(str(checkpoint)).convert(
+            str(tmp), quantization=quantization, force=True
+        )
+    return out
+
+
+def converted(checkpoint: Path, compute_type: str = "float32") -> Path:
+    """The cached conversion of `checkpoint` (beside it), redone when its weights or our layout change."""
+    checkpoint = Path(checkpoint)
+    out = checkpoint.parent / f".{checkpoint.name}.ct2-{compute_type}"
+    stamp = f"{CT2_LAYOUT}:{weights_hash(checkpoint)}"
+    marker = out / "rest_source"
+    if not marker.is_file() or marker.read_text() != stamp:
+        convert(checkpoint, out, compute_type)
+        marker.write_text(stamp)
+    return out
+
+
+class CT2Policy:
+    """A converted policy plus its tokenizer: greedy/beam translation and seeded sampling."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        compute_type: str = "float32",
+        lanes: int | None = None,
+        max_source_length: int = 128,
+    ):
+        self.model_dir = Path(model_dir)
+        self.tokenizer = tokenizer
+        self.encoder = FastEncoder(tokenizer)
+        self.compute_type = resolve_compute_type(compute_type)
+        self.device = device()
+        self.lanes = lanes or default_lanes()
+        self.max_source_length = max_source_length
+        self._translator = None
+        self._pool: LanePool | None = None
+        self._pool_lock = threading.Lock()
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Path, compute_type: str = "float32", **kw) -> CT2Policy:
+        compute_type = resolve_compute_type(compute_type)
+        return cls(converted(checkpoint, compute_type), load_tokenizer(checkpoint), compute_type=compute_type, **kw)
+
+    @classmethod
+    @contextlib.contextmanager
+    def from_model(
+        cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, compute_type: str = "float32", **kw
+    ) -> Iterator[CT2Policy]:
+        """A policy for weights still in training (validation): converted into a temporary folder."""
+        from rest_pipeline.core.policy.model import save_policy
+
+        with tempfile.TemporaryDirectory(prefix="rest-ct2-") as d:
+            save_policy(model, tokenizer, Path(d) / "hf")
+            compute_type = resolve_compute_type(compute_type)
+            yield cls(
+                convert(Path(d) / "hf", Path(d) / "ct2", compute_type), tokenizer, compute_type=compute_type, **kw
+            )
+
+    def tokens(self, sources: Sequence[str]) -> list[list[str]]:
+        ids = self.encoder.encode(list(sources), self.max_source_length)
+        return [self.tokenizer.convert_ids_to_tokens(x) for x in ids]
+
+    def _detok(self, tokens: Sequence[str]) -> str:
+        return self.tokenizer.convert_tokens_to_string(tokens).strip()
+
+    def _new_translator(self, inter: int):
+        """`inter` translators in one; each thread gets its share of the cores (no oversubscription)."""
+        import ctranslate2
+
+        intra = 0 if self.device == "cuda" else max(1, (os.cpu_count() or 1) // self.lanes)
+        return ctranslate2.Translator(
+            str(self.model_dir),
+            device=self.device,
+            compute_type=self.compute_type,
+            inter_threads=inter,
+            intra_threads=intra,
+        )
+
+    def translate(
+        self,
+        sources: Sequence[str],
+        decoding: DecodingSpec,
+        *,
+        batch_tokens: int = 6000,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[str]:
+        """Deterministic decoding (greedy or beam), in input order; equals HF `generate` at float32."""
+        if not sources:
+            return []
+        if self._translator is None:
+            self._translator = self._new_translator(self.lanes)
+        results = self._translator.translate_batch(
+            self.tokens(sources),
+            max_batch_size=max(batch_tokens // decoding.num_beams, 64),
+            batch_type="tokens",
+            beam_size=decoding.num_beams,
+            length_penalty=decoding.length_penalty,
+            max_decoding_length=decoding.max_new_tokens,
+            suppress_sequences=[[self.tokenizer.pad_token]],  # like HF's bad_words_ids in our configs
+        )
+        if progress:
+            progress(len(sources), len(sources))
+        return [self._detok(r.hypotheses[0]) for r in results]
+
+    def sample(
+        self,
+        sources: Sequence[str],
+        n: int,
+        *,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        max_new_tokens: int,
+        seed: int,
+    ) -> list[list[str]]:
+        """`n` samples per source; they depend on (inputs, settings, seed) only, not on the lane that ran
+        them (ct2_lane.py says why lanes are processes). Safe to call from several threads at once."""
+        args = (
+            str(self.model_dir),
+            self.device,
+            self.compute_type,
+            # One thread per lane on CPU whatever the core count: samples then do not depend on the machine.
+            0 if self.device == "cuda" else 1,
+            self.tokens(sources),
+            n,
+            temperature,
+            top_k or 0,
+            top_p or 1.0,
+            max_new_tokens,
+            [[self.tokenizer.pad_token]],  # like HF's bad_words_ids in our configs
+            seed,
+        )
+        if self.lanes == 1:
+            hyps = sample_tokens(*args)
+        else:
+            hyps = self._lane_pool().run(args)
+        return [[self._detok(h) for h in r] for r in hyps]
+
+    def _lane_pool(self) -> LanePool:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = LanePool(self.lanes)
+                weakref.finalize(self, self._pool.close)
+            return self._pool

@@ -1,0 +1,107 @@
+"""Sampling lanes: worker processes that sample token batches with CTranslate2.
+
+Lanes are processes, not threads, because CTranslate2 seeds each of its threads' generators from a
+process-global seed at that thread's first draw: two translators sampling at once in one process
+race for that seed, and the same batch gives different samples run to run. In a lane every batch
+gets the serial treatment (seed, fresh translator, sample), so its samples depend on its seed only,
+whichever lane runs it. A lane is `python -m` this module: it imports CTranslate2 and nothing else
+(a multiprocessing pool would re-import the caller's main module, seconds under Dagster).
+"""
+
+from __future__ import annotations
+
+import pickle
+import queue
+import subprocess
+import sys
+import threading
+from typing import Any
+
+
+def sample_tokens(
+    model_dir: str,
+    device: str,
+    compute_type: str,
+    intra_threads: int,
+    tokens: list[list[str]],
+    n: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    max_new_tokens: int,
+    suppress: list[list[str]],
+    seed: int,
+) -> list[list[list[str]]]:
+    import ctranslate2
+
+    ctranslate2.set_random_seed(seed % (2**31))
+    translator = ctranslate2.Translator(
+        model_dir, device=device, compute_type=compute_type, inter_threads=1, intra_threads=intra_threads
+    )
+    results = translator.translate_batch(
+        tokens,
+        beam_size=1,
+        num_hypotheses=n,
+        sampling_topk=top_k,
+        sampling_topp=top_p,
+        sampling_temperature=temperature,
+        max_decoding_length=max_new_tokens,
+        suppress_sequences=suppress,
+    )
+    return [r.hypotheses for r in results]
+
+
+class LanePool:
+    """`size` lane processes; `run` blocks the calling thread until a free lane has done the job."""
+
+    def __init__(self, size: int):
+        self._free: queue.Queue[subprocess.Popen] = queue.Queue()
+        self._all: list[subprocess.Popen] = []
+        self._lock = threading.Lock()
+        for _ in range(size):
+            proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            self._all.append(proc)
+            self._free.put(proc)
+
+    def run(self, args: tuple[Any, ...]) -> Any:
+        proc = self._free.get()
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            pickle.dump(args, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            proc.stdin.flush()
+            ok, value = pickle.load(proc.stdout)
+        except (EOFError, BrokenPipeError) as e:
+            raise RuntimeError(f"sampling lane (pid {proc.pid}) died with exit code {proc.poll()}") from e
+        self._free.put(proc)
+        if not ok:
+            raise RuntimeError(f"sampling lane failed: {value}")
+        return value
+
+    def close(self) -> None:
+        for proc in self._all:
+            if proc.stdin:
+                proc.stdin.close()
+        for proc in self._all:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _serve() -> None:
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        try:
+            args = pickle.load(stdin)
+        except EOFError:
+            return
+        try:
+            reply: tuple[bool, Any] = (True, sample_tokens(*args))
+        except Exception as e:  # reported to the caller, which raises it with the lane's message
+            reply = (False, f"{type(e).__name__}: {e}")
+        pickle.dump(reply, stdout, protocol=pickle.HIGHEST_PROTOCOL)
+        stdout.flush()
+
+
+if __name__ == "__main__":
+    _serve()
