@@ -393,12 +393,14 @@ class AutomationSpec(_Strict):
 
 class BranchSpec(_Strict):
     """Branch from another experiment after one of its grows: reuse its corpus, tokenizer, BC policy,
-    reward model and the candidates and scores of its grows up to `at`, and own everything after."""
+    reward model and the candidates and scores of its grows up to `at`, and own everything after.
+    `at: grow_0` shares the BC policy and the reward model only: the branch samples its own grows
+    (what a change of N, of the sources per grow or of the sampling settings needs)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
 
     parent: str = Field(alias="from", pattern=r"^[a-z][a-z0-9_]*$")
-    at: str = Field(pattern=r"^grow_[1-9][0-9]*$")
+    at: str = Field(pattern=r"^grow_(0|[1-9][0-9]*)$")
 
     @property
     def grow(self) -> int:

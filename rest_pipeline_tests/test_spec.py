@@ -120,6 +120,27 @@ def test_a_branch_takes_its_parent_and_may_not_change_what_it_reuses(tmp_path, m
         load_spec(_write(tmp_path, "orphan", "branch: {from: nope, at: grow_1}\n"))
 
 
+def test_a_branch_at_grow_0_shares_bc_and_samples_its_own_grows(tmp_path, monkeypatch):
+    """`at: grow_0` (a change of N or of the sources per grow): BC and the reward model are the parent's
+    assets, grow 1 and everything after are the branch's, and its grow 1 waits on the branch point."""
+    from rest_pipeline.orchestration import keys
+    from rest_pipeline.orchestration.definitions import build_definitions
+
+    monkeypatch.setenv("REST_EXPERIMENTS_DIR", str(tmp_path))
+    wide = load_spec(
+        _write(
+            tmp_path, "wide", "branch: {from: smoke, at: grow_0}\ngrow: {samples_per_source: 6}\nimprove: {grows: 1}\n"
+        )
+    )
+    assert wide.branch.grow == 0 and wide.grow.samples_per_source == 6
+    assert keys.policy_key(wide, 0, 0).path == ["smoke", "base_policy"]
+    assert keys.reward_model_key(wide).path[0] == "smoke"
+    assert keys.candidates_key(wide, 1).path[0] == keys.rewards_key(wide, 1).path[0] == "wide"
+    defs = build_definitions([load_spec(find_spec("smoke")), wide])
+    graph = defs.resolve_asset_graph()
+    assert keys.branch_point_key(wide) in graph.get(keys.candidates_key(wide, 1)).parent_keys
+
+
 @pytest.mark.parametrize(
     ("body", "field", "why"),
     [

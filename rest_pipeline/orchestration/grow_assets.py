@@ -61,6 +61,8 @@ def grow_assets(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetsDefinition
     upstream = [keys.policy_key(spec, *sampler)]
     if grow > 1:  # a failed reward-hacking check on the previous grow's last eval stops the loop here
         upstream.append(keys.eval_key(spec, *sampler))
+    if spec.branch is not None and spec.branch.grow == 0 and grow == 1:  # samples the pinned BC policy
+        upstream.append(keys.branch_point_key(spec))
 
     @dg.asset(
         key=keys.candidates_key(spec, grow),

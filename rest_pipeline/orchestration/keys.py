@@ -30,8 +30,8 @@ def owner(spec: ExperimentSpec, grow: int = 0, inclusive: bool = False) -> str:
     """The experiment whose asset a grow's artifact is: a branch reuses its parent's up to its branch
     grow (inclusive: that grow's candidates and scores; exclusive: the Improve steps before it)."""
     b = spec.branch
-    if b is not None and (grow < b.grow or (inclusive and grow == b.grow)):
-        return b.parent
+    if b is not None and (grow == 0 or grow < b.grow or (inclusive and grow == b.grow)):
+        return b.parent  # grow 0 (corpus, tokenizer, BC, reward model) is always the parent's
     return spec.name
 
 
