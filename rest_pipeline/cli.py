@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -14,60 +15,111 @@ from rest_pipeline.core.paths import home
 from rest_pipeline.core.store.experiment import ExperimentStore, StaleRecordError
 from rest_pipeline.spec import ExperimentSpec, SpecError, all_specs, find_spec, load_spec
 
-# The `gpu` pool admits one step at a time across all runs (generation and training share the device);
-# raise it with `dagster instance concurrency set gpu N` or by editing this file.
-INSTANCE_CONFIG = """telemetry:
-  enabled: false
-concurrency:
-  pools:
-    default_limit: 1
-"""
-
-
-def dagster_home() -> Path:
-    """The persistent instance shared by `rest main` and `rest ui` (DAGSTER_HOME wins)."""
-    path = Path(os.environ.get("DAGSTER_HOME") or home() / "dagster_home").resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    config = path / "dagster.yaml"
-    if not config.exists() or "concurrency:" not in config.read_text():
-        config.write_text(INSTANCE_CONFIG)
-    os.environ["DAGSTER_HOME"] = str(path)
-    return path
-
 
 def open_store(spec: ExperimentSpec) -> ExperimentStore:
     """The experiment's store, found the way the Dagster resource finds it ($REST_HOME or ./data)."""
     return ExperimentStore.for_spec(spec, home())
 
 
-def _main_one(name: str, args: argparse.Namespace) -> int:
+INTERRUPTS = ("KeyboardInterrupt", "DagsterExecutionInterruptedError")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _failures(instance, run_id: str) -> list:
+    """The errors of a run's failed steps (and of the run itself)."""
     import dagster as dg
 
+    errors = []
+    for kind in (dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE):
+        for record in instance.get_records_for_run(run_id, of_type=kind).records:
+            data = record.event_log_entry.dagster_event.event_specific_data
+            error = getattr(data, "error", None)
+            if error is not None:
+                errors.append((record.event_log_entry.step_key, error))
+    return errors
+
+
+def _was_interrupted(instance, run_id: str) -> bool:
+    def chain(error):
+        while error is not None:
+            yield error
+            error = error.cause or error.context
+
+    return any(e.cls_name in INTERRUPTS for _, err in _failures(instance, run_id) for e in chain(err))
+
+
+def _what_ran(instance, experiment: str) -> str:
+    """' during <steps>' for the experiment's newest run, to say what was interrupted."""
+    import dagster as dg
+
+    from rest_pipeline.orchestration.instance import EXPERIMENT
+
+    records = instance.get_run_records(filters=dg.RunsFilter(tags={EXPERIMENT: experiment}), limit=1)
+    if not records:
+        return ""
+    steps = sorted({s for s, _ in _failures(instance, records[0].dagster_run.run_id) if s})
+    return f" during {', '.join(steps)}" if steps else ""
+
+
+def _main_one(name: str, args: argparse.Namespace) -> int:
     from rest_pipeline.orchestration.headless import materialize_experiment
+    from rest_pipeline.orchestration.instance import (
+        EXPERIMENT,
+        ExperimentBusy,
+        experiment_lock,
+        open_instance,
+        process_tags,
+        reap_dead_runs,
+    )
 
     spec = load_spec(find_spec(name))
     if args.control:
         spec = spec.model_copy(update={"improve": spec.improve.model_copy(update={"control": True})})
-    dh = dagster_home()
-    instance = dg.DagsterInstance.get()
+    instance = open_instance()
+    reap_dead_runs(instance)
     t0 = time.perf_counter()
-    print(f"rest: materializing experiment '{spec.name}' (Dagster instance: {dh})", flush=True)
     try:
-        results = materialize_experiment(spec, instance, until=args.until)
+        with experiment_lock(instance, spec.name, wait=args.wait):
+            print(
+                f"rest: materializing experiment '{spec.name}' (Dagster instance: {instance.root_directory})",
+                flush=True,
+            )
+            # SIGTERM ends the run like Ctrl-C: the step is not retried, its saved work stays.
+            signal.signal(signal.SIGTERM, _interrupt)
+            tags = {**process_tags(), EXPERIMENT: spec.name}
+            results = materialize_experiment(spec, instance, until=args.until, tags=tags)
+    except ExperimentBusy as e:
+        print(f"rest: {e}", file=sys.stderr)
+        return 3
     except ValueError as e:
         print(f"rest: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        results = None
     wall = time.perf_counter() - t0
+    interrupted = results is None or any(_was_interrupted(instance, r.run_id) for r in results if not r.success)
+    if interrupted:
+        print(
+            f"\nrest: interrupted after {wall:.0f}s{_what_ran(instance, spec.name)}; finished assets and "
+            f"saved training are kept: `./scripts/rest main {spec.name}` resumes from there",
+            file=sys.stderr,
+        )
+        return 130
     failed = [r for r in results if not r.success]
     if failed:
         print(f"rest: run {failed[0].run_id} FAILED after {wall:.0f}s; see `rest ui` or the log above", file=sys.stderr)
         return 1
     store = open_store(spec)
-    print(f"rest: {len(results)} run(s) succeeded in {wall / 60:.1f} min (first: {results[0].run_id})")
-    print(f"  base policy checkpoint : {store.base_policy_dir}")
-    print(f"  evaluation (hypotheses): {store.decoding_eval_dir}")
-    for s in store.decoding_eval().rows:
-        print(f"  {s.split:>5} {s.decoding.name:<7} BLEU {s.bleu:6.2f}  chrF {s.chrf:6.2f}  ({s.sentences} sents)")
+    first = f" (first: {results[0].run_id})" if results else " (nothing left to do)"
+    print(f"rest: {len(results)} run(s) succeeded in {wall / 60:.1f} min{first}")
+    if store.has_decoding_eval():  # not yet, after `--until` an earlier asset
+        print(f"  base policy checkpoint : {store.base_policy_dir}")
+        print(f"  evaluation (hypotheses): {store.decoding_eval_dir}")
+        for s in store.decoding_eval().rows:
+            print(f"  {s.split:>5} {s.decoding.name:<7} BLEU {s.bleu:6.2f}  chrF {s.chrf:6.2f}  ({s.sentences} sents)")
     if store.has_report():
         from rest_pipeline.core.tables import md_table
 
@@ -136,16 +188,27 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from rest_pipeline.core.corpus.fetch import fetch
+    from rest_pipeline.core.corpus.fetch import FetchError, fetch
     from rest_pipeline.core.corpus.registry import DATASETS, HUMAN_JUDGEMENTS
 
     names = args.datasets or sorted(DATASETS)
-    for n in names:
-        for split_name, split in DATASETS[n].splits.items():
-            for f in (split.source, split.target):
-                print(f"{n}/{split_name}: {fetch(f)}")
-    if not args.datasets:
-        print(f"human_judgements: {fetch(HUMAN_JUDGEMENTS)}")
+    unknown = [n for n in names if n not in DATASETS]
+    if unknown:
+        print(
+            f"rest: unknown dataset {', '.join(unknown)}; the registry has {', '.join(sorted(DATASETS))}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        for n in names:
+            for split_name, split in DATASETS[n].splits.items():
+                for f in (split.source, split.target):
+                    print(f"{n}/{split_name}: {fetch(f)}")
+        if not args.datasets:
+            print(f"human_judgements: {fetch(HUMAN_JUDGEMENTS)}")
+    except FetchError as e:  # a checksum mismatch or a missing file: one line that names it
+        print(f"rest: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -218,12 +281,10 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         base = store.policy(BASE)
         print(render_lineage(chain, store.rel(base), weights_hash(base)))
     if args.dagster:
-        import dagster as dg
-
+        from rest_pipeline.orchestration.instance import open_instance
         from rest_pipeline.orchestration.lineage import dagster_chain
 
-        dagster_home()
-        rows = dagster_chain(dg.DagsterInstance.get(), spec, grow, step)
+        rows = dagster_chain(open_instance(), spec, grow, step)
         print("\nDagster (asset graph + latest materializations):")
         for r in rows:
             print(f"  {r['asset']}  data_version {r['data_version']}  parent {r['parent']}  {r['path']}")
@@ -259,7 +320,11 @@ def cmd_explore(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    dh = dagster_home()
+    from rest_pipeline.orchestration.instance import open_instance, reap_dead_runs
+
+    instance = open_instance()
+    reap_dead_runs(instance)
+    dh = instance.root_directory
     root = Path(__file__).resolve().parent.parent
     cmd = [
         sys.executable,
@@ -292,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ASSET",
         help="materialize only this asset (e.g. grow_1/rewards) and what it depends on; repeatable",
     )
+    p.add_argument("--wait", action="store_true", help="if another `rest main` holds the experiment, queue behind it")
     p.set_defaults(func=cmd_main)
     p = sub.add_parser("compare", help="finished experiments side by side (e.g. the loss ablation's branches)")
     p.add_argument("experiments", nargs="+", help="the first is the baseline the others are compared with")

@@ -100,7 +100,7 @@ def server(tmp_path_factory, data_dir):
         REST_EXECUTOR="in_process",  # one process per run: the daemon's runs start faster on 2 cores
     )
     (tmp / "dagster_home").mkdir()
-    from rest_pipeline.cli import INSTANCE_CONFIG
+    from rest_pipeline.orchestration.instance import INSTANCE_CONFIG
 
     (tmp / "dagster_home" / "dagster.yaml").write_text(INSTANCE_CONFIG)
     log = open(tmp / "dagster_dev.log", "w")  # noqa: SIM115 (closed below)

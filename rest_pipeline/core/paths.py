@@ -11,6 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # temp files are created 0600/0700; finished artifacts get the user's usual modes
+
+
 def home() -> Path:
     """Root of downloads and run artifacts: $REST_HOME, else ./data of the working directory."""
     return Path(os.environ.get("REST_HOME", Path.cwd() / "data")).resolve()
@@ -25,6 +34,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~UMASK)
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():
@@ -38,6 +48,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~UMASK)
         old = final.with_name(f".{final.name}.old")
         if old.exists():
             shutil.rmtree(old)

@@ -15,6 +15,7 @@ from rest_pipeline.core import base_policy as core
 from rest_pipeline.core.corpus.fetch import sha256_of
 from rest_pipeline.core.policy.model import count_parameters, load_policy
 from rest_pipeline.orchestration import keys
+from rest_pipeline.orchestration.instance import interrupts_not_retried
 from rest_pipeline.orchestration.keys import GPU_POOL
 from rest_pipeline.orchestration.metadata import dir_size, md_table
 from rest_pipeline.orchestration.resources import RestStorage
@@ -100,6 +101,7 @@ def experiment_assets(spec: ExperimentSpec) -> list[dg.AssetsDefinition]:
             "(safetensors). Training resumes from its last save point if the run was killed."
         ),
     )
+    @interrupts_not_retried
     def base_policy(context: dg.AssetExecutionContext, storage: RestStorage) -> dg.MaterializeResult:
         store = storage.store(spec)
         result = core.train_base_policy(spec, store, log=context.log.info)

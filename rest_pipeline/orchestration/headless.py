@@ -64,6 +64,7 @@ def materialize_experiment(
     instance: dg.DagsterInstance,
     resources: dict | None = None,
     until: list[str] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> list[dg.ExecuteInProcessResult]:
     """Every stage of the experiment in dependency order; with `until` (asset paths such as
     'grow_1/rewards'), only those assets and what they depend on."""
@@ -85,6 +86,7 @@ def materialize_experiment(
                 raise_on_error=False,
                 selection=dg.AssetSelection.assets(*keys),
                 partition_key=partition_key,
+                tags=tags,
             )
             results.append(result)
             if not result.success:

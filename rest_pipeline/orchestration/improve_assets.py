@@ -17,6 +17,7 @@ from rest_pipeline.core.store.experiment import policy_name
 from rest_pipeline.core.store.records import Evaluation
 from rest_pipeline.orchestration import keys
 from rest_pipeline.orchestration.automation import step_condition
+from rest_pipeline.orchestration.instance import interrupts_not_retried
 from rest_pipeline.orchestration.keys import GPU_POOL
 from rest_pipeline.orchestration.metadata import md_table
 from rest_pipeline.orchestration.resources import RestStorage
@@ -137,6 +138,7 @@ def improve_step_assets(spec: ExperimentSpec, grow: int, step: int) -> list[dg.A
         description=f"Grow {grow}, Improve {step}: the parent checkpoint fine-tuned ({imp.loss}) on the slice; "
         "keeps the best validation reward, or hands the parent on if it did not improve.",
     )
+    @interrupts_not_retried
     def policy(context: dg.AssetExecutionContext, storage: RestStorage) -> dg.MaterializeResult:
         store = storage.store(spec)
         reward = make_reward(spec.reward.model, spec, store.reward_model_dir)
@@ -245,6 +247,7 @@ def control_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
         "(same rates, budgets and keep-the-best rule) on the original pairs only. ReST's gain over this "
         "control is owed to its reward-filtered samples, not to training longer.",
     )
+    @interrupts_not_retried
     def control(context: dg.AssetExecutionContext, storage: RestStorage) -> dg.MaterializeResult:
         from rest_pipeline.core.improve.control import run_control
         from rest_pipeline.core.store.experiment import CONTROL

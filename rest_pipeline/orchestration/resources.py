@@ -1,5 +1,6 @@
 """Dagster resources: where experiments' artifacts and the corpus mirror live."""
 
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import dagster as dg
 
 from rest_pipeline.core.paths import home
 from rest_pipeline.core.store.experiment import ExperimentStore
+from rest_pipeline.orchestration.instance import PID, process_tags
 from rest_pipeline.spec import ExperimentSpec
 
 
@@ -15,6 +17,16 @@ class RestStorage(dg.ConfigurableResource):
 
     home: str = ""
     data_dir: str = ""
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Name the process that executes this run in its tags (runs of the UI; `rest main` tags its own),
+        so a run whose process is killed can be told from a live one and its pool slot freed."""
+        run, instance = context.dagster_run, context.instance
+        if run is None or instance is None or PID in run.tags:
+            return
+        # A step process of the multiprocess executor is a child of the run worker, which outlives it.
+        worker = os.getppid() if multiprocessing.parent_process() is not None else os.getpid()
+        instance.add_run_tags(run.run_id, process_tags(worker))
 
     def root(self) -> Path:
         return Path(self.home).resolve() if self.home else home()

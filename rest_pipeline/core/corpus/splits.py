@@ -45,6 +45,13 @@ def source_id(dataset: str, split: str, line: int) -> str:
 
 def prepare_split(data: DataSpec, role: str, path: Path, mirror: Path | None = None) -> SplitInfo:
     """Validate one split of the registered dataset and write it atomically to `path` (Parquet)."""
+    table, info = _read_split(data, role, path, mirror)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return info
+
+
+def _read_split(data: DataSpec, role: str, path: Path, mirror: Path | None) -> tuple[pa.Table, SplitInfo]:
     ds = get_dataset(data.dataset)
     if (ds.source_lang, ds.target_lang) != (data.source_lang, data.target_lang):
         raise ValueError(
@@ -67,13 +74,16 @@ def prepare_split(data: DataSpec, role: str, path: Path, mirror: Path | None = N
         },
         schema=SCHEMA,
     )
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-    return SplitInfo(role, split_name, path, table.num_rows, lines.skipped_counts, src_path, tgt_path)
+    return table, SplitInfo(role, split_name, path, table.num_rows, lines.skipped_counts, src_path, tgt_path)
 
 
 def prepare_splits(
     data: DataSpec, split_file: Callable[[str], Path], mirror: Path | None = None
 ) -> dict[str, SplitInfo]:
-    """Every role's split, each written where `split_file(role)` says (the store decides)."""
-    return {role: prepare_split(data, role, split_file(role), mirror) for role in ROLES}
+    """Every role's split, each written where `split_file(role)` says (the store decides). All are read and
+    validated before any is written: a bad test split leaves no train split of the new spec behind."""
+    read = {role: _read_split(data, role, split_file(role), mirror) for role in ROLES}
+    for table, info in read.values():
+        with atomic_path(info.path) as tmp:
+            pq.write_table(table, tmp)
+    return {role: info for role, (_, info) in read.items()}

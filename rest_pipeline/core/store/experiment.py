@@ -378,6 +378,9 @@ class ExperimentStore(CandidateTables):
     def write_decoding_eval(self, record: DecodingEval) -> Path:
         return self._write(self._decoding_eval_file(), record)
 
+    def has_decoding_eval(self) -> bool:
+        return self._decoding_eval_file().is_file()
+
     def decoding_eval(self) -> DecodingEval:
         if self.parent is not None:
             return self._adopt(self.parent.decoding_eval())

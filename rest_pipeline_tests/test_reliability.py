@@ -1,0 +1,169 @@
+"""Reliability as a user meets it: `rest main` killed (SIGKILL, Ctrl-C) in each phase of one smoke run and
+started again, and two `rest main` started at once on a fresh instance. Real processes, a real instance."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pyarrow.parquet as pq
+
+from rest_pipeline.core.policy.model import load_policy
+from rest_pipeline.core.store.experiment import ExperimentStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(home: Path, data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "REST_EXPERIMENTS_DIR")}
+    return {**env, "REST_HOME": str(home), "REST_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+
+
+class Main:
+    """`rest main` in its own process group, its output collected line by line."""
+
+    def __init__(self, env: dict[str, str], *args: str):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rest_pipeline.cli", "main", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout: float = 600) -> None:
+        end = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            if self.proc.poll() is not None or time.monotonic() > end:
+                raise AssertionError(f"never saw {text!r}; rc={self.proc.poll()}; tail:\n{self.output[-3000:]}")
+            time.sleep(0.05)
+
+    def kill(self, sig: signal.Signals) -> int:
+        os.killpg(self.proc.pid, sig)
+        rc = self.proc.wait(timeout=120)
+        self._reader.join(timeout=10)
+        return rc
+
+    def finish(self, timeout: float = 1200) -> int:
+        rc = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return rc
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+def _step_started(asset: str) -> str:
+    return f'Started execution of step "smoke__{asset}"'
+
+
+def _open(home: Path) -> dg.DagsterInstance:
+    os.environ["DAGSTER_HOME"] = str(home / "dagster_home")
+    try:
+        return dg.DagsterInstance.get()
+    finally:
+        del os.environ["DAGSTER_HOME"]
+
+
+def _assert_store_whole(store: ExperimentStore) -> None:
+    """No candidate lost or duplicated, every candidate scored once by every reward, every file readable,
+    every checkpoint loads."""
+    for f in store.candidate_files() + store.score_files():
+        pq.read_table(f)
+    cand = pd.concat([pd.read_parquet(f) for f in store.candidate_files()])
+    assert not cand.candidate_id.duplicated().any()
+    scores = store.query("SELECT reward, candidate_id, count(*) AS n FROM scores GROUP BY ALL")
+    assert (scores.n == 1).all()
+    for reward, part in scores.groupby("reward"):
+        assert set(part.candidate_id) == set(cand.candidate_id), reward
+    for grow, step in [(0, 0), *[(s.grow, s.step) for s in store.steps()]]:
+        ckpt = store.base_policy_dir if grow == 0 else store.resolve(store.step(grow, step).checkpoint)
+        load_policy(ckpt)
+
+
+def test_killed_runs_never_block_the_next_one(tmp_path, data_dir):
+    """One smoke run killed in successive phases: SIGKILL in BC, Ctrl-C in Grow sampling, SIGKILL in
+    scoring, Ctrl-C in an Improve step. Each next `rest main` completes the run without help: dead runs
+    are marked failed and their `gpu` slot freed; an interrupt is not retried and says how to resume."""
+    env = _env(tmp_path / "home", data_dir)
+    phases = [
+        ("base_policy", signal.SIGKILL, 1.0),
+        ("grow_1__candidates", signal.SIGINT, 0.0),
+        ("grow_1__rewards", signal.SIGKILL, 0.0),
+        ("grow_1__improve_1__policy", signal.SIGINT, 1.0),
+    ]
+    reaps = 0
+    after_sigkill = False
+    for asset, sig, delay in phases:
+        run = Main(env, "smoke")
+        run.wait_for(_step_started(asset))
+        # The run the last SIGKILL left STARTED (holding its pool slot) was cleared before this one ran.
+        assert ("was left STARTED by a process that died" in run.output) == after_sigkill, run.output[-3000:]
+        reaps += after_sigkill
+        time.sleep(delay)
+        rc = run.kill(sig)
+        if sig == signal.SIGINT:
+            assert rc == 130, run.output[-3000:]
+            assert "rest: interrupted" in run.output and "./scripts/rest main smoke` resumes" in run.output
+            assert "STEP_UP_FOR_RETRY" not in run.output  # an interrupt is not a failure to retry
+        else:
+            assert rc == -signal.SIGKILL
+        after_sigkill = sig == signal.SIGKILL
+    instance = _open(tmp_path / "home")
+    assert not instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+    last = Main(env, "smoke")
+    assert last.finish() == 0, last.output[-4000:]
+    assert reaps == 2
+    instance = _open(tmp_path / "home")
+    assert not instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+    assert not instance.event_log_storage.get_concurrency_run_ids()  # no pool slot held by anyone
+    failed = instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
+    assert len(failed) == len(phases)  # each killed run is on record as failed, none left hanging
+    store = ExperimentStore(tmp_path / "home" / "experiments" / "smoke")
+    assert store.has_report()
+    _assert_store_whole(store)
+
+
+def test_two_concurrent_mains_never_break_the_instance(tmp_path, data_dir):
+    """Two `rest main` started at once on a fresh home, five times: the instance always opens afterwards
+    with one schema stamp; the second refuses naming the running one, or with --wait queues behind it."""
+    for i in range(5):
+        home = tmp_path / f"home{i}"
+        env = _env(home, data_dir)
+        flags = ["--wait"] if i >= 3 else []
+        runs = [Main(env, "smoke", "--until", "tokenizer", *flags) for _ in range(2)]
+        rcs = sorted(r.finish(timeout=600) for r in runs)
+        outputs = "".join(r.output for r in runs)
+        if flags:
+            assert rcs == [0, 0], outputs[-3000:]
+        else:
+            assert rcs in ([0, 0], [0, 3]), outputs[-3000:]
+            if rcs == [0, 3]:
+                assert "experiment 'smoke' is being materialized by" in outputs
+        for db in ("runs.db", "history/runs.db"):
+            path = home / "dagster_home" / db
+            if path.exists():
+                with sqlite3.connect(path) as con:
+                    assert con.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1, db
+        instance = _open(home)
+        assert len(instance.get_run_records()) >= 1
+        assert (home / "experiments" / "smoke" / "tokenizer").is_dir()
