@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from throughput_bench import score_with_store  # noqa: E402 - bench/ is on sys.path when run as a script
 
 from rest_pipeline.core.grow.sampling import CT2Sampler, HFSampler, SamplingSettings, sample_candidates
 from rest_pipeline.core.policy.generate import pad
@@ -75,20 +76,7 @@ def bench_scoring(model, name: str, sources, hyps, refs, repeats: int) -> dict:
     n = len(hyps)
 
     def ours():
-        with tempfile.TemporaryDirectory() as d:
-            store = ExperimentStore(Path(d))
-            store.write_candidates(
-                experiment="b",
-                grow=1,
-                shard=0,
-                source_ids=[f"s{i}" for i in range(len(sources))],
-                sources=sources,
-                references=refs,
-                samples=hyps_per_source,
-                policy="p",
-                decoding="d",
-            )
-            store.score_shard(model, 1, 0)
+        score_with_store(model, sources, refs, hyps_per_source)
 
     per = n // len(sources)
     hyps_per_source = [hyps[i * per : (i + 1) * per] for i in range(len(sources))]

@@ -1,4 +1,5 @@
 import hashlib
+import os
 
 import pandas as pd
 import pytest
@@ -122,3 +123,43 @@ def test_every_registered_file_matches_the_mirror(data_dir):
             for f in (split.source, split.target):
                 path = fetch(f, mirror=data_dir)
                 assert path.read_bytes().count(b"\n") == f.lines, f.path
+
+
+def test_a_bad_split_leaves_no_split_written(tmp_path, data_dir):
+    """All splits are read and validated before any is written: a corrupted test file leaves no train or
+    valid Parquet of the new spec behind; what is written gets the user's usual file modes, not 0600."""
+    import shutil
+
+    from rest_pipeline.core.corpus.splits import prepare_splits
+    from rest_pipeline.core.paths import UMASK
+
+    mirror = tmp_path / "mirror"
+    shutil.copytree(data_dir / "multi30k", mirror / "multi30k")
+    test_file = mirror / DATASETS["multi30k_de_en"].splits["test_2016_flickr"].target.path
+    test_file.write_text(test_file.read_text(encoding="utf-8") + "one line too many\n", encoding="utf-8")
+    data = MULTI30K.model_copy(update={"max_train_pairs": 200, "max_eval_pairs": 50})
+    out = tmp_path / "corpus"
+    with pytest.raises(FetchError, match="sha256 mismatch"):
+        prepare_splits(data, lambda role: out / f"{role}.parquet", mirror=mirror)
+    assert not out.exists() or not list(out.glob("*.parquet"))
+    written = prepare_splits(data, lambda role: out / f"{role}.parquet", mirror=data_dir)
+    assert sorted(p.name for p in out.glob("*.parquet")) == ["test.parquet", "train.parquet", "valid.parquet"]
+    assert os.stat(written["train"].path).st_mode & 0o777 == 0o666 & ~UMASK
+
+
+def test_fetch_errors_are_one_line(tmp_path, data_dir):
+    """`rest fetch` of an unknown dataset or of a corrupted file: one line naming it, no traceback."""
+    import shutil
+    import subprocess
+    import sys
+
+    env = {**os.environ, "REST_DATA_DIR": str(tmp_path / "mirror")}
+    shutil.copytree(data_dir / "multi30k", tmp_path / "mirror" / "multi30k")
+    (tmp_path / "mirror" / "multi30k" / "val.de").write_text("tampered\n", encoding="utf-8")
+    cli = [sys.executable, "-m", "rest_pipeline.cli", "fetch"]
+    unknown = subprocess.run([*cli, "nosuch"], env=env, capture_output=True, text=True)
+    assert unknown.returncode == 2 and "unknown dataset nosuch" in unknown.stderr
+    assert "Traceback" not in unknown.stderr and len(unknown.stderr.strip().splitlines()) == 1
+    bad = subprocess.run([*cli, "multi30k_de_en"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 1 and "sha256 mismatch" in bad.stderr and "val.de" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -72,10 +72,11 @@ def grow_shard(
             f"grow {grow} shard {shard}: stored shard came from {made_by.values.tolist()} and holds "
             f"{len(stored & wanted)} of this shard's {len(df)} sources; re-sampling"
         )
-    step = max(len(df) // 10, 1)
+    logged = [-1]
 
-    def progress(done: int, total: int) -> None:
-        if done % step < 64 or done == total:
+    def progress(done: int, total: int) -> None:  # every tenth of the shard, once
+        if done * 10 // total > logged[0]:
+            logged[0] = done * 10 // total
             log(f"grow {grow} shard {shard}: sampled {done}/{total} sources")
 
     samples = sample_candidates(

@@ -97,13 +97,9 @@ def translate_checkpoint(
     from rest_pipeline.core.policy.model import load_policy
     from rest_pipeline.core.policy.tokenizer import load_tokenizer
 
+    model, tokenizer = load_policy(checkpoint), load_tokenizer(checkpoint)
     return translate(
-        load_policy(checkpoint),
-        load_tokenizer(checkpoint),
-        sources,
-        decoding,
-        batch_tokens=batch_tokens,
-        max_source_length=max_source_length,
+        model, tokenizer, sources, decoding, batch_tokens=batch_tokens, max_source_length=max_source_length
     )
 
 
