@@ -112,8 +112,12 @@ def converted(checkpoint: Path, compute_type: str = "float32") -> Path:
     stamp = f"{CT2_LAYOUT}:{weights_hash(checkpoint)}"
     marker = out / "rest_source"
     if not marker.is_file() or marker.read_text() != stamp:
-        convert(checkpoint, out, compute_type)
-        marker.write_text(stamp)
+        from filelock import FileLock
+
+        with FileLock(str(out.with_name(out.name + ".lock"))):  # two steps may need it at once
+            if not marker.is_file() or marker.read_text() != stamp:
+                convert(checkpoint, out, compute_type)
+                marker.write_text(stamp)
     return out
 
 
