@@ -4,6 +4,7 @@ started again, and two `rest main` started at once on a fresh instance. Real pro
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -49,11 +50,11 @@ class Main:
         for line in self.proc.stdout:
             self.lines.append(line)
 
-    def wait_for(self, text: str, timeout: float = 600) -> None:
+    def wait_for(self, pattern: str, timeout: float = 600) -> None:
         end = time.monotonic() + timeout
-        while not any(text in line for line in self.lines):
+        while not any(re.search(pattern, line) for line in self.lines):
             if self.proc.poll() is not None or time.monotonic() > end:
-                raise AssertionError(f"never saw {text!r}; rc={self.proc.poll()}; tail:\n{self.output[-3000:]}")
+                raise AssertionError(f"never saw {pattern!r}; rc={self.proc.poll()}; tail:\n{self.output[-3000:]}")
             time.sleep(0.05)
 
     def kill(self, sig: signal.Signals) -> int:
@@ -73,6 +74,7 @@ class Main:
 
 
 def _step_started(asset: str) -> str:
+    """A regex for the console line of a step's start (`asset` is itself a regex)."""
     return f'Started execution of step "smoke__{asset}"'
 
 
@@ -101,43 +103,40 @@ def _assert_store_whole(store: ExperimentStore) -> None:
 
 
 def test_killed_runs_never_block_the_next_one(tmp_path, data_dir):
-    """One smoke run killed in successive phases: SIGKILL in BC, Ctrl-C in Grow sampling, SIGKILL in
-    scoring, Ctrl-C in an Improve step. Each next `rest main` completes the run without help: dead runs
-    are marked failed and their `gpu` slot freed; an interrupt is not retried and says how to resume."""
+    """One smoke run killed again and again: SIGKILL, then Ctrl-C, of the process group in BC, in Grow
+    sampling, in scoring and in an Improve step. Each next `rest main` carries on without help: a run left
+    STARTED by a SIGKILL is marked failed and its `gpu` slot freed before anything else; an interrupt is
+    not retried, says how to resume and exits 130."""
     env = _env(tmp_path / "home", data_dir)
     phases = [
-        ("base_policy", signal.SIGKILL, 1.0),
-        ("grow_1__candidates", signal.SIGINT, 0.0),
-        ("grow_1__rewards", signal.SIGKILL, 0.0),
-        ("grow_1__improve_1__policy", signal.SIGINT, 1.0),
+        (_step_started("base_policy"), 1.0),
+        (_step_started(r"grow_\d+__candidates"), 0.0),  # grow 1 or 2, any shard: sampling is quick on smoke
+        (_step_started(r"grow_\d+__rewards"), 0.0),
+        (_step_started(r"grow_\d+__improve_\d+__policy"), 1.0),  # any Improve step
     ]
-    reaps = 0
-    after_sigkill = False
-    for asset, sig, delay in phases:
-        run = Main(env, "smoke")
-        run.wait_for(_step_started(asset))
-        # The run the last SIGKILL left STARTED (holding its pool slot) was cleared before this one ran.
-        assert ("was left STARTED by a process that died" in run.output) == after_sigkill, run.output[-3000:]
-        reaps += after_sigkill
-        time.sleep(delay)
-        rc = run.kill(sig)
-        if sig == signal.SIGINT:
-            assert rc == 130, run.output[-3000:]
-            assert "rest: interrupted" in run.output and "./scripts/rest main smoke` resumes" in run.output
-            assert "STEP_UP_FOR_RETRY" not in run.output  # an interrupt is not a failure to retry
-        else:
-            assert rc == -signal.SIGKILL
-        after_sigkill = sig == signal.SIGKILL
-    instance = _open(tmp_path / "home")
-    assert not instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+    kills = 0
+    for marker, delay in phases:
+        for sig in (signal.SIGKILL, signal.SIGINT):
+            run = Main(env, "smoke")
+            run.wait_for(marker)
+            if kills and sig == signal.SIGINT:  # the run the SIGKILL just left STARTED was cleared first
+                assert "was left STARTED by a process that died" in run.output, run.output[-3000:]
+            time.sleep(delay)
+            rc = run.kill(sig)
+            if sig == signal.SIGINT:
+                assert rc == 130, run.output[-3000:]
+                assert "rest: interrupted" in run.output and "./scripts/rest main smoke` resumes" in run.output
+                assert "STEP_UP_FOR_RETRY" not in run.output  # an interrupt is not a failure to retry
+            else:
+                assert rc == -signal.SIGKILL
+            kills += 1
     last = Main(env, "smoke")
     assert last.finish() == 0, last.output[-4000:]
-    assert reaps == 2
     instance = _open(tmp_path / "home")
     assert not instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
     assert not instance.event_log_storage.get_concurrency_run_ids()  # no pool slot held by anyone
     failed = instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
-    assert len(failed) == len(phases)  # each killed run is on record as failed, none left hanging
+    assert len(failed) >= len(phases) * 2  # every killed run is on record as failed, none left hanging
     store = ExperimentStore(tmp_path / "home" / "experiments" / "smoke")
     assert store.has_report()
     _assert_store_whole(store)
