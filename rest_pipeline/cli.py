@@ -261,7 +261,7 @@ def render_lineage(chain: list, base_checkpoint: Path, base_hash: str) -> str:
 
 def cmd_lineage(args: argparse.Namespace) -> int:
     """The chain of a checkpoint back to the BC policy, from the store's step records (and Dagster's)."""
-    from rest_pipeline.core.evaluation.checkpoint import weights_hash
+    from rest_pipeline.core.policy.model import weights_hash
     from rest_pipeline.core.store.experiment import BASE, parse_policy_name
 
     experiment, _, rest = args.checkpoint.partition("/")

@@ -172,6 +172,10 @@ class EvaluationSpec(_Strict):
         return self
 
 
+# CTranslate2 precisions (float16 types need CUDA; elsewhere they fall back to float32 or int8).
+ComputeType = Literal["float32", "int8", "int8_float32", "int16", "float16", "bfloat16", "int8_float16"]
+
+
 class GrowSpec(_Strict):
     """Grow: sample N candidates per training source from the current policy."""
 
@@ -188,7 +192,7 @@ class GrowSpec(_Strict):
     shards: int = Field(4, ge=1)  # partitions of a grow: run, fail and resume independently
     backend: Literal["hf", "ctranslate2"] = "hf"
     # CTranslate2 only: weights' precision while sampling (int8 on CPU, float16 on CUDA; float32 = exact).
-    compute_type: Literal["float32", "int8", "int8_float32", "int16", "float16", "bfloat16", "int8_float16"] = "float32"
+    compute_type: ComputeType = "float32"
     batch_tokens: int = Field(4000, ge=64)
     include_references: bool = True  # D_g = samples + original pairs, as in the paper
 
@@ -204,7 +208,7 @@ class RewardSpec(_Strict):
     # How the learned reward embeds sentences, in training and scoring: COMET's torch code, or the same
     # encoder on CTranslate2 (int8 on CPU, float16 on CUDA): ~2x the sentences per second.
     engine: Literal["torch", "ctranslate2"] = "torch"
-    compute_type: Literal["float32", "int8", "int8_float32", "int16", "float16", "bfloat16", "int8_float16"] = "int8"
+    compute_type: ComputeType = "int8"
 
     @model_validator(mode="after")
     def _known(self) -> RewardSpec:

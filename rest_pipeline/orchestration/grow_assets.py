@@ -6,9 +6,9 @@ import pandas as pd
 
 from rest_pipeline.core.corpus.fetch import fetch
 from rest_pipeline.core.corpus.registry import HUMAN_JUDGEMENTS
-from rest_pipeline.core.evaluation.checkpoint import weights_hash
 from rest_pipeline.core.grow.run import grow_shard, score_shard
 from rest_pipeline.core.improve.chain import sampler_of
+from rest_pipeline.core.policy.model import weights_hash
 from rest_pipeline.core.rewards.factory import make_rewards
 from rest_pipeline.core.store.experiment import policy_name
 from rest_pipeline.orchestration import keys

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rest_pipeline.core.evaluation.checkpoint import reward_scores, weights_hash
+from rest_pipeline.core.evaluation.checkpoint import reward_scores
 from rest_pipeline.core.grow.run import settings_for
 from rest_pipeline.core.grow.sampling import SamplingSettings, make_sampler, sample_candidates, sampler_id
 from rest_pipeline.core.paths import atomic_path
+from rest_pipeline.core.policy.model import weights_hash
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import BASE, FINAL, ExperimentStore
 from rest_pipeline.core.store.records import BestOfN, BestOfNCurve, NMatch

@@ -21,8 +21,8 @@ import pandas as pd
 from rest_pipeline.core.evaluation.metrics import corpus_scores
 from rest_pipeline.core.grow.sampling import SamplingSettings, make_sampler, sample_candidates
 from rest_pipeline.core.paths import atomic_path
-from rest_pipeline.core.policy.ct2 import weights_hash
 from rest_pipeline.core.policy.generate import translate_checkpoint
+from rest_pipeline.core.policy.model import weights_hash
 from rest_pipeline.core.rewards.base import RewardModel, check_scores
 from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.core.store.records import DecodingEval, Diversity, EvalRow, Evaluation, SplitScores

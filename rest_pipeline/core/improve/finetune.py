@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from rest_pipeline.core.evaluation.checkpoint import reward_scores, weights_hash
+from rest_pipeline.core.evaluation.checkpoint import reward_scores
 from rest_pipeline.core.policy.generate import translate_checkpoint
-from rest_pipeline.core.policy.model import load_policy
+from rest_pipeline.core.policy.model import load_policy, weights_hash
 from rest_pipeline.core.policy.tokenizer import FastEncoder, load_tokenizer
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import ExperimentStore

@@ -14,9 +14,9 @@ import hashlib
 import pandas as pd
 
 from rest_pipeline.core.corpus.fetch import sha256_of
-from rest_pipeline.core.evaluation.checkpoint import weights_hash
 from rest_pipeline.core.improve.chain import parent_of, sampler_of, step_lr, step_number
 from rest_pipeline.core.improve.finetune import finetune, valid_reward
+from rest_pipeline.core.policy.model import weights_hash
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import ExperimentStore, policy_name
 from rest_pipeline.core.store.records import StepRecord

@@ -10,7 +10,6 @@ two cores do ~1.5-1.9x the work of one translator with two threads (bench/throug
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import tempfile
 import threading
@@ -23,15 +22,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rest_pipeline.core.paths import atomic_dir
 from rest_pipeline.core.policy.ct2_lane import LanePool, sample_tokens
+from rest_pipeline.core.policy.model import weights_hash
 from rest_pipeline.core.policy.tokenizer import FastEncoder, load_tokenizer
 from rest_pipeline.spec import DecodingSpec
 
 CT2_LAYOUT = "exact-start-v1"  # part of the conversion cache key: bump when the conversion changes
-COMPUTE_TYPES = ("float32", "int8", "int8_float32", "int16", "float16", "bfloat16", "int8_float16")
-
-
-def weights_hash(checkpoint: Path) -> str:
-    return hashlib.sha256((Path(checkpoint) / "model.safetensors").read_bytes()).hexdigest()[:16]
 
 
 def device() -> str:

@@ -7,6 +7,7 @@ checkpoint (e.g. an opus-mt model) instead. Checkpoints are saved with safetenso
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -63,6 +64,11 @@ def load_policy(path: str | Path, device: torch.device | None = None) -> PreTrai
         raise FileNotFoundError(f"{path}: not a Hugging Face checkpoint (config.json missing)")
     model = AutoModelForSeq2SeqLM.from_pretrained(str(path))
     return model.to(device or pick_device())
+
+
+def weights_hash(checkpoint: str | Path) -> str:
+    """Identity of a checkpoint's weights: keys caches of evaluations, conversions and lineage."""
+    return hashlib.sha256((Path(checkpoint) / "model.safetensors").read_bytes()).hexdigest()[:16]
 
 
 def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> Path:
