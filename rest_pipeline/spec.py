@@ -395,6 +395,16 @@ class AutomationSpec(_Strict):
     sensor_running: bool = True  # the automation sensor starts RUNNING (it only acts downstream of Grow 1)
 
 
+class ComputeSpec(_Strict):
+    """What each heavy step (BC and Improve training, sampling, scoring, evaluation) asks of the machine
+    or cluster that runs it. `device: auto` uses CUDA where the step's process sees a GPU; on a Ray
+    cluster whose driver has no GPU, say `cuda` so that Ray places those steps on GPU workers."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpus_per_step: float = Field(1.0, gt=0)  # Ray: num_cpus of a CPU step (a Grow shard, a training step)
+    gpus_per_step: float = Field(1.0, gt=0, le=8)  # Ray: num_gpus of a step when the device is CUDA
+
+
 class BranchSpec(_Strict):
     """Branch from another experiment after one of its grows: reuse its corpus, tokenizer, BC policy,
     reward model and the candidates and scores of its grows up to `at`, and own everything after.
@@ -431,6 +441,7 @@ class ExperimentSpec(_Strict):
     reward: RewardSpec = RewardSpec()
     improve: ImproveSpec = ImproveSpec()
     automation: AutomationSpec = AutomationSpec()
+    compute: ComputeSpec = ComputeSpec()
 
     @model_validator(mode="after")
     def _shards_have_sources(self) -> ExperimentSpec:

@@ -16,8 +16,8 @@ from rest_pipeline.core.corpus.fetch import sha256_of
 from rest_pipeline.core.policy.model import count_parameters, load_policy
 from rest_pipeline.orchestration import keys
 from rest_pipeline.orchestration.instance import interrupts_not_retried
-from rest_pipeline.orchestration.keys import GPU_POOL
 from rest_pipeline.orchestration.metadata import dir_size, md_table
+from rest_pipeline.orchestration.placement import placement
 from rest_pipeline.orchestration.resources import RestStorage
 from rest_pipeline.spec import ExperimentSpec
 
@@ -93,7 +93,7 @@ def experiment_assets(spec: ExperimentSpec) -> list[dg.AssetsDefinition]:
         group_name=group,
         deps=[tokenizer.key, corpus.key],
         code_version=keys.code_version(spec, "policy", "bc", "seed"),
-        pool=GPU_POOL,
+        **placement(spec),
         kinds={"pytorch", "transformers"},
         retry_policy=dg.RetryPolicy(max_retries=1),
         description=(
@@ -127,7 +127,7 @@ def experiment_assets(spec: ExperimentSpec) -> list[dg.AssetsDefinition]:
         group_name=group,
         deps=[base_policy.key, corpus.key],
         code_version=keys.code_version(spec, "evaluation"),
-        pool=GPU_POOL,
+        **placement(spec),
         kinds={"sacrebleu"},
         description="BLEU and chrF (sacrebleu) of the base policy on valid/test, greedy and beam; hypotheses stored.",
     )

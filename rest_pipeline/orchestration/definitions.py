@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
 from rest_pipeline.core.improve.chain import own_grows
@@ -14,6 +12,7 @@ from rest_pipeline.orchestration.branch_assets import branch_point_asset
 from rest_pipeline.orchestration.checks import experiment_checks, grow_checks, improve_checks
 from rest_pipeline.orchestration.grow_assets import grow_assets, reward_model_asset
 from rest_pipeline.orchestration.improve_assets import all_improve_assets
+from rest_pipeline.orchestration.placement import executor
 from rest_pipeline.orchestration.resources import RestStorage
 from rest_pipeline.spec import ExperimentSpec, all_specs
 
@@ -50,25 +49,6 @@ def build_definitions(specs: list[ExperimentSpec] | None = None) -> dg.Definitio
         resources={"storage": RestStorage()},
         executor=executor(),
     )
-
-
-def executor() -> dg.ExecutorDefinition:
-    """REST_EXECUTOR=multiprocess (default: steps in their own processes, REST_MAX_CONCURRENT at once)
-    or in_process (one process per run: no per-step start-up cost, best on small CPU machines)."""
-    kind = os.environ.get("REST_EXECUTOR", "multiprocess")
-    if kind == "in_process":
-        return dg.in_process_executor
-    if kind != "multiprocess":
-        raise ValueError(f"REST_EXECUTOR must be 'multiprocess' or 'in_process', got '{kind}'")
-    return dg.multiprocess_executor.configured({"max_concurrent": max_concurrent()})
-
-
-def max_concurrent() -> int:
-    """Steps one run executes at once (REST_MAX_CONCURRENT); GPU steps are also capped by the `gpu` pool."""
-    value = os.environ.get("REST_MAX_CONCURRENT", "2")
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"REST_MAX_CONCURRENT must be a positive integer, got '{value}'")
-    return int(value)
 
 
 defs = build_definitions()

@@ -2,7 +2,6 @@
 partitioned by source shard (each shard runs, fails and resumes on its own)."""
 
 import dagster as dg
-import pandas as pd
 
 from rest_pipeline.core.corpus.fetch import fetch
 from rest_pipeline.core.corpus.registry import HUMAN_JUDGEMENTS
@@ -11,10 +10,11 @@ from rest_pipeline.core.improve.chain import sampler_of
 from rest_pipeline.core.policy.model import weights_hash
 from rest_pipeline.core.rewards.factory import make_rewards
 from rest_pipeline.core.store.experiment import policy_name
+from rest_pipeline.core.store.location import read_table
 from rest_pipeline.orchestration import keys
 from rest_pipeline.orchestration.automation import grow_condition
-from rest_pipeline.orchestration.keys import GPU_POOL
 from rest_pipeline.orchestration.metadata import histogram_md, md_table
+from rest_pipeline.orchestration.placement import placement
 from rest_pipeline.orchestration.resources import RestStorage
 from rest_pipeline.spec import ExperimentSpec
 
@@ -24,6 +24,7 @@ def reward_model_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
         key=keys.reward_model_key(spec),
         group_name=keys.group(spec),
         code_version=keys.code_version(spec, "reward", "seed"),
+        **placement(spec, gpu_pool=False),
         kinds={"pytorch", "comet"},
         description=(
             "The `learned` reward: a COMET regression model (frozen all-MiniLM-L6-v2 encoder) trained on "
@@ -69,7 +70,7 @@ def grow_assets(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetsDefinition
         group_name=keys.group(spec),
         deps=upstream,
         partitions_def=parts,
-        pool=GPU_POOL,
+        **placement(spec),
         automation_condition=grow_condition(spec, grow),
         code_version=keys.code_version(spec, "grow", "seed", extra=grow),
         kinds={"parquet", "duckdb"},
@@ -102,6 +103,7 @@ def grow_assets(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetsDefinition
         partitions_def=parts,
         automation_condition=grow_condition(spec, grow),
         code_version=keys.code_version(spec, "reward"),
+        **placement(spec, gpu_pool=False),
         kinds={"parquet"},
         description=f"Grow {grow}: every candidate scored by each reward model (content-hash cached).",
     )
@@ -113,7 +115,7 @@ def grow_assets(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetsDefinition
         meta: dict[str, object] = {}
         origin = store.read_candidates(grow, shard).set_index("candidate_id").origin
         for m, rep in zip(models, reports, strict=True):
-            scored = pd.read_parquet(rep.path)
+            scored = read_table(rep.path)
             s = scored.score
             by_origin = scored.assign(origin=scored.candidate_id.map(origin)).groupby("origin").score
             meta[f"{m.name}_histogram"] = histogram_md(

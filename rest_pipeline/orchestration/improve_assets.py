@@ -18,8 +18,8 @@ from rest_pipeline.core.store.records import Evaluation
 from rest_pipeline.orchestration import keys
 from rest_pipeline.orchestration.automation import step_condition
 from rest_pipeline.orchestration.instance import interrupts_not_retried
-from rest_pipeline.orchestration.keys import GPU_POOL
 from rest_pipeline.orchestration.metadata import md_table
+from rest_pipeline.orchestration.placement import placement
 from rest_pipeline.orchestration.resources import RestStorage
 from rest_pipeline.spec import ExperimentSpec
 
@@ -53,7 +53,7 @@ def base_rewards_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
         automation_condition=step_condition(spec),
         deps=[keys.policy_key(spec, 0, 0), *keys.reward_deps(spec)],
         code_version=keys.code_version(spec, *EVAL_INPUTS),
-        pool=GPU_POOL,
+        **placement(spec),
         kinds={"sacrebleu", "comet"},
         description="The BC policy under the same evaluation as every Improve checkpoint: rewards, BLEU, chrF, "
         "diversity. The baseline of the reward-hacking check and of the report.",
@@ -132,7 +132,7 @@ def improve_step_assets(spec: ExperimentSpec, grow: int, step: int) -> list[dg.A
             "seed",
             extra=[grow, step],
         ),
-        pool=GPU_POOL,
+        **placement(spec),
         retry_policy=dg.RetryPolicy(max_retries=1),
         kinds={"pytorch", "transformers"},
         description=f"Grow {grow}, Improve {step}: the parent checkpoint fine-tuned ({imp.loss}) on the slice; "
@@ -170,7 +170,7 @@ def improve_step_assets(spec: ExperimentSpec, grow: int, step: int) -> list[dg.A
         automation_condition=step_condition(spec),
         deps=[keys.policy_key(spec, grow, step), keys.eval_key(spec, *parent), *keys.reward_deps(spec)],
         code_version=keys.code_version(spec, *EVAL_INPUTS),
-        pool=GPU_POOL,
+        **placement(spec),
         kinds={"sacrebleu", "comet"},
         description=f"Grow {grow}, Improve {step}: rewards, BLEU, chrF and diversity of the checkpoint.",
     )
@@ -200,7 +200,7 @@ def best_of_n_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
         code_version=keys.code_version(
             spec, "reward", "grow", "seed", "tokenizer.max_length", "improve.best_of_n", "improve.best_of_n_sources"
         ),
-        pool=GPU_POOL,
+        **placement(spec),
         kinds={"comet"},
         description="Best-of-N reward on valid for the BC policy and the final ReST policy, "
         f"N in {spec.improve.best_of_n}.",
@@ -240,7 +240,7 @@ def control_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
         code_version=keys.code_version(
             spec, *EVAL_INPUTS, "improve.train", "improve.lr_decay", "improve.grow_lr_decay", "improve.min_improvement"
         ),
-        pool=GPU_POOL,
+        **placement(spec),
         retry_policy=dg.RetryPolicy(max_retries=1),
         kinds={"pytorch", "transformers"},
         description="Control: the BC policy fine-tuned for the same Improve steps as the final ReST checkpoint "

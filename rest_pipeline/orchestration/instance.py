@@ -20,7 +20,9 @@ from pathlib import Path
 import dagster as dg
 from filelock import FileLock, Timeout
 
+from rest_pipeline.core.devices import listed_devices
 from rest_pipeline.core.paths import home
+from rest_pipeline.orchestration.keys import GPU_POOL
 
 # The `gpu` pool admits one step at a time across all runs (generation and training share the device);
 # raise it with `dagster instance concurrency set gpu N` or by editing the instance's dagster.yaml.
@@ -66,6 +68,9 @@ def open_instance() -> dg.DagsterInstance:
         instance.get_run_records(limit=1)  # run storage (runs.db) created and stamped here, under the lock
         instance.event_log_storage.get_concurrency_keys()  # event log storage (index.db), likewise
         instance.schedule_storage  # noqa: B018 - schedules.db, likewise
+        listed = listed_devices()
+        if listed:  # REST_DEVICES=0,1,...: as many `gpu` steps at once as GPUs (each claims its own)
+            instance.event_log_storage.set_concurrency_slots(GPU_POOL, len(listed))
     return instance
 
 

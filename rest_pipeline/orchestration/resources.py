@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from rest_pipeline.core import devices
 from rest_pipeline.core.paths import home
 from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.orchestration.instance import PID, process_tags
@@ -22,8 +23,8 @@ class RestStorage(dg.ConfigurableResource):
         """Name the process that executes this run in its tags (runs of the UI; `rest main` tags its own),
         so a run whose process is killed can be told from a live one and its pool slot freed."""
         run, instance = context.dagster_run, context.instance
-        if run is None or instance is None or PID in run.tags:
-            return
+        if run is None or instance is None or PID in run.tags or "DAGSTER_RUN_STEP_KEY" in os.environ:
+            return  # tagged already, or a step that runs apart from its run worker (a Ray job)
         # A step process of the multiprocess executor is a child of the run worker, which outlives it.
         worker = os.getppid() if multiprocessing.parent_process() is not None else os.getpid()
         instance.add_run_tags(run.run_id, process_tags(worker))
@@ -32,7 +33,9 @@ class RestStorage(dg.ConfigurableResource):
         return Path(self.home).resolve() if self.home else home()
 
     def store(self, spec: ExperimentSpec) -> ExperimentStore:
-        """The experiment's store: the CLI opens it the same way (`ExperimentStore.open`)."""
+        """The experiment's store: the CLI opens it the same way (`ExperimentStore.open`). Every asset
+        asks for it first, so this is where the spec's device preference reaches the compute code."""
+        devices.prefer(spec.compute.device)
         return ExperimentStore.for_spec(spec, self.root())
 
     def mirror(self) -> Path | None:

@@ -17,7 +17,6 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rest_pipeline.core.paths import atomic_dir
@@ -30,19 +29,29 @@ CT2_LAYOUT = "exact-start-v1"  # part of the conversion cache key: bump when the
 
 
 def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """'cpu' or 'cuda:<index>' (core/devices.py picks the GPU); `engine_device` splits it for CTranslate2."""
+    from rest_pipeline.core.devices import ct2_device
+
+    kind, index = ct2_device()
+    return kind if kind == "cpu" else f"{kind}:{index}"
+
+
+def engine_device(dev: str) -> dict[str, str | int]:
+    """CTranslate2's device arguments for a `device()` string."""
+    kind, _, index = dev.partition(":")
+    return {"device": kind, "device_index": int(index or 0)}
 
 
 def default_lanes() -> int:
     """Concurrent single-threaded translators on CPU (one per core, at most 4); one on CUDA."""
-    return 1 if device() == "cuda" else max(1, min(os.cpu_count() or 1, 4))
+    return 1 if device().startswith("cuda") else max(1, min(os.cpu_count() or 1, 4))
 
 
 def resolve_compute_type(compute_type: str) -> str:
     """A spec's compute type, or its nearest supported fallback on this device (fp16 types need CUDA)."""
     import ctranslate2
 
-    supported = ctranslate2.get_supported_compute_types(device())
+    supported = ctranslate2.get_supported_compute_types(device().partition(":")[0])
     if compute_type in supported:
         return compute_type
     fallback = {"float16": "float32", "bfloat16": "float32", "int8_float16": "int8", "int8_bfloat16": "int8"}
@@ -170,10 +179,10 @@ class CT2Policy:
         """`inter` translators in one; each thread gets its share of the cores (no oversubscription)."""
         import ctranslate2
 
-        intra = 0 if self.device == "cuda" else max(1, (os.cpu_count() or 1) // self.lanes)
+        intra = 0 if self.device.startswith("cuda") else max(1, (os.cpu_count() or 1) // self.lanes)
         return ctranslate2.Translator(
             str(self.model_dir),
-            device=self.device,
+            **engine_device(self.device),
             compute_type=self.compute_type,
             inter_threads=inter,
             intra_threads=intra,
@@ -223,7 +232,7 @@ class CT2Policy:
             self.device,
             self.compute_type,
             # One thread per lane on CPU whatever the core count: samples then do not depend on the machine.
-            0 if self.device == "cuda" else 1,
+            0 if self.device.startswith("cuda") else 1,
             self.tokens(sources),
             n,
             temperature,

@@ -35,8 +35,14 @@ def sample_tokens(
     import ctranslate2
 
     ctranslate2.set_random_seed(seed % (2**31))
+    kind, _, index = device.partition(":")  # 'cpu' or 'cuda:<index>', as ct2.device() spells it
     translator = ctranslate2.Translator(
-        model_dir, device=device, compute_type=compute_type, inter_threads=1, intra_threads=intra_threads
+        model_dir,
+        device=kind,
+        device_index=int(index or 0),
+        compute_type=compute_type,
+        inter_threads=1,
+        intra_threads=intra_threads,
     )
     results = translator.translate_batch(
         tokens,

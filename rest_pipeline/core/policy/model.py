@@ -24,7 +24,10 @@ from rest_pipeline.spec import PolicySpec
 
 
 def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device this process computes on (core/devices.py: Ray's GPU, a REST_DEVICES claim, or the CPU)."""
+    from rest_pipeline.core.devices import torch_device
+
+    return torch_device()
 
 
 def build_marian(spec: PolicySpec, tokenizer: PreTrainedTokenizerBase, max_length: int) -> MarianMTModel:

@@ -127,7 +127,7 @@ class Embedder:
         if engine == "ctranslate2":
             import ctranslate2
 
-            from rest_pipeline.core.policy.ct2 import default_lanes, device, resolve_compute_type
+            from rest_pipeline.core.policy.ct2 import default_lanes, device, engine_device, resolve_compute_type
 
             self.compute_type = resolve_compute_type(compute_type)
             converted = _converted_encoder(self.compute_type, cache_dir)
@@ -135,10 +135,10 @@ class Embedder:
             self.lanes = default_lanes()
             self._encoder = ctranslate2.Encoder(
                 str(converted),
-                device=device(),
+                **engine_device(device()),
                 compute_type=self.compute_type,
                 inter_threads=self.lanes,
-                intra_threads=0 if device() == "cuda" else 1,
+                intra_threads=0 if device().startswith("cuda") else 1,
             )
         else:
             self.compute_type = "float32"
