@@ -27,7 +27,16 @@ def home() -> Path:
 
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temp path beside `final`; rename it into place only if the block succeeds."""
+    """Yield a temp path beside `final`; rename it into place only if the block succeeds. On object
+    storage (core/store/location.py) the finished temp file is put as one object instead."""
+    from rest_pipeline.core.store.location import is_remote, put
+
+    if is_remote(final):
+        with tempfile.TemporaryDirectory(prefix="rest-put-") as d:
+            tmp_file = Path(d) / final.name
+            yield tmp_file
+            put(tmp_file, final)
+        return
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)

@@ -4,7 +4,6 @@ checks stop automation at the asset that failed them."""
 import json
 
 import dagster as dg
-import pandas as pd
 
 from rest_pipeline.core.corpus.splits import ROLES
 from rest_pipeline.core.grow.run import grow_sources, shard_of
@@ -12,6 +11,7 @@ from rest_pipeline.core.improve.assess import hacking_verdict
 from rest_pipeline.core.improve.chain import own_steps, parent_of
 from rest_pipeline.core.rewards.factory import independent_reward, reward_names
 from rest_pipeline.core.store.experiment import policy_name
+from rest_pipeline.core.store.location import read_table
 from rest_pipeline.orchestration import keys
 from rest_pipeline.orchestration.resources import RestStorage
 from rest_pipeline.spec import DecodingSpec, ExperimentSpec
@@ -93,7 +93,7 @@ def grow_checks(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetChecksDefin
                 path = store.scores_file(r, grow, shard)
                 if not path.is_file():
                     continue
-                s = pd.read_parquet(path)
+                s = read_table(path)
                 if s.score.isna().any() or not s.score.between(0, 1).all():
                     problems.append(f"{r} shard {shard}: scores NaN or outside [0,1]")
                 if set(s.candidate_id) != ids:

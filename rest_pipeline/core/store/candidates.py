@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from rest_pipeline.core.paths import atomic_path
 from rest_pipeline.core.rewards.base import RewardModel, cache_key, check_scores
+from rest_pipeline.core.store.location import TablePath, connect_for, glob, read_table
 
 CANDIDATE_SCHEMA = pa.schema(
     [
@@ -48,7 +49,7 @@ def pair_hash(source: str, hypothesis: str) -> str:
 class CandidateTables:
     """Writes, scoring and DuckDB views over the candidate tables; paths come from the store."""
 
-    tables_root: Path
+    tables_root: TablePath
 
     def candidates_file(self, grow: int, shard: int) -> Path:
         raise NotImplementedError
@@ -61,10 +62,10 @@ class CandidateTables:
 
     def candidate_files(self) -> list[Path]:
         """Every candidates Parquet the views read (a branch adds its parent's)."""
-        return sorted(self.tables_root.glob("candidates/grow=*/shard=*/*.parquet"))
+        return glob(self.tables_root, "candidates/grow=*/shard=*/*.parquet")
 
     def score_files(self) -> list[Path]:
-        return sorted(self.tables_root.glob("scores/reward=*/grow=*/shard=*/*.parquet"))
+        return glob(self.tables_root, "scores/reward=*/grow=*/shard=*/*.parquet")
 
     def check_writable(self, path: Path) -> None:
         """Refuse a write this store does not own (a branch never writes its parent)."""
@@ -115,14 +116,14 @@ class CandidateTables:
         path = self.candidates_file(grow, shard)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: candidates of grow {grow} shard {shard} not materialized")
-        return pd.read_parquet(path)
+        return read_table(path)
 
     # -- scoring with a content-hash cache ---------------------------------------------------
     def cached_scores(self, reward: str, keys: Sequence[str]) -> dict[str, float]:
-        files = sorted(self.cache_dir(reward).glob("*.parquet"))
+        files = glob(self.cache_dir(reward), "*.parquet")
         if not files:
             return {}
-        con = duckdb.connect()
+        con = connect_for(files)
         con.register("wanted", pd.DataFrame({"key": list(set(keys))}))
         con.read_parquet([str(f) for f in files]).create_view("cache")
         df = con.execute(
@@ -184,8 +185,9 @@ class CandidateTables:
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with views `candidates`, `scores`, `scored` and `slices`.
         Paths reach DuckDB as values (relations), never pasted into SQL."""
-        con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
         candidates, scores = self.candidate_files(), self.score_files()
+        slices = glob(self.tables_root, "slices/grow=*/improve=*/*.parquet")
+        con = connect_for([*candidates, *scores, *slices])
         if candidates:
             con.read_parquet([str(p) for p in candidates], hive_partitioning=True).create_view("candidates")
         else:
@@ -209,7 +211,6 @@ class CandidateTables:
             )
         else:
             con.execute("CREATE VIEW scored AS SELECT * FROM candidates")
-        slices = sorted(self.tables_root.glob("slices/grow=*/improve=*/*.parquet"))
         if slices:
             rel = con.read_parquet([str(p) for p in slices], hive_partitioning=True, union_by_name=True)
             rel.create_view("slice_files")

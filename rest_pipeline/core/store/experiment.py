@@ -33,6 +33,7 @@ from pydantic import ValidationError
 
 from rest_pipeline.core.paths import atomic_path, home
 from rest_pipeline.core.store.candidates import CandidateTables, lock_down, read_only_statement
+from rest_pipeline.core.store.location import TablePath, is_remote, is_url, read_table, tables_root, url_path
 from rest_pipeline.core.store.records import (
     SCHEMA_VERSION,
     BestOfN,
@@ -131,11 +132,13 @@ class ExperimentStore(CandidateTables):
     # -- paths relative to the experiment folder ------------------------------------------------
     def rel(self, path: Path | str) -> str:
         """A path as records store it: relative to the experiment folder (a branch's parent is a sibling)."""
+        if is_remote(path) or is_url(str(path)):
+            return str(path)  # a table on object storage: its URL
         p = Path(path)
         return Path(os.path.relpath(p, self.root)).as_posix() if p.is_absolute() else p.as_posix()
 
     def resolve(self, rel: str) -> Path:
-        return self.root / rel
+        return url_path(rel) if is_url(rel) else self.root / rel
 
     # -- folders of the stages ------------------------------------------------------------------
     @property
@@ -174,8 +177,9 @@ class ExperimentStore(CandidateTables):
         return self._write(self.root / "reward_model.json", RewardModelLink(key=key, path=self.rel(path)))
 
     @property
-    def tables_root(self) -> Path:
-        return self.root / "store"
+    def tables_root(self) -> TablePath:
+        """`store/` of the experiment folder, or the same layout under REST_TABLES_URL (location.py)."""
+        return tables_root(self.experiment, self.root)
 
     @property
     def decoding_eval_dir(self) -> Path:
@@ -262,7 +266,11 @@ class ExperimentStore(CandidateTables):
         ]
 
     def check_writable(self, path: Path) -> None:
-        if self.root not in Path(path).parents:
+        if is_remote(path):
+            owned = str(path).startswith(str(self.tables_root) + "/")
+        else:
+            owned = self.root in Path(path).parents
+        if not owned:
             raise BranchError(f"{path}: {self.experiment} does not own this file (a branch never writes its parent)")
 
     # -- record files (the only place their names are spelled) ----------------------------------
@@ -424,7 +432,7 @@ class ExperimentStore(CandidateTables):
         return self._read(self._slice_file(grow, step), SliceRecord, f"the slice of grow_{grow}/improve_{step}")
 
     def slice_rows(self, grow: int, step: int) -> pd.DataFrame:
-        return pd.read_parquet(self.resolve(self.slice(grow, step).path))
+        return read_table(self.resolve(self.slice(grow, step).path))
 
     def write_step(self, record: StepRecord) -> Path:
         """The one writer of a checkpoint's lineage: the `lineage` view is read from these records."""
@@ -582,8 +590,10 @@ class ExperimentStore(CandidateTables):
         return chain
 
     def readable_dirs(self) -> list[Path]:
-        """The folders SQL from users may read: this experiment's and, for a branch, its parent's."""
-        return [self.root, *(self.parent.readable_dirs() if self.parent else [])]
+        """The folders SQL from users may read: this experiment's (and its tables' URL when they live on
+        object storage) and, for a branch, its parent's."""
+        own = [self.root, *([self.tables_root] if is_remote(self.tables_root) else [])]
+        return [*own, *(self.parent.readable_dirs() if self.parent else [])]
 
     def connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
         """DuckDB over the candidate tables, plus `lineage`: one row per step record (history left out)."""
