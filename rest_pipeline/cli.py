@@ -203,7 +203,15 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         for n in names:
             for split_name, split in DATASETS[n].splits.items():
                 for f in (split.source, split.target):
-                    print(f"{n}/{split_name}: {fetch(f)}")
+                    try:
+                        print(f"{n}/{split_name}: {fetch(f)}")
+                    except FetchError:
+                        if f.sha256 is not None:
+                            raise
+                        if n in args.datasets:  # asked for by name: say how the missing file is made
+                            print(f"rest: {n}: {DATASETS[n].notes}", file=sys.stderr)
+                            raise
+                        print(f"{n}/{split_name}: not here (made by a script: `rest fetch {n}` says how)")
         if not args.datasets:
             print(f"human_judgements: {fetch(HUMAN_JUDGEMENTS)}")
     except FetchError as e:  # a checksum mismatch or a missing file: one line that names it

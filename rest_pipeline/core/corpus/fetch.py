@@ -18,6 +18,8 @@ from pathlib import Path
 from rest_pipeline.core.corpus.registry import CorpusFile
 from rest_pipeline.core.paths import atomic_path, home
 
+SCRIPT_MADE = "; it is produced by a script: `rest fetch <dataset>` says how"
+
 
 class FetchError(RuntimeError):
     """A corpus file is missing, unreachable or does not match its registered checksum."""
@@ -41,6 +43,8 @@ def download_dir() -> Path:
 
 
 def _verify(path: Path, entry: CorpusFile, where: str) -> None:
+    if entry.sha256 is None:
+        return  # produced by a script (registry notes): alignment and clean lines are checked on reading
     actual = sha256_of(path)
     if actual != entry.sha256:
         raise FetchError(f"{path}: sha256 mismatch for '{entry.path}' ({where}): expected {entry.sha256}, got {actual}")
@@ -50,7 +54,7 @@ def _download(entry: CorpusFile, dest: Path, timeout: float) -> None:
     if entry.url is None:
         raise FetchError(
             f"'{entry.path}' has no public download URL in the registry; set REST_DATA_DIR to a folder "
-            f"that holds it (e.g. ../shared/data)"
+            f"that holds it (e.g. ../shared/data){SCRIPT_MADE if entry.sha256 is None else ''}"
         )
     with atomic_path(dest) as tmp:
         try:
@@ -68,7 +72,8 @@ def fetch(entry: CorpusFile, *, mirror: Path | None = None, timeout: float = 60.
     if mirror is not None:
         path = mirror / entry.path
         if not path.is_file():
-            raise FetchError(f"{path}: not found in REST_DATA_DIR={mirror} (registry entry '{entry.path}')")
+            how = SCRIPT_MADE if entry.sha256 is None else ""
+            raise FetchError(f"{path}: not found in REST_DATA_DIR={mirror} (registry entry '{entry.path}'){how}")
         _verify(path, entry, f"mirror {mirror}")
         return path
     dest = download_dir() / entry.path

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class CorpusFile:
     path: str  # relative to the data root
-    sha256: str
-    lines: int
+    # None: a file a script produces (the dataset's notes say which); it cannot be pinned, so it is
+    # taken from REST_DATA_DIR as it is and checked for alignment and clean lines only.
+    sha256: str | None
+    lines: int | None
     url: str | None = None  # public download location; None = mirror only
     gzip: bool = False  # the URL serves a .gz of the file
 
@@ -42,6 +44,11 @@ _M30K = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/ra
 
 def _m30k(split: str, lang: str, sha: str, lines: int) -> CorpusFile:
     return CorpusFile(f"multi30k/{split}.{lang}", sha, lines, f"{_M30K}/{split}.{lang}.gz", gzip=True)
+
+
+def _made(path: str) -> CorpusFile:
+    """A file a script produces locally (the dataset's notes say how): no pinned sha256 or length."""
+    return CorpusFile(path, None, None)
 
 
 DATASETS: dict[str, Dataset] = {
@@ -79,8 +86,14 @@ DATASETS: dict[str, Dataset] = {
             "run that script to produce train/valid/test, then point REST_DATA_DIR at its parent"
         ),
         licence="TED talks: CC BY-NC-ND",
-        notes="train (160k pairs) is produced by fairseq's script; no single-file public URL exists",
+        notes=(
+            "train (~160k pairs) is produced by fairseq's prepare-iwslt14.sh; no single-file public URL "
+            "exists. Run the script, then copy its train.de/train.en to <REST_DATA_DIR>/iwslt14_de_en/"
+        ),
         splits={
+            "train": Split(
+                CorpusFile("iwslt14_de_en/train.de", None, None), CorpusFile("iwslt14_de_en/train.en", None, None)
+            ),
             "valid": Split(
                 CorpusFile(
                     "iwslt14_de_en/valid.de", "3f051579c9d8c7281a6ea8c72ad4ae09dbaa9bb24dfd41166f2c3a3df7cd940a", 7283
@@ -146,8 +159,21 @@ DATASETS: dict[str, Dataset] = {
         source_lang="zh",
         target_lang="en",
         origin="WMT20 newstest2020 Zh-En (reference A) as in github.com/jbgruenwald/efficient-nlg-metrics",
-        licence="WMT news test sets",
+        licence="WMT news test sets; training corpora under their own licences (statmt.org/wmt20)",
+        notes=(
+            "train and valid are assembled locally: the WMT20 Zh-En training corpora (statmt.org/wmt20/"
+            "translation-task.html; e.g. `mtdata get -l zho-eng --train <the WMT20 set>`), deduplicated and "
+            "written as one sentence per line to <REST_DATA_DIR>/wmt20_zh_en/train.zh and train.en; valid is "
+            "newstest2019 (`sacrebleu -t wmt19 -l zh-en --echo src` / `--echo ref`) as newstest2019.zh-en.zh/.en"
+        ),
         splits={
+            "train": Split(
+                CorpusFile("wmt20_zh_en/train.zh", None, None), CorpusFile("wmt20_zh_en/train.en", None, None)
+            ),
+            "valid": Split(
+                _made("wmt20_zh_en/newstest2019.zh-en.zh"),
+                _made("wmt20_zh_en/newstest2019.zh-en.en"),
+            ),
             "test": Split(
                 CorpusFile(
                     "wmt20_zh_en/newstest2020.zh-en.zh",
