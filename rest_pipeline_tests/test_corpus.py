@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from rest_pipeline.core.corpus.fetch import FetchError, fetch
-from rest_pipeline.core.corpus.registry import DATASETS, CorpusFile
+from rest_pipeline.core.corpus.registry import DATASETS, CorpusFile, get_dataset
 from rest_pipeline.core.corpus.splits import prepare_split, source_id
 from rest_pipeline.core.corpus.validate import CorpusError, read_parallel
 from rest_pipeline.spec import DataSpec, LinePolicy
@@ -163,3 +163,27 @@ def test_fetch_errors_are_one_line(tmp_path, data_dir):
     bad = subprocess.run([*cli, "multi30k_de_en"], env=env, capture_output=True, text=True)
     assert bad.returncode == 1 and "sha256 mismatch" in bad.stderr and "val.de" in bad.stderr
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_script_made_splits_are_named_and_explained_when_missing(tmp_path, data_dir):
+    """IWSLT14's train split is made by fairseq's script: `rest fetch` of everything says it is not here
+    and goes on; asked for by name, it fails and says how the file is made."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "REST_DATA_DIR": str(data_dir)}
+    cli = [sys.executable, "-m", "rest_pipeline.cli", "fetch"]
+    everything = subprocess.run(cli, env=env, capture_output=True, text=True)
+    assert everything.returncode == 0, everything.stderr
+    assert "iwslt14_de_en/train: not here (made by a script" in everything.stdout
+    assert "iwslt14_de_en/valid:" in everything.stdout and "human_judgements:" in everything.stdout
+    named = subprocess.run([*cli, "iwslt14_de_en"], env=env, capture_output=True, text=True)
+    assert named.returncode == 1 and "prepare-iwslt14.sh" in named.stderr and "train.de" in named.stderr
+    assert "Traceback" not in named.stderr
+    # A script-made file that is there is read like any other: aligned, clean, no sha256 to match.
+    mirror = tmp_path / "mirror" / "iwslt14_de_en"
+    mirror.mkdir(parents=True)
+    for lang in ("de", "en"):
+        (mirror / f"train.{lang}").write_text(f"ein satz {lang}\nnoch einer {lang}\n", encoding="utf-8")
+    made = get_dataset("iwslt14_de_en").splits["train"].source
+    assert fetch(made, mirror=tmp_path / "mirror") == mirror / "train.de"

@@ -186,3 +186,23 @@ def test_one_resolution_order_and_a_bad_file_hides_nothing(tmp_path, monkeypatch
     specs = {s.name: s for s in all_specs(errors)}
     assert specs["smoke"].description == "mine" and "default" in specs and "broken" not in specs
     assert len(errors) == 1 and "broken.yaml" in str(errors[0]) and "bc.epochs" in str(errors[0])
+
+
+@pytest.mark.parametrize("name", ["iwslt14_de_en", "wmt20_zh_en"])
+def test_paper_scale_specs_validate_as_gpu_cluster_experiments(name):
+    """The paper's settings, checked by `rest check-spec` as a user would (they run once data are present)."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "rest_pipeline.cli", "check-spec", name], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    spec = load_spec(find_spec(name))
+    assert spec.compute.device == "cuda" and spec.grow.compute_type == "float16"
+    assert spec.policy.encoder_layers == spec.policy.decoder_layers == 6
+    paper = {"iwslt14_de_en": (100, [0.0, 0.7, 0.8, 0.9, 0.95]), "wmt20_zh_en": (25, [0.0, 0.7, 0.8, 0.9])}[name]
+    assert (spec.grow.samples_per_source, spec.improve.filter.values) == paper
+    assert spec.grow.temperature == 0.8 and spec.tokenizer.vocab_size == 32000
+    assert json.loads(out.stdout[out.stdout.index("{") :])["name"] == name
