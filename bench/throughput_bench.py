@@ -76,6 +76,7 @@ def old_ct2_sampling(sampler: CT2Sampler, sources: list[str], settings: Sampling
     """The path before lanes: float32, a fresh translator per batch on all cores, batches one after another."""
     import ctranslate2
 
+    from rest_pipeline.core.policy.ct2 import engine_device
     from rest_pipeline.core.policy.generate import length_batches
 
     pol = sampler.policy
@@ -84,7 +85,9 @@ def old_ct2_sampling(sampler: CT2Sampler, sources: list[str], settings: Sampling
     budget = max(4000 // settings.samples_per_source, 16)
     for b, batch in enumerate(length_batches(lengths, budget, max_batch=256)):
         ctranslate2.set_random_seed((settings.seed * 1_000_003 + b) % (2**31))
-        tr = ctranslate2.Translator(str(pol.model_dir), device=pol.device, compute_type="float32", inter_threads=1)
+        tr = ctranslate2.Translator(
+            str(pol.model_dir), **engine_device(pol.device), compute_type="float32", inter_threads=1
+        )
         res = tr.translate_batch(
             pol.tokens([sources[i] for i in batch]),
             beam_size=1,

@@ -163,6 +163,24 @@ def test_ctranslate2_decodes_exactly_like_hf(trained_policy):
     assert [c[0] for c in ct2] == translate(model, tok, src, DecodingSpec(name="greedy", max_new_tokens=16))
 
 
+def test_ctranslate2_leaves_torch_on_all_its_threads(trained_policy):
+    """A CTranslate2 translator built with intra_threads=1 sets the calling thread's OpenMP count, which
+    torch shares: training after a validation ran on one core. Building one must not change torch's."""
+    import torch
+
+    from rest_pipeline.core.policy.ct2 import CT2Policy
+    from rest_pipeline.core.policy.ct2_lane import sample_tokens
+    from rest_pipeline.spec import DecodingSpec
+
+    _, _, ckpt = trained_policy
+    torch.set_num_threads(2)
+    policy = CT2Policy.from_checkpoint(ckpt, lanes=2)  # 2 lanes: each translator thread gets 1 core
+    policy.translate(["ein hund"], DecodingSpec(name="greedy", max_new_tokens=8))
+    assert torch.get_num_threads() == 2
+    sample_tokens(str(policy.model_dir), "cpu", "float32", 1, policy.tokens(["ein hund"]), 2, 0.8, 0, 1.0, 8, [], 1)
+    assert torch.get_num_threads() == 2  # the one-lane path samples in this process
+
+
 def test_ctranslate2_sampling_depends_on_the_seed_only(trained_policy):
     """Batches sampled concurrently on lane processes give the same candidates as one lane, run after run,
     at float32 and int8; another seed gives other candidates."""

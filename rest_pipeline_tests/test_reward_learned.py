@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from rest_pipeline.core.rewards.base import RewardError
 from rest_pipeline.core.rewards.learned import (
@@ -81,8 +82,10 @@ def test_ctranslate2_encoder_scores_like_comets_own(trained, data_dir):
     raw = torch_r.raw_scores(src, mt, ref)
     exact = CometReward(out, name="learned", engine="ctranslate2", compute_type="float32")
     assert np.abs(exact.raw_scores(src[:120], mt[:120], ref[:120]) - raw[:120]).max() < 1e-4
+    torch.set_num_threads(2)
     int8 = CometReward(out, name="learned", engine="ctranslate2", compute_type="int8")
     raw_int8 = int8.raw_scores(src, mt, ref)
+    assert torch.get_num_threads() == 2  # the encoder's single-threaded replicas leave torch its cores
     lo, hi = torch_r._lo, torch_r._hi
     diff = np.abs(np.clip((raw_int8 - lo) / (hi - lo), 0, 1) - np.clip((raw - lo) / (hi - lo), 0, 1))
     assert diff.mean() < 0.015 and diff.max() < 0.08, (diff.mean(), diff.max())

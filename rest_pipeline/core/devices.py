@@ -14,8 +14,10 @@ A spec can ask for the CPU (`compute.device: cpu`) even where CUDA is present; `
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -109,3 +111,16 @@ def ct2_device() -> tuple[str, int]:
     """CTranslate2's (device, device_index)."""
     index = cuda_index()
     return ("cpu", 0) if index is None else ("cuda", index)
+
+
+@contextlib.contextmanager
+def keep_torch_threads() -> Iterator[None]:
+    """Around the construction of a CTranslate2 translator or encoder: it sets the OpenMP thread count
+    of the calling thread to its `intra_threads` (1 on our CPU lanes), and torch in this process
+    reads the same setting, so training after a validation or a scoring pass ran on one core."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)

@@ -3,13 +3,27 @@
 Dagster runs one partition key per run, so the graph is cut into stages: consecutive
 unpartitioned assets run together, and each Grow's shard-partitioned assets run once per
 shard. Every run lands in the same instance the web UI reads.
+
+By default each run executes in this process (no per-step start-up cost: best on a small CPU box).
+With REST_EXECUTOR set to `multiprocess` or `ray`, each stage is a job launched on that executor
+(`ray`: dagster-ray submits every step as a Ray job), and the shard runs of a partitioned stage
+start together, so a cluster runs the shards side by side. Those jobs are rebuilt in each step's
+process from the spec itself (`stage_job`).
 """
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 
 from rest_pipeline.orchestration.definitions import build_definitions
 from rest_pipeline.orchestration.keys import control_key, key
+from rest_pipeline.orchestration.placement import executor_kind
 from rest_pipeline.spec import ExperimentSpec
+
+STAGE_JOB = "rest_stage"
 
 
 def stages(defs: dg.Definitions) -> list[tuple[list[dg.AssetKey], dg.PartitionsDefinition | None]]:
@@ -73,10 +87,17 @@ def materialize_experiment(
     resources = resources or defs.resources
     optional = set() if spec.improve.control else {control_key(spec)}
     wanted = upstream_closure(defs, [key(spec, *u.strip("/").split("/")) for u in until]) if until else None
+    launched = "REST_EXECUTOR" in os.environ and executor_kind() != "in_process"
     results = []
     for keys, parts in stages(defs):
         keys = [k for k in keys if k not in optional and (wanted is None or k in wanted)]
         if not keys:
+            continue
+        if launched:
+            outcome = _launched_stage(spec, keys, parts, instance, tags)
+            results += outcome
+            if not all(r.success for r in outcome):
+                return results
             continue
         for partition_key in parts.get_partition_keys() if parts else [None]:
             result = dg.materialize(
@@ -92,3 +113,50 @@ def materialize_experiment(
             if not result.success:
                 return results
     return results
+
+
+def stage_job(spec_json: str, selection: tuple[str, ...]) -> dg.JobDefinition:
+    """The job of one stage, rebuilt from the spec wherever one of its steps runs (a Ray worker)."""
+    spec = ExperimentSpec.model_validate_json(spec_json)
+    defs = build_definitions([spec])
+    job = dg.define_asset_job(
+        STAGE_JOB, selection=dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(s) for s in selection))
+    )
+    return dg.Definitions(
+        assets=defs.assets,
+        asset_checks=defs.asset_checks,
+        jobs=[job],
+        resources=defs.resources,
+        executor=defs.executor,
+    ).resolve_job_def(STAGE_JOB)
+
+
+class _StageResult:
+    """What `materialize_experiment`'s callers read of a run (as of an in-process result)."""
+
+    def __init__(self, run_id: str, success: bool):
+        self.run_id, self.success = run_id, success
+
+
+def _launched_stage(
+    spec: ExperimentSpec,
+    keys: list[dg.AssetKey],
+    parts: dg.PartitionsDefinition | None,
+    instance: dg.DagsterInstance,
+    tags: dict[str, str] | None,
+) -> list[_StageResult]:
+    """One run per partition, all started at once, each on the executor of REST_EXECUTOR."""
+    recon = dg.build_reconstructable_job(
+        "rest_pipeline.orchestration.headless",
+        "stage_job",
+        reconstructable_args=(spec.model_dump_json(by_alias=True), tuple(k.to_user_string() for k in keys)),
+    )
+
+    def run(partition_key: str | None) -> _StageResult:
+        run_tags = {**(tags or {}), **({"dagster/partition": partition_key} if partition_key else {})}
+        with dg.execute_job(recon, instance=instance, tags=run_tags, raise_on_error=False) as result:
+            return _StageResult(result.run_id, result.success)
+
+    partition_keys = list(parts.get_partition_keys()) if parts else [None]
+    with ThreadPoolExecutor(max_workers=len(partition_keys)) as pool:
+        return list(pool.map(run, partition_keys))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rest_pipeline.core.devices import keep_torch_threads
 from rest_pipeline.core.paths import atomic_dir
 from rest_pipeline.core.policy.ct2_lane import LanePool, sample_tokens
 from rest_pipeline.core.policy.model import weights_hash
@@ -180,13 +181,14 @@ class CT2Policy:
         import ctranslate2
 
         intra = 0 if self.device.startswith("cuda") else max(1, (os.cpu_count() or 1) // self.lanes)
-        return ctranslate2.Translator(
-            str(self.model_dir),
-            **engine_device(self.device),
-            compute_type=self.compute_type,
-            inter_threads=inter,
-            intra_threads=intra,
-        )
+        with keep_torch_threads():
+            return ctranslate2.Translator(
+                str(self.model_dir),
+                **engine_device(self.device),
+                compute_type=self.compute_type,
+                inter_threads=inter,
+                intra_threads=intra,
+            )
 
     def translate(
         self,

@@ -35,15 +35,18 @@ def sample_tokens(
     import ctranslate2
 
     ctranslate2.set_random_seed(seed % (2**31))
+    from rest_pipeline.core.devices import keep_torch_threads
+
     kind, _, index = device.partition(":")  # 'cpu' or 'cuda:<index>', as ct2.device() spells it
-    translator = ctranslate2.Translator(
-        model_dir,
-        device=kind,
-        device_index=int(index or 0),
-        compute_type=compute_type,
-        inter_threads=1,
-        intra_threads=intra_threads,
-    )
+    with keep_torch_threads():  # in-process (one lane): torch must not inherit intra_threads=1
+        translator = ctranslate2.Translator(
+            model_dir,
+            device=kind,
+            device_index=int(index or 0),
+            compute_type=compute_type,
+            inter_threads=1,
+            intra_threads=intra_threads,
+        )
     results = translator.translate_batch(
         tokens,
         beam_size=1,

@@ -127,19 +127,21 @@ class Embedder:
         if engine == "ctranslate2":
             import ctranslate2
 
+            from rest_pipeline.core.devices import keep_torch_threads
             from rest_pipeline.core.policy.ct2 import default_lanes, device, engine_device, resolve_compute_type
 
             self.compute_type = resolve_compute_type(compute_type)
             converted = _converted_encoder(self.compute_type, cache_dir)
             # One single-threaded replica per core, fed concurrently: ~1.5x one replica on all cores.
             self.lanes = default_lanes()
-            self._encoder = ctranslate2.Encoder(
-                str(converted),
-                **engine_device(device()),
-                compute_type=self.compute_type,
-                inter_threads=self.lanes,
-                intra_threads=0 if device().startswith("cuda") else 1,
-            )
+            with keep_torch_threads():
+                self._encoder = ctranslate2.Encoder(
+                    str(converted),
+                    **engine_device(device()),
+                    compute_type=self.compute_type,
+                    inter_threads=self.lanes,
+                    intra_threads=0 if device().startswith("cuda") else 1,
+                )
         else:
             self.compute_type = "float32"
 
