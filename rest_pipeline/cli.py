@@ -267,6 +267,41 @@ def render_lineage(chain: list, base_checkpoint: Path, base_hash: str) -> str:
     return "\n".join(lines)
 
 
+def cmd_rate(args: argparse.Namespace) -> int:
+    """Serve the rating page for a round of test items: BC against the named checkpoints, side by side."""
+    import getpass
+
+    from rest_pipeline.core.human.ratings import RatingBook, RatingError
+    from rest_pipeline.core.human.rounds import RoundError, make_round
+    from rest_pipeline.web.rating import serve
+
+    spec = load_spec(find_spec(args.experiment))
+    store = open_store(spec)
+    rater = args.rater or getpass.getuser()
+    try:
+        record = make_round(
+            store,
+            args.checkpoint or ["final"],
+            items=args.items,
+            seed=args.seed,
+            stratify=args.stratify,
+            reward=spec.reward.model,
+        )
+        RatingBook.check_rater(rater)
+    except (RoundError, RatingError, StaleRecordError, FileNotFoundError) as e:
+        print(f"rest: {e}", file=sys.stderr)
+        return 2
+    book = RatingBook(store, record)
+    print(
+        f"rest: round {record.round_id}: {record.items} {record.split} items, systems hidden as A/B/...; "
+        f"ratings go to {store.ratings_dir(record.round_id)}",
+        flush=True,
+    )
+    print(f"rest: rating page on http://127.0.0.1:{args.port}/?rater={rater} (Ctrl-C stops it)", flush=True)
+    serve(book, args.port)
+    return 0
+
+
 def cmd_lineage(args: argparse.Namespace) -> int:
     """The chain of a checkpoint back to the BC policy, from the store's step records (and Dagster's)."""
     from rest_pipeline.core.policy.model import weights_hash
@@ -388,6 +423,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reward", default=None, help="reward column for canned queries (default: the spec's)")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_query)
+    p = sub.add_parser("rate", help="serve the page that rates checkpoints' translations against BC's (0-6)")
+    p.add_argument("experiment")
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        help="grow_<g>/improve_<i> or final (repeat for several; default: final), rated against BC",
+    )
+    p.add_argument("--items", type=int, default=100, help="test sentences in the round")
+    p.add_argument("--rater", default=None, help="your name as the ratings record it (default: $USER)")
+    p.add_argument("--seed", type=int, default=0, help="which items, and their systems' order")
+    p.add_argument(
+        "--stratify",
+        default="random",
+        help="random, or disagree: items where the reward model and sentence BLEU prefer different systems",
+    )
+    p.add_argument("--port", type=int, default=8765)
+    p.set_defaults(func=cmd_rate)
     p = sub.add_parser("lineage", help="chain of a checkpoint back to the BC policy")
     p.add_argument("checkpoint", help="<experiment>[/grow_<g>/improve_<i>|/final], default: the final one")
     p.add_argument("--json", action="store_true", help="print the lineage rows as JSON")

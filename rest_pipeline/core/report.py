@@ -186,6 +186,18 @@ def _control_section(store: ExperimentStore, rows: list[dict]) -> list[str]:
     ]
 
 
+def _human_section(store: ExperimentStore) -> list[str]:
+    """People's ratings against BC, once `human_eval` has run (`rest rate`, then materialize it)."""
+    if not store.has_human_eval():
+        return []
+    from rest_pipeline.core.human.analysis import human_eval_markdown
+
+    record = store.human_eval()
+    if record.plot:  # the plot lives beside the ratings; the report links it from report/
+        record = record.model_copy(update={"plot": f"../human_eval/{record.plot}"})
+    return ["\n## Human evaluation (side by side against BC, 0-6)\n", human_eval_markdown(record)]
+
+
 def _save(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
@@ -286,6 +298,7 @@ def build_report(spec: ExperimentSpec, store: ExperimentStore, train_reward: str
                 for r in bc_eval.rows
             ]
         ),
+        *_human_section(store),
     ]  # fmt: skip
     record = Report(
         checkpoints=rows,

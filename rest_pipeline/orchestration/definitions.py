@@ -11,6 +11,7 @@ from rest_pipeline.orchestration.automation import automation_sensor, round_sche
 from rest_pipeline.orchestration.branch_assets import branch_point_asset
 from rest_pipeline.orchestration.checks import experiment_checks, grow_checks, improve_checks
 from rest_pipeline.orchestration.grow_assets import grow_assets, reward_model_asset
+from rest_pipeline.orchestration.human_assets import human_eval_asset, new_ratings_sensor
 from rest_pipeline.orchestration.improve_assets import all_improve_assets
 from rest_pipeline.orchestration.placement import executor
 from rest_pipeline.orchestration.resources import RestStorage
@@ -37,7 +38,8 @@ def build_definitions(specs: list[ExperimentSpec] | None = None) -> dg.Definitio
                 checks += grow_checks(spec, grow=g)
             assets += all_improve_assets(spec)
             checks += improve_checks(spec)
-            sensors.append(automation_sensor(spec))
+            assets.append(human_eval_asset(spec))
+            sensors += [automation_sensor(spec), new_ratings_sensor(spec)]
             schedule = round_schedule(spec)
             if schedule is not None:
                 schedules.append(schedule)

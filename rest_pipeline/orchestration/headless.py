@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import dagster as dg
 
 from rest_pipeline.orchestration.definitions import build_definitions
-from rest_pipeline.orchestration.keys import control_key, key
+from rest_pipeline.orchestration.keys import control_key, human_eval_key, key
 from rest_pipeline.orchestration.placement import executor_kind
 from rest_pipeline.spec import ExperimentSpec
 
@@ -85,12 +85,14 @@ def materialize_experiment(
     defs = build_definitions([spec])
     everything = [*defs.assets, *defs.asset_checks]
     resources = resources or defs.resources
-    optional = set() if spec.improve.control else {control_key(spec)}
+    skipped = set() if spec.improve.control else {control_key(spec)}
     wanted = upstream_closure(defs, [key(spec, *u.strip("/").split("/")) for u in until]) if until else None
+    if wanted is None or human_eval_key(spec) not in wanted:
+        skipped.add(human_eval_key(spec))  # from people's ratings: only when asked for (after `rest rate`)
     launched = "REST_EXECUTOR" in os.environ and executor_kind() != "in_process"
     results = []
     for keys, parts in stages(defs):
-        keys = [k for k in keys if k not in optional and (wanted is None or k in wanted)]
+        keys = [k for k in keys if k not in skipped and (wanted is None or k in wanted)]
         if not keys:
             continue
         if launched:

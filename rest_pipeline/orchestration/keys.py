@@ -94,6 +94,10 @@ def report_key(spec: ExperimentSpec) -> dg.AssetKey:
     return key(spec, "report")
 
 
+def human_eval_key(spec: ExperimentSpec) -> dg.AssetKey:
+    return key(spec, "human_eval")
+
+
 def reward_deps(spec: ExperimentSpec) -> list[dg.AssetKey]:
     """The trained reward model, for assets that score with it."""
     return [reward_model_key(spec)] if "learned" in reward_names(spec) else []

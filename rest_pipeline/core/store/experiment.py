@@ -42,6 +42,8 @@ from rest_pipeline.core.store.records import (
     CorpusRecord,
     DecodingEval,
     Evaluation,
+    HumanEval,
+    RatingRound,
     Record,
     Report,
     RewardModelLink,
@@ -273,6 +275,17 @@ class ExperimentStore(CandidateTables):
         if not owned:
             raise BranchError(f"{path}: {self.experiment} does not own this file (a branch never writes its parent)")
 
+    @property
+    def human_dir(self) -> Path:
+        """Rating rounds, ratings and their analysis (human_eval)."""
+        return self.root / "human_eval"
+
+    def rating_round_dir(self, round_id: str) -> Path:
+        return self.human_dir / "rounds" / round_id
+
+    def ratings_dir(self, round_id: str) -> Path:
+        return self.human_dir / "ratings" / f"round={round_id}"
+
     # -- record files (the only place their names are spelled) ----------------------------------
     def _corpus_file(self) -> Path:
         return self.corpus_dir / "corpus.json"
@@ -415,6 +428,24 @@ class ExperimentStore(CandidateTables):
 
     def has_evaluation(self, policy: str) -> bool:
         return self._reusable(self._evaluation_file(self.canonical(policy)), Evaluation) is not None
+
+    def write_rating_round(self, record: RatingRound) -> Path:
+        return self._write(self.rating_round_dir(record.round_id) / "round.json", record)
+
+    def rating_round(self, round_id: str) -> RatingRound:
+        return self._read(self.rating_round_dir(round_id) / "round.json", RatingRound, f"rating round {round_id}")
+
+    def rating_rounds(self) -> list[RatingRound]:
+        return [self.rating_round(p.parent.name) for p in sorted(self.human_dir.glob("rounds/*/round.json"))]
+
+    def write_human_eval(self, record: HumanEval) -> Path:
+        return self._write(self.human_dir / "human_eval.json", record)
+
+    def human_eval(self) -> HumanEval:
+        return self._read(self.human_dir / "human_eval.json", HumanEval, "the human evaluation (human_eval)")
+
+    def has_human_eval(self) -> bool:
+        return self._reusable(self.human_dir / "human_eval.json", HumanEval) is not None
 
     def write_slice(self, record: SliceRecord, rows: pd.DataFrame) -> SliceRecord:
         """The slice's rows and its record; `record.path` is filled in here."""
@@ -599,6 +630,9 @@ class ExperimentStore(CandidateTables):
         """DuckDB over the candidate tables, plus `lineage`: one row per step record (history left out)."""
         rows = [r.model_dump(exclude={"history", "hyperparameters"}) for r in self.steps()]
         con = super().connect()
+        ratings = sorted(self.human_dir.glob("ratings/round=*/rater=*/*.parquet"))
+        if ratings:  # people's ratings (rest rate): one file per rated item
+            con.read_parquet([str(p) for p in ratings], hive_partitioning=False).create_view("ratings")
         if rows:
             con.register("lineage_records", pd.DataFrame(rows))
             con.execute("CREATE VIEW lineage AS SELECT * FROM lineage_records")

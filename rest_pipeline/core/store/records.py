@@ -257,3 +257,55 @@ class Report(Record):
     control: ControlRecord | None
     significance: list[dict[str, Any]]
     findings: list[Finding]
+
+
+# -- human ratings ------------------------------------------------------------------------------
+
+
+class RatingRound(Record):
+    """A set of test items rated side by side: BC and the chosen checkpoints, in a per-item order the
+    rater never sees. The items (sources, each system's output and reward) are a Parquet file beside it."""
+
+    round_id: str
+    split: str
+    systems: list[str]  # policy names; the first is the BC policy ("base")
+    checkpoints: list[str]  # their checkpoint folders, relative to the experiment
+    items: int
+    seed: int
+    stratify: str  # random | disagree (reward model and sentence BLEU prefer different systems)
+    reward: str  # the training reward whose per-item scores the agreement analysis uses
+    items_file: str
+
+
+class SystemRating(_Frozen):
+    system: str
+    ratings: int
+    items: int
+    mean: float
+
+
+class HumanDelta(_Frozen):
+    """A checkpoint against BC on the items both were rated on: the paper's "human evaluation difference"."""
+
+    system: str
+    items: int
+    human_delta: float  # mean over items of (checkpoint - BC) rating, 0-6 scale
+    low: float  # 95 % bootstrap interval over items
+    high: float
+    reward_delta: float  # the reward model's difference on the same items, [0, 1] scale
+
+
+class HumanEval(Record):
+    rounds: list[str]
+    raters: list[str]
+    ratings: int
+    systems: list[SystemRating]
+    deltas: list[HumanDelta]
+    reward: str
+    kendall_tau_human_vs_reward: float | None  # mean per (rater, item) over items with >= 2 distinct ratings
+    reward_prefers_lower_rated: float | None  # share of pairs humans ranked where the reward model ranks opposite
+    pairs_compared: int
+    inter_rater_kendall_tau: float | None  # mean over pairs of raters, on the (item, system) both rated
+    inter_rater_exact: float | None  # share of those ratings that are equal
+    inter_rater_items: int
+    plot: str | None

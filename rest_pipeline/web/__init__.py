@@ -1,0 +1,1 @@
+"""Pages served on loopback beside the Dagster UI (the rating page)."""
