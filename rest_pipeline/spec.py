@@ -395,6 +395,25 @@ class AutomationSpec(_Strict):
     sensor_running: bool = True  # the automation sensor starts RUNNING (it only acts downstream of Grow 1)
 
 
+class OnlineRLSpec(_Strict):
+    """The online-RL baseline (PPO from the BC policy with the training reward model), opt-in: the
+    `online_rl` asset exists only where `enabled`. core/online_rl/ppo.py says how it is built and why."""
+
+    enabled: bool = False
+    total_candidates: int = Field(100_000, ge=1)  # sampled over the whole run (ReST's budget to compare with)
+    eval_every_candidates: int = Field(25_000, ge=1)  # a checkpoint, evaluated like an Improve one, at each mark
+    sources_per_iteration: int = Field(64, ge=1)
+    samples_per_source: int = Field(4, ge=2)  # the group whose mean reward is each sample's baseline
+    kl_coef: float = Field(0.05, ge=0)  # beta of the per-token KL penalty to the BC policy
+    clip: float = Field(0.2, gt=0, lt=1)
+    epochs: int = Field(2, ge=1)  # PPO epochs over each batch
+    minibatch_sequences: int = Field(64, ge=1)
+    lr: float = Field(2e-5, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    normalize_advantages: bool = True
+    save_every_iterations: int = Field(20, ge=1)  # resume points
+
+
 class ComputeSpec(_Strict):
     """What each heavy step (BC and Improve training, sampling, scoring, evaluation) asks of the machine
     or cluster that runs it. `device: auto` uses CUDA where the step's process sees a GPU; on a Ray
@@ -442,6 +461,7 @@ class ExperimentSpec(_Strict):
     improve: ImproveSpec = ImproveSpec()
     automation: AutomationSpec = AutomationSpec()
     compute: ComputeSpec = ComputeSpec()
+    online_rl: OnlineRLSpec = OnlineRLSpec()
 
     @model_validator(mode="after")
     def _shards_have_sources(self) -> ExperimentSpec:

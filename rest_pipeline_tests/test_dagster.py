@@ -71,8 +71,10 @@ def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir, monkeyp
         ).asset_materialization.metadata
         assert corpus_meta["train_pairs"].value == spec.data.max_train_pairs
         checks = result.get_asset_check_evaluations()
-        assert {c.check_name for c in checks} == {"splits_clean", "loads_with_transformers"}
-        assert all(c.passed for c in checks)
+        # The first stage holds the PPO baseline too (it needs BC and the reward model only).
+        assert {c.check_name for c in checks} == {"splits_clean", "loads_with_transformers", "no_reward_hacking"}
+        assert all(c.passed for c in checks if c.check_name != "no_reward_hacking")
+        _assert_online_rl(instance, ExperimentStore(tmp_path / "home" / "experiments" / "smoke"), spec)
     assert type(AutoModelForSeq2SeqLM.from_pretrained(str(ckpt))).__name__ == "MarianMTModel"
     # Each experiment keeps to its own folder.
     assert sorted(p.name for p in (tmp_path / "home" / "experiments").iterdir()) == ["smoke"]
@@ -93,6 +95,33 @@ def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir, monkeyp
         _assert_a_branch_reuses_its_parents_grow(tmp_path, instance, spec, storage, monkeypatch)
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:  # last: it re-samples a shard
         _assert_rotation_resamples_shard_by_shard(instance, spec, storage)
+
+
+def _assert_online_rl(instance: dg.DagsterInstance, store: ExperimentStore, spec) -> None:
+    """PPO's checkpoints at its compute marks are evaluated like Improve ones, with lineage and compute;
+    the report sets them against ReST's checkpoints at equal compute."""
+    record = store.online_rl()
+    assert [m.name for m in record.marks] == ["ppo/c00000016", "ppo/c00000032"]
+    for m in record.marks:
+        assert m.parent == "base" and m.reward_version and m.compute.candidates in (16, 32)
+        ev = store.evaluation(m.name)
+        assert set(ev.splits) == {"valid", "test"} and ev.diversity is not None
+        assert (store.resolve(m.checkpoint) / "model.safetensors").is_file()
+    assert record.history[0]["kl_to_bc"] == 0.0
+    meta = instance.get_latest_materialization_event(dg.AssetKey(["smoke", "online_rl"])).asset_materialization
+    assert meta.metadata["candidates"].value == 32
+    markdown = store.report_markdown.read_text()
+    assert "## ReST against online RL (PPO) at equal compute" in markdown
+    assert (store.report_dir / "rest_vs_ppo_compute.png").read_bytes()[:4] == b"\x89PNG"
+    from rest_pipeline.core.online_rl.compute import rest_compute
+
+    rest = rest_compute(store)
+    assert list(rest) == ["grow_1/improve_1", "grow_1/improve_2", "grow_2/improve_1", "grow_2/improve_2"]
+    samples = spec.grow.max_sources * spec.grow.samples_per_source
+    assert [c.candidates for c in rest.values()] == [samples, samples, 2 * samples, 2 * samples]
+    tokens = [c.target_tokens for c in rest.values()]
+    assert all(b >= a for a, b in zip(tokens, tokens[1:], strict=False)) and tokens[0] > 0
+    assert all(0 < c.reward_calls <= c.candidates + 2 * spec.grow.max_sources for c in rest.values())
 
 
 def _assert_rest_chain(instance: dg.DagsterInstance, store: ExperimentStore, spec) -> None:

@@ -186,6 +186,76 @@ def _control_section(store: ExperimentStore, rows: list[dict]) -> list[str]:
     ]
 
 
+def compute_rows(store: ExperimentStore, train_reward: str) -> list[dict]:
+    """BC, every ReST checkpoint and every PPO checkpoint with its compute so far and its scores."""
+    from rest_pipeline.core.online_rl.compute import rest_compute
+
+    def scores(name: str) -> dict:
+        ev = store.evaluation(name)
+        return {
+            "valid_reward": ev.splits["valid"].reward(train_reward) if "valid" in ev.splits else None,
+            "test_reward": ev.splits["test"].reward(train_reward) if "test" in ev.splits else None,
+            "test_bleu": ev.splits["test"].bleu if "test" in ev.splits else None,
+        }
+
+    zero = {"candidates": 0, "reward_calls": 0, "target_tokens": 0, "seconds": 0.0}
+    rows = [{"method": "BC", "checkpoint": BASE, **zero, **scores(BASE)}]
+    for name, c in rest_compute(store).items():
+        rows.append({"method": "ReST", "checkpoint": name, **c.model_dump(), **scores(name)})
+    for m in store.online_rl().marks:
+        rows.append({"method": "PPO", "checkpoint": m.name, **m.compute.model_dump(), **scores(m.name)})
+    return rows
+
+
+def _online_rl_section(spec: ExperimentSpec, store: ExperimentStore, train_reward: str, out: Path) -> list[str]:
+    """ReST against PPO at equal compute: reward and BLEU against each compute measure, and a table."""
+    if not (spec.online_rl.enabled and store.has_online_rl()):
+        return []
+    rows = compute_rows(store, train_reward)
+    measures = ["candidates", "reward_calls", "target_tokens", "seconds"]
+    fig, axes = plt.subplots(1, 5, figsize=(22, 4))
+    for method, style in (("ReST", "o-"), ("PPO", "s--")):
+        pts = [rows[0]] + [r for r in rows if r["method"] == method]
+        for ax, m in zip(axes[:4], measures, strict=True):
+            ax.plot([r[m] for r in pts], [r["valid_reward"] for r in pts], style, label=method)
+            ax.set_xlabel(m.replace("_", " "))
+            ax.set_ylabel(f"valid reward ({train_reward})")
+        axes[4].plot([r["candidates"] for r in pts], [r["test_bleu"] for r in pts], style, label=method)
+    axes[4].set_xlabel("candidates")
+    axes[4].set_ylabel("test BLEU")
+    for ax in axes:
+        ax.legend()
+    _save(fig, out / "rest_vs_ppo_compute.png")
+    rest_rows = [r for r in rows if r["method"] == "ReST"]
+    final = policy_name(*store.final_step())
+    rest_final = next(r for r in rest_rows if r["checkpoint"] == final)
+    ppo_rows = [r for r in rows if r["method"] == "PPO"]
+    matched = [r for r in ppo_rows if r["candidates"] >= rest_final["candidates"]]
+    ppo_eq = matched[0] if matched else ppo_rows[-1]
+    metrics = [f"reward_{train_reward}", *([f"reward_{independent}"] if (independent := _independent(spec)) else [])]
+    deltas = eval_deltas(
+        store, store.evaluation(ppo_eq["checkpoint"]), store.evaluation(final), ["valid", "test"], metrics
+    )
+    fewer = "" if matched else " (PPO ran out of budget below ReST's candidates: its last checkpoint)"
+    return [
+        "\n## ReST against online RL (PPO) at equal compute\n",
+        f"PPO: {store.online_rl().advantage}. Compute counts sampling, scoring and training from BC on; BC and the "
+        "reward model are shared and left out.\n",
+        md_table(rows),
+        "\n![ReST vs PPO](rest_vs_ppo_compute.png)\n",
+        f"\nAt equal compute: ReST's final checkpoint ({final}, {rest_final['candidates']} candidates) minus PPO's "
+        f"first checkpoint with at least as many candidates ({ppo_eq['checkpoint']}){fewer}; test BLEU "
+        f"{rest_final['test_bleu']} vs {ppo_eq['test_bleu']}:\n",
+        md_table(deltas),
+    ]
+
+
+def _independent(spec: ExperimentSpec) -> str | None:
+    from rest_pipeline.core.rewards.factory import independent_reward
+
+    return independent_reward(spec)
+
+
 def _human_section(store: ExperimentStore) -> list[str]:
     """People's ratings against BC, once `human_eval` has run (`rest rate`, then materialize it)."""
     if not store.has_human_eval():
@@ -298,6 +368,7 @@ def build_report(spec: ExperimentSpec, store: ExperimentStore, train_reward: str
                 for r in bc_eval.rows
             ]
         ),
+        *_online_rl_section(spec, store, train_reward, out),
         *_human_section(store),
     ]  # fmt: skip
     record = Report(

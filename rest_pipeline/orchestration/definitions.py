@@ -13,6 +13,7 @@ from rest_pipeline.orchestration.checks import experiment_checks, grow_checks, i
 from rest_pipeline.orchestration.grow_assets import grow_assets, reward_model_asset
 from rest_pipeline.orchestration.human_assets import human_eval_asset, new_ratings_sensor
 from rest_pipeline.orchestration.improve_assets import all_improve_assets
+from rest_pipeline.orchestration.online_rl_assets import online_rl_asset, online_rl_checks
 from rest_pipeline.orchestration.placement import executor
 from rest_pipeline.orchestration.resources import RestStorage
 from rest_pipeline.spec import ExperimentSpec, all_specs
@@ -40,6 +41,9 @@ def build_definitions(specs: list[ExperimentSpec] | None = None) -> dg.Definitio
             checks += improve_checks(spec)
             assets.append(human_eval_asset(spec))
             sensors += [automation_sensor(spec), new_ratings_sensor(spec)]
+            if spec.online_rl.enabled:  # the baseline needs the BC policy and the reward model only
+                assets.append(online_rl_asset(spec))
+                checks += online_rl_checks(spec)
             schedule = round_schedule(spec)
             if schedule is not None:
                 schedules.append(schedule)

@@ -160,5 +160,7 @@ def _launched_stage(
             return _StageResult(result.run_id, result.success)
 
     partition_keys = list(parts.get_partition_keys()) if parts else [None]
+    if len(partition_keys) == 1:  # in this thread: Ctrl-C reaches the run
+        return [run(partition_keys[0])]
     with ThreadPoolExecutor(max_workers=len(partition_keys)) as pool:
         return list(pool.map(run, partition_keys))

@@ -276,6 +276,7 @@ def report_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
             keys.eval_key(spec, 0, 0),
             *[keys.eval_key(spec, g, i) for g, i in all_steps(spec)],
             *([keys.control_key(spec)] if spec.improve.control else []),
+            *([keys.online_rl_key(spec)] if spec.online_rl.enabled else []),
         ],
         code_version=keys.code_version(spec, "reward", "evaluation.splits", "improve.train.validate_pairs"),
         kinds={"markdown"},

@@ -94,6 +94,10 @@ def report_key(spec: ExperimentSpec) -> dg.AssetKey:
     return key(spec, "report")
 
 
+def online_rl_key(spec: ExperimentSpec) -> dg.AssetKey:
+    return key(spec, "online_rl")
+
+
 def human_eval_key(spec: ExperimentSpec) -> dg.AssetKey:
     return key(spec, "human_eval")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from rest_pipeline.core.grow.sampling import SamplingSettings, make_sampler, sam
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.candidates import ScoreReport
 from rest_pipeline.core.store.experiment import ExperimentStore
+from rest_pipeline.core.store.records import ShardCost
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import ExperimentSpec
 
@@ -79,10 +81,12 @@ def grow_shard(
             logged[0] = done * 10 // total
             log(f"grow {grow} shard {shard}: sampled {done}/{total} sources")
 
+    t0 = time.perf_counter()
     samples = sample_candidates(
         sampler, list(df.source), settings, batch_tokens=spec.grow.batch_tokens, progress=progress
     )
-    return store.write_candidates(
+    seconds, n = time.perf_counter() - t0, sum(len(s) for s in samples)
+    written = store.write_candidates(
         experiment=spec.name,
         grow=grow,
         shard=shard,
@@ -94,9 +98,15 @@ def grow_shard(
         decoding=decoding,
         include_references=spec.grow.include_references,
     )
+    store.write_shard_cost(ShardCost(grow=grow, shard=shard, stage="sample", seconds=seconds, items=n))
+    return written
 
 
 def score_shard(
     store: ExperimentStore, models: list[RewardModel], grow: int, shard: int, log: Log = print
 ) -> list[ScoreReport]:
-    return [store.score_shard(m, grow, shard, log=log) for m in models]
+    t0 = time.perf_counter()
+    reports = [store.score_shard(m, grow, shard, log=log) for m in models]
+    seconds, scored = time.perf_counter() - t0, sum(r.newly_scored for r in reports)
+    store.write_shard_cost(ShardCost(grow=grow, shard=shard, stage="score", seconds=seconds, items=scored))
+    return reports

@@ -43,11 +43,13 @@ from rest_pipeline.core.store.records import (
     DecodingEval,
     Evaluation,
     HumanEval,
+    OnlineRL,
     RatingRound,
     Record,
     Report,
     RewardModelLink,
     RewardModelRecord,
+    ShardCost,
     SliceRecord,
     StepRecord,
 )
@@ -58,6 +60,11 @@ R = TypeVar("R", bound=Record)
 BASE = "base"
 FINAL = "final"
 CONTROL = "control"
+ONLINE_RL = "ppo"  # checkpoints of the online-RL baseline: ppo/c<candidates sampled so far>
+
+
+def is_online_rl(policy: str) -> bool:
+    return re.fullmatch(rf"{ONLINE_RL}/c\d+", policy) is not None
 
 
 class StaleRecordError(RuntimeError):
@@ -216,6 +223,8 @@ class ExperimentStore(CandidateTables):
         """Where the evaluation of a named policy (base, grow_<g>/improve_<i>, control) lives."""
         if policy == CONTROL:
             return self.control_dir / "eval"
+        if is_online_rl(policy):
+            return self.root / "evaluations" / policy
         grow, step = self._named(policy)
         if self.parent is not None and (grow == 0 or self._from_parent(grow, inclusive=False)):
             return self.parent.eval_dir(policy)
@@ -274,6 +283,33 @@ class ExperimentStore(CandidateTables):
             owned = self.root in Path(path).parents
         if not owned:
             raise BranchError(f"{path}: {self.experiment} does not own this file (a branch never writes its parent)")
+
+    def _cost_file(self, grow: int, shard: int, stage: str) -> Path:
+        if self._from_parent(grow, inclusive=True):
+            return self.parent._cost_file(grow, shard, stage)
+        return self.root / "costs" / f"grow_{grow}" / f"{shard_name(shard)}.{stage}.json"
+
+    def write_shard_cost(self, record: ShardCost) -> Path:
+        return self._write(self._cost_file(record.grow, record.shard, record.stage), record)
+
+    def shard_costs(self, grow: int) -> list[ShardCost]:
+        """The sampling and scoring costs recorded for a grow's shards (none for stores made before them)."""
+        folder = self._cost_file(grow, 0, "sample").parent
+        return [self._read(f, ShardCost, "a shard's cost") for f in sorted(folder.glob("*.json"))]
+
+    @property
+    def online_rl_dir(self) -> Path:
+        """PPO's resume point, its checkpoints at compute marks and its record."""
+        return self.root / "online_rl"
+
+    def write_online_rl(self, record: OnlineRL) -> Path:
+        return self._write(self.online_rl_dir / "online_rl.json", record)
+
+    def online_rl(self) -> OnlineRL:
+        return self._read(self.online_rl_dir / "online_rl.json", OnlineRL, "the online-RL baseline (online_rl)")
+
+    def has_online_rl(self) -> bool:
+        return self._reusable(self.online_rl_dir / "online_rl.json", OnlineRL) is not None
 
     @property
     def human_dir(self) -> Path:
@@ -416,7 +452,7 @@ class ExperimentStore(CandidateTables):
 
     def evaluation(self, policy: str) -> Evaluation:
         policy = self.canonical(policy)
-        if self.parent is not None and policy != CONTROL:
+        if self.parent is not None and policy != CONTROL and not is_online_rl(policy):
             grow, _ = self._named(policy)
             if grow == 0 or self._from_parent(grow, inclusive=False):
                 return self._adopt(self.parent.evaluation(policy))
@@ -590,7 +626,7 @@ class ExperimentStore(CandidateTables):
 
     def canonical(self, policy: str) -> str:
         """'final' -> the name of the step it stands for; other names unchanged (validated)."""
-        if policy == CONTROL:
+        if policy == CONTROL or is_online_rl(policy):
             return policy
         return policy_name(*self._named(policy))
 
@@ -605,6 +641,11 @@ class ExperimentStore(CandidateTables):
             if rec is None:
                 raise FileNotFoundError(f"{self._control_file()}: the control has not run (asset control)")
             return self.resolve(rec.checkpoint)
+        if is_online_rl(name):
+            marks = {m.name: m for m in self.online_rl().marks}
+            if name not in marks:
+                raise FileNotFoundError(f"{self.online_rl_dir}: no PPO checkpoint {name} (has {', '.join(marks)})")
+            return self.resolve(marks[name].checkpoint)
         grow, step = self._named(name)
         if grow == 0:
             return self.base_policy_dir

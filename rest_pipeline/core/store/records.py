@@ -309,3 +309,45 @@ class HumanEval(Record):
     inter_rater_exact: float | None  # share of those ratings that are equal
     inter_rater_items: int
     plot: str | None
+
+
+# -- the online-RL baseline and compute accounting ------------------------------------------------
+
+
+class ComputeUsed(_Frozen):
+    """Compute a policy cost so far, counted alike for ReST and PPO (core/online_rl/compute.py)."""
+
+    candidates: int  # sequences sampled
+    reward_calls: int  # reward-model evaluations after de-duplication and the score cache
+    target_tokens: int  # target tokens in training updates, every epoch counted
+    seconds: float  # wall time of sampling, scoring and training on the machine that ran it
+
+
+class OnlineRLMark(_Frozen):
+    name: str  # ppo/c<candidates>
+    checkpoint: str
+    parent: str  # the policy PPO started from (base)
+    reward_version: str
+    compute: ComputeUsed
+    iteration: int
+    mean_sample_reward: float
+    kl_to_bc: float
+
+
+class OnlineRL(Record):
+    algorithm: str  # ppo
+    settings: dict[str, Any]
+    advantage: str  # how advantages were estimated, in words
+    iterations: int
+    marks: list[OnlineRLMark]
+    history: list[dict[str, Any]]
+
+
+class ShardCost(Record):
+    """What sampling or scoring one Grow shard took (compute accounting of ReST)."""
+
+    grow: int
+    shard: int
+    stage: str  # sample | score
+    seconds: float
+    items: int  # candidates sampled, or reward-model inputs newly scored (after dedup and the cache)

@@ -205,7 +205,7 @@ def train_bc(
         weight_decay=spec.weight_decay,
         eps=1e-8,
     )
-    step, elapsed, history = 0, 0.0, []
+    step, elapsed, history, tokens = 0, 0.0, [], 0  # tokens: target tokens trained on (compute accounting)
     best = -math.inf  # larger is better (BLEU, or negative loss)
     last_dir, best_dir, snap_dir = work_dir / "last", work_dir / "best", work_dir / "snapshots"
 
@@ -218,6 +218,7 @@ def train_bc(
             optimizer.load_state_dict(state["optimizer"])
             loss_fn.load_state_dict(state.get("loss", {}))
             step, elapsed, history, best = state["step"], state["elapsed"], state["history"], state["best"]
+            tokens = state.get("tokens", 0)
             torch.set_rng_state(state["torch_rng"])
             log(f"bc: resuming at step {step} ({elapsed:.0f}s already trained)")
         else:
@@ -237,6 +238,7 @@ def train_bc(
                     "elapsed": elapsed,
                     "history": history,
                     "best": best,
+                    "tokens": tokens,
                     "torch_rng": torch.get_rng_state(),
                 },
                 tmp / "trainer_state.pt",
@@ -300,6 +302,7 @@ def train_bc(
             step += 1
             window_loss += loss_sum.item()
             window_tokens += b.target_tokens
+            tokens += b.target_tokens
             elapsed = time.perf_counter() - t_start
 
             if step % 50 == 0:
@@ -318,7 +321,12 @@ def train_bc(
             near_end = budget is not None and budget - elapsed < 0.25 * validate_every * elapsed / step
             out_of_time |= scheduled and near_end
             if scheduled or step == total_steps or out_of_time:
-                row = {"step": step, "epoch": round(step / batches_per_epoch, 2), "elapsed": round(elapsed, 1)}
+                row = {
+                    "step": step,
+                    "epoch": round(step / batches_per_epoch, 2),
+                    "elapsed": round(elapsed, 1),
+                    "target_tokens": tokens,
+                }
                 if record(row, "validation"):
                     best = history[-1]["metric"]
                 if spec.average_last > 1:

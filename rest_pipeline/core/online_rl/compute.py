@@ -1,0 +1,38 @@
+"""Compute, counted the same way for ReST's checkpoints and PPO's, so the two can be compared at
+equal cost: candidates sampled, reward-model calls (distinct (source, output) pairs, which is what the
+score cache and PPO's per-batch de-duplication leave), target tokens trained on (every epoch), and
+wall seconds of sampling, scoring and training. The BC policy and the reward model are shared by
+both methods and left out. ReST's cost of checkpoint (g, i) is every grow up to g and every Improve
+step up to (g, i), whether or not the step improved: it was paid for.
+"""
+
+from __future__ import annotations
+
+from rest_pipeline.core.store.experiment import ExperimentStore, policy_name
+from rest_pipeline.core.store.records import ComputeUsed
+
+
+def rest_compute(store: ExperimentStore) -> dict[str, ComputeUsed]:
+    """Cumulative compute at each ReST checkpoint, by policy name, in the order they were made."""
+    per_grow = store.query(
+        "WITH firsts AS (SELECT pair_hash, min(grow) AS grow FROM candidates GROUP BY pair_hash) "
+        "SELECT g.grow, g.samples, coalesce(f.new_pairs, 0) AS new_pairs FROM "
+        "(SELECT grow, count(*) FILTER (WHERE origin = 'sample') AS samples FROM candidates GROUP BY grow) g "
+        "LEFT JOIN (SELECT grow, count(*) AS new_pairs FROM firsts GROUP BY grow) f USING (grow) ORDER BY g.grow"
+    )
+    grows = {int(r.grow): (int(r.samples), int(r.new_pairs)) for r in per_grow.itertuples()}
+    grow_seconds = {g: sum(c.seconds for c in store.shard_costs(g)) for g in grows}
+    out: dict[str, ComputeUsed] = {}
+    steps = sorted(store.steps(), key=lambda r: (r.grow, r.step))
+    tokens, seconds = 0, 0.0
+    for rec in steps:
+        tokens += int(rec.history[-1].get("target_tokens", 0)) if rec.history else 0
+        seconds += rec.train_seconds
+        sampled = [g for g in grows if g <= rec.grow]
+        out[policy_name(rec.grow, rec.step)] = ComputeUsed(
+            candidates=sum(grows[g][0] for g in sampled),
+            reward_calls=sum(grows[g][1] for g in sampled),
+            target_tokens=tokens,
+            seconds=round(seconds + sum(grow_seconds[g] for g in sampled), 1),
+        )
+    return out

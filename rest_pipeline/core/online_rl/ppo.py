@@ -1,0 +1,277 @@
+"""The online-RL baseline of the paper: PPO from the BC policy with the same training reward model.
+
+Each iteration samples N outputs for a batch of training sources from the *current* policy at the
+Grow temperature, scores them with the reward model, and takes a few clipped-surrogate epochs on
+them. Per token, the reward is the KL penalty to the BC policy, -beta * (log pi_old - log pi_BC);
+the sequence reward R(x, y) arrives at the last token. Advantages come from a per-source group
+baseline: A_t = R(x, y) - mean of R over the N samples of x - beta * (the KL still to come from t).
+Why a group baseline and not a value head: the N samples of a source are drawn anyway, their mean
+reward is an unbiased baseline with no critic to train, tune or let lag behind on two CPU cores,
+and the clipped objective, the KL penalty and the several epochs per batch are PPO's unchanged.
+
+A run is resumable: every `save_every_iterations` the policy, the optimiser, the counters and the
+random state are saved together (atomically), and a killed run carries on from the last save with
+the same samples it would have drawn. Compute is counted as for ReST (compute.py): candidates
+sampled, reward-model calls after de-duplication, target tokens trained on, wall seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rest_pipeline.core.paths import atomic_dir, atomic_path
+from rest_pipeline.core.policy.generate import pad
+from rest_pipeline.core.policy.model import load_policy, save_policy
+from rest_pipeline.core.policy.tokenizer import FastEncoder, load_tokenizer
+from rest_pipeline.core.training.losses import token_logprobs
+from rest_pipeline.core.types import Log
+from rest_pipeline.spec import OnlineRLSpec
+
+
+@dataclass
+class Compute:
+    """What a policy cost so far, counted the same way for ReST and PPO."""
+
+    candidates: int = 0  # sequences sampled from a policy
+    reward_calls: int = 0  # reward-model evaluations after de-duplication (and, for ReST, the cache)
+    target_tokens: int = 0  # target tokens in training updates (each epoch counts)
+    seconds: float = 0.0  # wall time of sampling, scoring and training
+
+    def plus(self, other: Compute) -> Compute:
+        return Compute(*(a + b for a, b in zip(asdict(self).values(), asdict(other).values(), strict=True)))
+
+
+@dataclass
+class Mark:
+    """A checkpoint saved at a compute mark, to be evaluated like an Improve checkpoint."""
+
+    name: str  # policy name: ppo/c<candidates>
+    path: Path
+    compute: Compute
+    iteration: int
+    mean_reward: float
+    kl: float
+
+
+@dataclass
+class PPOResult:
+    marks: list[Mark]
+    iterations: int
+    compute: Compute
+    history: list[dict] = field(default_factory=list)
+
+
+# -- the objective, on tensors ---------------------------------------------------------------------
+
+
+def clipped_surrogate(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's loss, -min(rho A, clip(rho, 1-eps, 1+eps) A) averaged over target tokens, and the share of
+    tokens whose ratio was clipped. Outside the clip range (in A's favourable direction) the gradient is 0."""
+    ratio = torch.exp(logp - old_logp)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1 - clip, 1 + clip) * advantages
+    per_token = -torch.minimum(unclipped, clipped)
+    n = mask.sum().clamp_min(1)
+    clipped_share = (((ratio - 1).abs() > clip) & mask).sum() / n
+    return (per_token * mask).sum() / n, clipped_share
+
+
+def group_baseline(rewards: torch.Tensor, group: int) -> torch.Tensor:
+    """R minus the mean R of its source's `group` samples (rewards laid out source by source)."""
+    r = rewards.view(-1, group)
+    return (r - r.mean(dim=1, keepdim=True)).flatten()
+
+
+def token_advantages(
+    sequence_advantage: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> torch.Tensor:
+    """A_t = A(x, y) - beta * sum_{t' >= t} kl_t' (returns with gamma = 1 of the per-token KL penalty)."""
+    penalty = torch.flip(torch.cumsum(torch.flip(kl * mask, dims=[1]), dim=1), dims=[1])
+    return (sequence_advantage[:, None] - kl_coef * penalty) * mask
+
+
+# -- one iteration's data ------------------------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    input_ids: torch.Tensor  # [B, S] sources, each repeated N times
+    attention_mask: torch.Tensor
+    decoder_input_ids: torch.Tensor  # [B, T]
+    labels: torch.Tensor  # [B, T], -100 after the end
+    texts: list[str]
+
+
+@torch.no_grad()
+def sample_rollout(model, tokenizer, encoder: FastEncoder, sources: Sequence[str], n: int, temperature: float,
+                   max_new_tokens: int, max_length: int, seed: int) -> Rollout:  # fmt: skip
+    """N samples per source from the current policy, as token ids (what the update trains on) and text."""
+    device = next(model.parameters()).device
+    ids, mask = pad(encoder.encode(list(sources), max_length), tokenizer.pad_token_id)
+    ids, mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
+    torch.manual_seed(seed)
+    out = model.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        do_sample=True,
+        temperature=temperature,
+        top_k=0,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+    ).cpu()
+    decoder_input_ids = out[:, :-1]
+    labels = out[:, 1:].clone()
+    # Everything after a sequence's first end-of-sequence token is padding.
+    ended = torch.cumsum((labels == tokenizer.eos_token_id).long(), dim=1)
+    after_end = (ended - (labels == tokenizer.eos_token_id).long()) > 0
+    labels[after_end | (labels == tokenizer.pad_token_id)] = -100
+    texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
+    return Rollout(ids, mask, decoder_input_ids, labels, texts)
+
+
+def sequence_logprobs(model, r: Rollout, rows: torch.Tensor | slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+    device = next(model.parameters()).device
+    logits = model(
+        input_ids=r.input_ids[rows].to(device),
+        attention_mask=r.attention_mask[rows].to(device),
+        decoder_input_ids=r.decoder_input_ids[rows].to(device),
+    ).logits
+    return token_logprobs(logits, r.labels[rows].to(device))
+
+
+# -- the loop ------------------------------------------------------------------------------------------
+
+
+def _save_state(work_dir: Path, model, tokenizer, optimizer, state: dict) -> None:
+    """Policy, optimiser and loop state in one folder, swapped in whole."""
+    with atomic_dir(work_dir / "state") as tmp:
+        save_policy(model, tokenizer, tmp / "policy")
+        # No random state to keep: sampling reseeds per iteration and the updates draw from a seeded generator.
+        torch.save({"optimizer": optimizer.state_dict()}, tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+
+
+def _load_state(work_dir: Path) -> tuple[dict, Path] | None:
+    folder = work_dir / "state"
+    if not (folder / "state.json").is_file():
+        return None
+    return json.loads((folder / "state.json").read_text()), folder
+
+
+def run_ppo(
+    settings: OnlineRLSpec,
+    bc_checkpoint: Path,
+    train_sources: Sequence[str],
+    train_references: Sequence[str],
+    score: Callable[[list[str], list[str], list[str]], np.ndarray],
+    work_dir: Path,
+    *,
+    temperature: float,
+    max_new_tokens: int,
+    max_length: int,
+    seed: int,
+    fingerprint: str,
+    log: Log = print,
+) -> PPOResult:
+    """PPO until `settings.total_candidates` are sampled; a checkpoint at every `eval_every_candidates`.
+    `score(sources, hypotheses, references)` is the training reward, on [0, 1]."""
+    n, per_iter = settings.samples_per_source, settings.sources_per_iteration
+    iterations = -(-settings.total_candidates // (n * per_iter))
+    tokenizer = load_tokenizer(bc_checkpoint)
+    encoder = FastEncoder(tokenizer)
+    reference = load_policy(bc_checkpoint).eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    saved = _load_state(work_dir)
+    if saved is not None and saved[0]["fingerprint"] != fingerprint:
+        log(f"ppo: {work_dir} holds a run of other settings; starting over")
+        saved = None
+    model = load_policy(saved[1] / "policy" if saved else bc_checkpoint)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0)
+    state = {"fingerprint": fingerprint, "iteration": 0, "compute": asdict(Compute()), "history": [], "marks": []}
+    if saved is not None:
+        state = saved[0]
+        extra = torch.load(saved[1] / "optimizer.pt")
+        optimizer.load_state_dict(extra["optimizer"])
+        done = state["compute"]["candidates"]
+        log(f"ppo: resuming at iteration {state['iteration']} of {iterations} ({done} candidates sampled)")
+    compute = Compute(**state["compute"])
+    order = np.random.default_rng(seed).permutation(len(train_sources))
+    device = next(model.parameters()).device
+    for it in range(state["iteration"], iterations):
+        t0 = time.perf_counter()
+        pick = [order[(it * per_iter + k) % len(order)] for k in range(per_iter)]
+        sources = [train_sources[i] for i in pick]
+        refs = [train_references[i] for i in pick]
+        model.eval()  # dropout off throughout: the ratio is exactly 1 before the first update of a batch
+        rollout = sample_rollout(model, tokenizer, encoder, sources, n, temperature, max_new_tokens, max_length,
+                                 seed=seed * 1_000_003 + it)  # fmt: skip
+        repeated = [(s, r) for s, r in zip(sources, refs, strict=True) for _ in range(n)]
+        triples = [(s, h, r) for (s, r), h in zip(repeated, rollout.texts, strict=True)]
+        unique = list(dict.fromkeys(triples))  # a repeated output of a source is scored once
+        scores = score([u[0] for u in unique], [u[1] for u in unique], [u[2] for u in unique])
+        by_triple = dict(zip(unique, np.asarray(scores, dtype=float), strict=True))
+        rewards = torch.tensor([by_triple[t] for t in triples], dtype=torch.float32)
+        unique_calls = len(unique)
+        with torch.no_grad():  # in minibatches: a whole batch's logits over the vocabulary is large
+            chunks = torch.arange(len(rollout.texts)).split(settings.minibatch_sequences)
+            parts = [sequence_logprobs(model, rollout, c) for c in chunks]
+            old_logp, mask = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            ref_logp = torch.cat([sequence_logprobs(reference, rollout, c)[0] for c in chunks])
+        kl = (old_logp - ref_logp) * mask
+        advantages = token_advantages(group_baseline(rewards.to(device), n), kl, mask, settings.kl_coef)
+        if settings.normalize_advantages:
+            values = advantages[mask]
+            advantages = (advantages - values.mean()) / (values.std() + 1e-8) * mask
+        gen = torch.Generator().manual_seed(seed + it)
+        tokens, clipped = 0, []
+        for _ in range(settings.epochs):
+            for rows in torch.randperm(len(rollout.texts), generator=gen).split(settings.minibatch_sequences):
+                logp, m = sequence_logprobs(model, rollout, rows)
+                loss, share = clipped_surrogate(logp, old_logp[rows], advantages[rows], m, settings.clip)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                optimizer.step()
+                tokens += int(m.sum())
+                clipped.append(float(share))
+        step = Compute(len(rollout.texts), unique_calls, tokens, time.perf_counter() - t0)
+        compute = compute.plus(step)
+        row = {
+            "iteration": it + 1,
+            "candidates": compute.candidates,
+            "mean_reward": round(float(rewards.mean()), 5),
+            "kl_to_bc": round(float(kl.sum() / len(rollout.texts)), 5),  # per sequence, at sampling time
+            "clipped_share": round(float(np.mean(clipped)), 4),
+        }
+        state["history"].append(row)
+        log(f"ppo: {row}")
+        state["iteration"], state["compute"] = it + 1, asdict(compute)
+        mark_due = compute.candidates // settings.eval_every_candidates > len(state["marks"]) or it + 1 == iterations
+        if mark_due:
+            name = f"ppo/c{compute.candidates:08d}"
+            path = work_dir / "marks" / name.split("/", 1)[1]
+            with atomic_dir(path) as tmp:
+                save_policy(model, tokenizer, tmp)
+            state["marks"].append(
+                {"name": name, "path": str(path.relative_to(work_dir)), "compute": asdict(compute),
+                 "iteration": it + 1, "mean_reward": row["mean_reward"], "kl": row["kl_to_bc"]}
+            )  # fmt: skip
+        if mark_due or (it + 1) % settings.save_every_iterations == 0:
+            _save_state(work_dir, model, tokenizer, optimizer, state)
+    marks = [
+        Mark(m["name"], work_dir / m["path"], Compute(**m["compute"]), m["iteration"], m["mean_reward"], m["kl"])
+        for m in state["marks"]
+    ]
+    with atomic_path(work_dir / "history.json") as tmp:
+        tmp.write_text(json.dumps(state["history"], indent=1))
+    return PPOResult(marks=marks, iterations=state["iteration"], compute=compute, history=state["history"])

@@ -1,0 +1,92 @@
+"""The online-RL baseline as the pipeline runs it: PPO from the experiment's BC policy with its
+training reward model, each checkpoint at a compute mark evaluated exactly like an Improve checkpoint
+and recorded with its lineage (parent, reward-model version, compute so far)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict
+
+from rest_pipeline.core.evaluation.checkpoint import evaluate_policy, reward_scores
+from rest_pipeline.core.improve.assess import diversity_settings, eval_splits
+from rest_pipeline.core.online_rl.ppo import run_ppo
+from rest_pipeline.core.policy.model import weights_hash
+from rest_pipeline.core.rewards.base import RewardModel
+from rest_pipeline.core.store.experiment import BASE, ExperimentStore
+from rest_pipeline.core.store.records import ComputeUsed, OnlineRL, OnlineRLMark
+from rest_pipeline.core.types import Log
+from rest_pipeline.spec import ExperimentSpec
+
+ADVANTAGE = (
+    "per-source group baseline: A_t = R(x, y) - mean R of the source's samples in the batch - beta * the "
+    "per-token KL to the BC policy still to come (returns with gamma = 1); normalised over the batch"
+)
+
+
+def run_online_rl(
+    spec: ExperimentSpec, store: ExperimentStore, rewards: list[RewardModel], log: Log = print
+) -> OnlineRL:
+    settings = spec.online_rl
+    train_reward = next(m for m in rewards if m.name == spec.reward.model)
+    bc = store.base_policy_dir
+    train = store.split("train")
+    fingerprint = hashlib.sha256(
+        "|".join(
+            [weights_hash(bc), settings.model_dump_json(), train_reward.version, str(spec.seed),
+             str(spec.grow.temperature), str(spec.grow.max_new_tokens), str(len(train))]
+        ).encode()
+    ).hexdigest()[:16]  # fmt: skip
+    result = run_ppo(
+        settings,
+        bc,
+        list(train.source),
+        list(train.target),
+        lambda s, h, r: reward_scores(train_reward, s, h, r),
+        store.online_rl_dir / "ppo",
+        temperature=spec.grow.temperature,
+        max_new_tokens=spec.grow.max_new_tokens,
+        max_length=spec.tokenizer.max_length,
+        seed=spec.seed,
+        fingerprint=fingerprint,
+        log=log,
+    )
+    marks = []
+    for m in result.marks:
+        evaluate_policy(
+            store,
+            m.name,
+            m.path,
+            eval_splits(spec, store),
+            rewards,
+            max_length=spec.tokenizer.max_length,
+            diversity=diversity_settings(spec),
+            diversity_sources=spec.improve.diversity_sources,
+            backend=spec.grow.backend,
+            compute_type=spec.grow.compute_type,
+            decode_backend=spec.evaluation.backend,
+            log=log,
+        )
+        marks.append(
+            OnlineRLMark(
+                name=m.name,
+                checkpoint=store.rel(m.path),
+                parent=BASE,
+                reward_version=train_reward.version,
+                compute=ComputeUsed(
+                    **{k: (round(v, 1) if k == "seconds" else v) for k, v in asdict(m.compute).items()}
+                ),
+                iteration=m.iteration,
+                mean_sample_reward=m.mean_reward,
+                kl_to_bc=m.kl,
+            )
+        )
+    record = OnlineRL(
+        algorithm="ppo",
+        settings=settings.model_dump(),
+        advantage=ADVANTAGE,
+        iterations=result.iterations,
+        marks=marks,
+        history=result.history,
+    )
+    store.write_online_rl(record)
+    return record

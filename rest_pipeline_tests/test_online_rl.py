@@ -1,0 +1,123 @@
+"""The PPO baseline: its objective on tensors, its loop on a real tiny model with the real chrF reward,
+its compute counters, and its resume after a SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rest_pipeline.core.online_rl.ppo import clipped_surrogate, group_baseline, run_ppo, token_advantages
+from rest_pipeline.core.policy.model import save_policy, weights_hash
+from rest_pipeline.core.rewards.base import load_reward
+from rest_pipeline.spec import OnlineRLSpec
+from rest_pipeline_tests.synthetic import pairs, tiny_model, tokenizer_dir
+
+SETTINGS = OnlineRLSpec(
+    enabled=True,
+    total_candidates=96,  # 6 iterations of 8 sources x 2 samples
+    eval_every_candidates=48,
+    sources_per_iteration=8,
+    samples_per_source=2,
+    kl_coef=0.1,
+    epochs=2,
+    minibatch_sequences=8,
+    lr=3e-3,
+    save_every_iterations=2,
+)
+
+
+def test_clipped_objective_has_no_gradient_outside_the_clip_range():
+    """Ratio above 1 + eps with A > 0, or below 1 - eps with A < 0: the clipped term wins, gradient 0."""
+    old = torch.zeros(1, 6)
+    logp = torch.tensor([[0.5, 0.5, -0.5, -0.5, 0.05, -0.05]], requires_grad=True)  # ratios e^.5, e^-.5, ~1
+    adv = torch.tensor([[1.0, -1.0, -1.0, 1.0, 1.0, -1.0]])
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    loss, clipped = clipped_surrogate(logp, old, adv, mask, clip=0.2)
+    loss.backward()
+    grad = logp.grad[0]
+    assert grad[0] == 0 and grad[2] == 0  # pushed past the range in A's direction: nothing more to gain
+    assert grad[1] != 0 and grad[3] != 0  # outside the range against A's direction: still corrected
+    assert grad[4] != 0 and grad[5] != 0  # inside the range
+    assert clipped.item() == pytest.approx(4 / 6)
+    assert grad[4] == pytest.approx(-np.exp(0.05) / 6, rel=1e-5)  # d/dlogp of -rho*A/6 with A = 1
+
+
+def test_advantages_are_group_relative_and_charge_the_kl_still_to_come():
+    rewards = torch.tensor([0.2, 0.6, 0.5, 0.5])  # two sources, two samples each
+    assert group_baseline(rewards, 2).tolist() == pytest.approx([-0.2, 0.2, 0.0, 0.0])
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.5, 9.0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    adv = token_advantages(torch.tensor([1.0, -1.0]), kl, mask, kl_coef=0.5)
+    assert adv[0].tolist() == pytest.approx([1 - 0.5 * 0.6, 1 - 0.5 * 0.5, 1 - 0.5 * 0.3])
+    assert adv[1].tolist() == pytest.approx([-1 - 0.5 * 1.0, -1 - 0.5 * 0.5, 0.0])  # padding: no KL, no advantage
+
+
+@pytest.fixture(scope="module")
+def bc_policy(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("ppo")
+    model, tok = tiny_model(tokenizer_dir(tmp))
+    return save_policy(model, tok, tmp / "bc")
+
+
+def _run(bc: Path, work: Path, settings: OnlineRLSpec = SETTINGS):
+    chrf = load_reward("chrf")
+    src, ref = pairs(40, seed=5)
+    return run_ppo(
+        settings, bc, src, ref, lambda s, h, r: chrf.score(s, h, r), work, temperature=1.0, max_new_tokens=12,
+        max_length=32, seed=3, fingerprint="test", log=lambda m: None,
+    )  # fmt: skip
+
+
+def test_ppo_moves_away_from_bc_and_counts_its_compute(bc_policy, tmp_path):
+    result = _run(bc_policy, tmp_path / "run")
+    history = result.history
+    assert len(history) == 6 and result.iterations == 6
+    assert history[0]["kl_to_bc"] == 0.0  # the first batch is sampled by BC itself
+    assert history[-1]["kl_to_bc"] > 0.01  # and the policy moves away from it
+    assert [m.name for m in result.marks] == ["ppo/c00000048", "ppo/c00000096"]
+    assert weights_hash(result.marks[-1].path) != weights_hash(bc_policy)
+    c = result.compute
+    assert c.candidates == 96 == history[-1]["candidates"]
+    assert 0 < c.reward_calls <= c.candidates  # repeated outputs of a source are scored once
+    assert c.target_tokens > 0 and c.seconds > 0
+    first, last = result.marks[0].compute, result.marks[1].compute
+    assert first.candidates == 48 and all(
+        getattr(last, k) > getattr(first, k) for k in ("candidates", "reward_calls", "target_tokens", "seconds")
+    )
+    saved = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert saved == history
+
+
+KILLED = """
+import sys
+from pathlib import Path
+from rest_pipeline_tests.test_online_rl import _run
+_run(Path(sys.argv[1]), Path(sys.argv[2]))
+"""
+
+
+def test_a_killed_run_resumes_from_its_last_save_to_the_same_policy(bc_policy, tmp_path):
+    straight = _run(bc_policy, tmp_path / "straight")
+    work = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED, str(bc_policy), str(work)])
+    state = work / "state" / "state.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (state.is_file() and json.loads(state.read_text())["iteration"] >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    at = json.loads(state.read_text())["iteration"]
+    assert 2 <= at < 6, at  # killed in the middle
+    resumed = _run(bc_policy, work)
+    assert resumed.history == straight.history
+    assert resumed.compute.candidates == straight.compute.candidates
+    assert resumed.compute.target_tokens == straight.compute.target_tokens
+    assert weights_hash(resumed.marks[-1].path) == weights_hash(straight.marks[-1].path)
