@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -58,10 +59,17 @@ def evaluate_step(
         store.write_evaluation(record)
         log(f"eval {name}: no new weights; inherits the evaluation of {parent_name}")
         return record
+    return evaluate_checkpoint(spec, store, name, store.policy(name), rewards, log)
+
+
+def evaluate_checkpoint(
+    spec: ExperimentSpec, store: ExperimentStore, name: str, checkpoint: Path, rewards: list[RewardModel], log: Log
+) -> Evaluation:
+    """A policy's evaluation exactly as every chain checkpoint gets it (the online-RL baseline's too)."""
     return evaluate_policy(
         store,
         name,
-        store.policy(name),
+        checkpoint,
         eval_splits(spec, store),
         rewards,
         max_length=spec.tokenizer.max_length,

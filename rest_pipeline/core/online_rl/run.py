@@ -7,8 +7,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict
 
-from rest_pipeline.core.evaluation.checkpoint import evaluate_policy, reward_scores
-from rest_pipeline.core.improve.assess import diversity_settings, eval_splits
+from rest_pipeline.core.evaluation.checkpoint import reward_scores
+from rest_pipeline.core.improve.assess import evaluate_checkpoint
 from rest_pipeline.core.online_rl.ppo import run_ppo
 from rest_pipeline.core.policy.model import weights_hash
 from rest_pipeline.core.rewards.base import RewardModel
@@ -52,20 +52,7 @@ def run_online_rl(
     )
     marks = []
     for m in result.marks:
-        evaluate_policy(
-            store,
-            m.name,
-            m.path,
-            eval_splits(spec, store),
-            rewards,
-            max_length=spec.tokenizer.max_length,
-            diversity=diversity_settings(spec),
-            diversity_sources=spec.improve.diversity_sources,
-            backend=spec.grow.backend,
-            compute_type=spec.grow.compute_type,
-            decode_backend=spec.evaluation.backend,
-            log=log,
-        )
+        evaluate_checkpoint(spec, store, m.name, m.path, rewards, log)
         marks.append(
             OnlineRLMark(
                 name=m.name,
