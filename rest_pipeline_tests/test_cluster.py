@@ -211,11 +211,15 @@ def test_smoke_on_ray_with_postgres_and_s3_equals_a_multiprocess_run(
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
 
     # The reference: the same spec on Dagster's multiprocess executor, SQLite instance, local tables.
+    # One torch thread per step, as each Ray step gets (compute.cpus_per_step = 1): the same float
+    # arithmetic, so the same BC weights and the same samples.
     ref_env = {
         **env,
         "REST_HOME": str(tmp_path / "ref"),
         "REST_EXECUTOR": "multiprocess",
         "DAGSTER_HOME": str(tmp_path / "ref_dagster"),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
     }
     _rest(["main", "smoke", "--until", "grow_2/rewards"], ref_env)
 

@@ -91,7 +91,8 @@ def test_heavy_assets_take_the_gpu_pool_on_one_machine_and_ask_ray_for_resources
     monkeypatch.setenv("REST_EXECUTOR", "ray")
     monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
     gpu_spec = spec.model_copy(update={"compute": spec.compute.model_copy(update={"device": "cuda"})})
-    for s, want in [(spec, {"num_cpus": 1.0}), (gpu_spec, {"num_cpus": 1.0, "num_gpus": 1.0})]:
+    threads = {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}}
+    for s, want in [(spec, {"num_cpus": 1.0, **threads}), (gpu_spec, {"num_cpus": 1.0, "num_gpus": 1.0, **threads})]:
         defs = build_definitions([s])
         assert defs.executor.name == "ray"
         for path in [

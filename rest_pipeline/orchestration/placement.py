@@ -59,11 +59,14 @@ def uses_cuda(spec: ExperimentSpec) -> bool:
     return torch.cuda.is_available()
 
 
-def ray_request(spec: ExperimentSpec) -> dict[str, float]:
-    """The Ray resources of one heavy step of this spec."""
-    request = {"num_cpus": spec.compute.cpus_per_step}
+def ray_request(spec: ExperimentSpec) -> dict[str, Any]:
+    """The Ray resources of one heavy step of this spec, and as many torch threads as CPUs granted (two
+    steps side by side on one node must not each spread over every core)."""
+    request: dict[str, Any] = {"num_cpus": spec.compute.cpus_per_step}
     if uses_cuda(spec):
         request["num_gpus"] = spec.compute.gpus_per_step
+    threads = str(max(1, int(spec.compute.cpus_per_step)))
+    request["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}}
     return request
 
 
