@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 LINE = re.compile(
-    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \+0000 - dagster - \w+ - [^ ]+ - [0-9a-f-]{36} - (?:\d+ - )?(\w+) - "
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \+0000 - dagster - \w+ - [^ ]+ - ([0-9a-f-]{36}) - (?:\d+ - )?(\w+) - "
 )
 
 
@@ -39,7 +39,7 @@ def stage_of(step: str) -> str:
 
 
 def stage_minutes(log: str) -> tuple[dict[str, float], float]:
-    spans: dict[str, list[datetime]] = {}
+    spans: dict[tuple[str, str], list[datetime]] = {}
     first = last = None
     for line in log.splitlines():
         m = LINE.match(line)
@@ -47,12 +47,12 @@ def stage_minutes(log: str) -> tuple[dict[str, float], float]:
             continue
         t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")
         first, last = first or t, t
-        if "__" not in m.group(2):  # a run-level event, not a step
+        if "__" not in m.group(3):  # a run-level event, not a step
             continue
-        span = spans.setdefault(m.group(2), [t, t])
+        span = spans.setdefault((m.group(2), m.group(3)), [t, t])  # one span per step of each run (shard)
         span[1] = t
     stages: dict[str, float] = {}
-    for step, (a, b) in spans.items():
+    for (_, step), (a, b) in spans.items():
         stages[stage_of(step)] = stages.get(stage_of(step), 0.0) + (b - a).total_seconds() / 60
     total = (last - first).total_seconds() / 60 if first else 0.0
     return {k: round(v, 1) for k, v in stages.items()}, round(total, 1)
