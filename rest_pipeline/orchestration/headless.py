@@ -13,8 +13,9 @@ process from the spec itself (`stage_job`).
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 
 import dagster as dg
 
@@ -140,6 +141,20 @@ class _StageResult:
         self.run_id, self.success = run_id, success
 
 
+def _execute_stage_run(
+    spec_json: str, selection: tuple[str, ...], partition_key: str | None, tags: dict[str, str],
+    instance: dg.DagsterInstance | None = None,
+) -> tuple[str, bool]:  # fmt: skip
+    """One run of a stage on the executor of REST_EXECUTOR (in a process of its own when concurrent:
+    Dagster's run setup reconfigures logging, which two threads of one process deadlock on)."""
+    recon = dg.build_reconstructable_job(
+        "rest_pipeline.orchestration.headless", "stage_job", reconstructable_args=(spec_json, selection)
+    )
+    run_tags = {**tags, **({"dagster/partition": partition_key} if partition_key else {})}
+    with dg.execute_job(recon, instance=instance or dg.DagsterInstance.get(), tags=run_tags, raise_on_error=False) as r:
+        return r.run_id, r.success
+
+
 def _launched_stage(
     spec: ExperimentSpec,
     keys: list[dg.AssetKey],
@@ -148,19 +163,11 @@ def _launched_stage(
     tags: dict[str, str] | None,
 ) -> list[_StageResult]:
     """One run per partition, all started at once, each on the executor of REST_EXECUTOR."""
-    recon = dg.build_reconstructable_job(
-        "rest_pipeline.orchestration.headless",
-        "stage_job",
-        reconstructable_args=(spec.model_dump_json(by_alias=True), tuple(k.to_user_string() for k in keys)),
-    )
-
-    def run(partition_key: str | None) -> _StageResult:
-        run_tags = {**(tags or {}), **({"dagster/partition": partition_key} if partition_key else {})}
-        with dg.execute_job(recon, instance=instance, tags=run_tags, raise_on_error=False) as result:
-            return _StageResult(result.run_id, result.success)
-
+    args = (spec.model_dump_json(by_alias=True), tuple(k.to_user_string() for k in keys))
     partition_keys = list(parts.get_partition_keys()) if parts else [None]
-    if len(partition_keys) == 1:  # in this thread: Ctrl-C reaches the run
-        return [run(partition_keys[0])]
-    with ThreadPoolExecutor(max_workers=len(partition_keys)) as pool:
-        return list(pool.map(run, partition_keys))
+    if len(partition_keys) == 1:  # in this process: Ctrl-C reaches the run
+        return [_StageResult(*_execute_stage_run(*args, partition_keys[0], tags or {}, instance))]
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=len(partition_keys), mp_context=spawn) as pool:
+        futures = [pool.submit(_execute_stage_run, *args, pk, tags or {}) for pk in partition_keys]
+        return [_StageResult(*f.result()) for f in futures]

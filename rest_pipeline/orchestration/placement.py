@@ -36,11 +36,8 @@ FORWARDED_ENV = (
     "HF_HUB_OFFLINE",
     "TRANSFORMERS_OFFLINE",
     "TOKENIZERS_PARALLELISM",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_ENDPOINT_URL",
-    "AWS_DEFAULT_REGION",
 )
+FORWARDED_PREFIXES = ("AWS_", "DAGSTER_PG_")  # object-storage credentials; the PostgreSQL instance's connection
 
 
 def executor_kind() -> str:
@@ -89,7 +86,8 @@ def max_concurrent() -> int:
 def forwarded_env() -> list[str]:
     """KEY=VALUE pairs a Ray job needs to run a step as this process would: the variables above, and a
     PATH that finds this environment's `dagster` first (the step's entry point)."""
-    pairs = [f"{k}={os.environ[k]}" for k in FORWARDED_ENV if k in os.environ]
+    names = [*FORWARDED_ENV, *sorted(k for k in os.environ if k.startswith(FORWARDED_PREFIXES))]
+    pairs = [f"{k}={os.environ[k]}" for k in names if k in os.environ]
     bindir = str(Path(sys.executable).parent)
     pairs.append(f"PATH={bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     return pairs
