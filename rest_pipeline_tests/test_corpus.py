@@ -117,12 +117,19 @@ def test_wrong_language_pair_and_split(tmp_path, data_dir):
 
 
 def test_every_registered_file_matches_the_mirror(data_dir):
-    """The registry's sums and line counts are the real ones (shared/data/README.md)."""
+    """The registry's sums and line counts are the real ones (shared/data/README.md); files a script
+    makes (no pinned sum) are named in their dataset's notes instead."""
+    pinned = 0
     for ds in DATASETS.values():
         for split in ds.splits.values():
             for f in (split.source, split.target):
+                if f.sha256 is None:
+                    assert f.lines is None and f.path.rsplit("/", 1)[-1] in ds.notes, f.path
+                    continue
+                pinned += 1
                 path = fetch(f, mirror=data_dir)
                 assert path.read_bytes().count(b"\n") == f.lines, f.path
+    assert pinned >= 14
 
 
 def test_a_bad_split_leaves_no_split_written(tmp_path, data_dir):

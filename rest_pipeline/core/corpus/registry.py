@@ -164,7 +164,8 @@ DATASETS: dict[str, Dataset] = {
             "train and valid are assembled locally: the WMT20 Zh-En training corpora (statmt.org/wmt20/"
             "translation-task.html; e.g. `mtdata get -l zho-eng --train <the WMT20 set>`), deduplicated and "
             "written as one sentence per line to <REST_DATA_DIR>/wmt20_zh_en/train.zh and train.en; valid is "
-            "newstest2019 (`sacrebleu -t wmt19 -l zh-en --echo src` / `--echo ref`) as newstest2019.zh-en.zh/.en"
+            "newstest2019 (`sacrebleu -t wmt19 -l zh-en --echo src` / `--echo ref`) as "
+            "newstest2019.zh-en.zh and newstest2019.zh-en.en"
         ),
         splits={
             "train": Split(
