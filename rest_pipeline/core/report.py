@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rest_pipeline.core.evaluation.significance import eval_deltas  # noqa: E402
 from rest_pipeline.core.improve.chain import all_steps, final_step  # noqa: E402
 from rest_pipeline.core.paths import atomic_path  # noqa: E402
+from rest_pipeline.core.rewards.factory import independent_reward  # noqa: E402
 from rest_pipeline.core.store.experiment import BASE, CONTROL, ExperimentStore, policy_name  # noqa: E402
 from rest_pipeline.core.store.records import BestOfN, Evaluation, Finding, Report  # noqa: E402
 from rest_pipeline.core.tables import md_table  # noqa: E402
@@ -232,7 +233,8 @@ def _online_rl_section(spec: ExperimentSpec, store: ExperimentStore, train_rewar
     ppo_rows = [r for r in rows if r["method"] == "PPO"]
     matched = [r for r in ppo_rows if r["candidates"] >= rest_final["candidates"]]
     ppo_eq = matched[0] if matched else ppo_rows[-1]
-    metrics = [f"reward_{train_reward}", *([f"reward_{independent}"] if (independent := _independent(spec)) else [])]
+    independent = independent_reward(spec)
+    metrics = [f"reward_{train_reward}", *([f"reward_{independent}"] if independent else [])]
     deltas = eval_deltas(
         store, store.evaluation(ppo_eq["checkpoint"]), store.evaluation(final), ["valid", "test"], metrics
     )
@@ -248,12 +250,6 @@ def _online_rl_section(spec: ExperimentSpec, store: ExperimentStore, train_rewar
         f"{rest_final['test_bleu']} vs {ppo_eq['test_bleu']}:\n",
         md_table(deltas),
     ]
-
-
-def _independent(spec: ExperimentSpec) -> str | None:
-    from rest_pipeline.core.rewards.factory import independent_reward
-
-    return independent_reward(spec)
 
 
 def _human_section(store: ExperimentStore) -> list[str]:
