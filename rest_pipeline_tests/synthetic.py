@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from rest_pipeline.core.policy.model import build_marian
+from rest_pipeline.core.policy.model import build_causal, build_marian
 from rest_pipeline.core.policy.tokenizer import load_tokenizer, train_sentencepiece
 from rest_pipeline.spec import DataSpec, PolicySpec, TokenizerSpec
 
@@ -40,6 +40,18 @@ def tiny_model(tok_dir: Path, seed: int = 0):
     torch.manual_seed(seed)
     tok = load_tokenizer(tok_dir)
     return build_marian(TINY, tok, 32), tok
+
+
+TINY_CAUSAL = PolicySpec(
+    kind="causal_lm", d_model=64, decoder_layers=2, attention_heads=2, ffn_dim=128, prompt="translate: {source} =>"
+)
+
+
+def tiny_causal(tok_dir: Path, seed: int = 0, spec: PolicySpec = TINY_CAUSAL):
+    """A tiny Llama-shaped LM on the synthetic vocabulary, prompted as `spec.prompt` says."""
+    torch.manual_seed(seed)
+    tok = load_tokenizer(tok_dir)
+    return build_causal(spec, tok, 32), tok
 
 
 # Multi30k De->En as a spec names it (specs are checked against the registry).

@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rest_pipeline.core.training.batching import collate, make_batches
+from rest_pipeline.core.policy.family import Seq2Seq
+from rest_pipeline.core.training.batching import make_batches
 from rest_pipeline.core.training.bc import lr_at, train_bc
 from rest_pipeline.spec import BCSpec
 from rest_pipeline_tests.synthetic import pairs, tiny_model, tokenizer_dir
@@ -51,7 +52,7 @@ def run_tiny(work: str, tok_dir: str, spec_json: str, fingerprint: str = "fp") -
     return {"steps": res.steps, "best": res.best_metric, "history": res.history}
 
 
-def test_batches_respect_token_budget_and_cover_everything():
+def test_batches_respect_token_budget_and_cover_everything(tmp_path):
     src = [[1] * n for n in (3, 10, 4, 25, 7, 7, 2)]
     tgt = [[1] * n for n in (4, 12, 3, 20, 8, 6, 2)]
     batches = make_batches(src, tgt, max_tokens=40, seed=1, epoch=0)
@@ -60,9 +61,13 @@ def test_batches_respect_token_budget_and_cover_everything():
         width = max(len(src[i]) for i in b) + max(len(tgt[i]) for i in b)
         assert width * len(b) <= 40 or len(b) == 1
     assert batches == make_batches(src, tgt, 40, seed=1, epoch=0)  # pure function of (seed, epoch)
-    b = collate(batches[0], src, tgt, pad_id=2, decoder_start_id=2)
+    _, tok = tiny_model(tokenizer_dir(tmp_path))
+    b = Seq2Seq(tok, decoder_start_id=tok.pad_token_id).collate([src[i] for i in batches[0]], [tgt[i] for i in batches[0]])
     assert b.target_tokens == sum(len(tgt[i]) for i in batches[0])
-    assert (b.decoder_input_ids[:, 0] == 2).all()
+    assert (b.inputs["decoder_input_ids"][:, 0] == tok.pad_token_id).all()
+    # The decoder reads the target shifted by one: position t sees target t-1.
+    first = batches[0][0]
+    assert b.inputs["decoder_input_ids"][0, 1 : len(tgt[first])].tolist() == tgt[first][:-1]
 
 
 def test_lr_schedule_warms_up_then_decays():

@@ -15,7 +15,7 @@ import torch
 from rest_pipeline.core.corpus.splits import SplitInfo, prepare_splits
 from rest_pipeline.core.evaluation.checkpoint import evaluate_decodings
 from rest_pipeline.core.paths import atomic_dir
-from rest_pipeline.core.policy.model import build_marian, load_policy, pick_device
+from rest_pipeline.core.policy.model import build_policy
 from rest_pipeline.core.policy.tokenizer import load_tokenizer, train_sentencepiece
 from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.core.store.records import CorpusRecord, DecodingEval, SplitRecord
@@ -46,7 +46,7 @@ def build_corpus(spec: ExperimentSpec, store: ExperimentStore, mirror: Path | No
 
 
 def build_tokenizer(spec: ExperimentSpec, store: ExperimentStore) -> Path:
-    if spec.tokenizer.kind == "pretrained" or spec.policy.kind == "pretrained":
+    if spec.tokenizer.kind == "pretrained" or spec.policy.pretrained_path:
         if not spec.policy.pretrained_path:
             raise ValueError("tokenizer.kind is 'pretrained' but policy.pretrained_path is not set")
         tok = load_tokenizer(spec.policy.pretrained_path)
@@ -61,10 +61,7 @@ def train_base_policy(spec: ExperimentSpec, store: ExperimentStore, log: Log = p
     """BC-train the base policy (from scratch, or fine-tune a pretrained checkpoint); resumable."""
     torch.manual_seed(spec.seed)
     tokenizer = load_tokenizer(store.tokenizer_dir)
-    if spec.policy.kind == "pretrained":
-        model = load_policy(spec.policy.pretrained_path)
-    else:
-        model = build_marian(spec.policy, tokenizer, spec.tokenizer.max_length).to(pick_device())
+    model = build_policy(spec.policy, tokenizer, spec.tokenizer.max_length)
     train, valid = store.split("train"), store.split("valid")
     fingerprint = f"{spec.section_hash('data', 'tokenizer', 'policy', 'bc')}-{spec.seed}"
     result = train_bc(

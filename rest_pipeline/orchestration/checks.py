@@ -9,6 +9,7 @@ from rest_pipeline.core.corpus.splits import ROLES
 from rest_pipeline.core.grow.run import grow_sources, shard_of
 from rest_pipeline.core.improve.assess import hacking_verdict
 from rest_pipeline.core.improve.chain import own_steps, parent_of
+from rest_pipeline.core.policy.model import LINEAGE_FILE, adapter_parent, is_checkpoint
 from rest_pipeline.core.rewards.factory import independent_reward, reward_names
 from rest_pipeline.core.store.experiment import policy_name
 from rest_pipeline.core.store.location import read_table
@@ -35,14 +36,15 @@ def experiment_checks(spec: ExperimentSpec) -> list[dg.AssetChecksDefinition]:
 
     @dg.asset_check(asset=keys.policy_key(spec, 0, 0), name="loads_with_transformers", blocking=True)
     def loads_with_transformers(storage: RestStorage) -> dg.AssetCheckResult:
-        """The checkpoint loads with plain `from_pretrained` and translates a sentence."""
-        from transformers import AutoModelForSeq2SeqLM
+        """The checkpoint loads with plain `from_pretrained` (seq2seq or causal LM) and translates a sentence."""
+        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
         from rest_pipeline.core.policy.generate import translate
         from rest_pipeline.core.policy.tokenizer import load_tokenizer
 
         store = storage.store(spec)
-        model = AutoModelForSeq2SeqLM.from_pretrained(str(store.base_policy_dir))
+        auto = AutoModelForCausalLM if spec.policy.kind == "causal_lm" else AutoModelForSeq2SeqLM
+        model = auto.from_pretrained(str(store.base_policy_dir))
         tok = load_tokenizer(store.base_policy_dir)
         source = store.split("valid").source.iloc[0]
         out = translate(model, tok, [source], DecodingSpec(name="greedy", max_new_tokens=64))[0]
@@ -136,8 +138,13 @@ def _step_checks(spec: ExperimentSpec, grow: int, step: int) -> list[dg.AssetChe
         missing = [k for k in (*fields, "grow_decoding") if not getattr(rec, k)]
         if rec.parent != parent:
             missing.append(f"parent is {rec.parent}, expected {parent}")
-        if not (store.resolve(rec.checkpoint) / "model.safetensors").is_file():
+        if not is_checkpoint(store.resolve(rec.checkpoint)):
             missing.append(f"checkpoint {rec.checkpoint} missing")
+        elif (store.resolve(rec.checkpoint) / LINEAGE_FILE).is_file():
+            try:  # a LoRA adapter: its parent must be there, unchanged
+                adapter_parent(store.resolve(rec.checkpoint))
+            except FileNotFoundError as e:
+                missing.append(str(e))
         return dg.AssetCheckResult(
             passed=not missing,
             metadata={"problems": "; ".join(missing) or "none", "record": json.dumps(rec.model_dump())[:2000]},

@@ -15,9 +15,10 @@ from typing import Protocol
 
 import torch
 
-from rest_pipeline.core.policy.generate import length_batches, pad
+from rest_pipeline.core.policy.family import family_of
+from rest_pipeline.core.policy.generate import length_batches
 from rest_pipeline.core.policy.model import load_policy
-from rest_pipeline.core.policy.tokenizer import FastEncoder, load_tokenizer
+from rest_pipeline.core.policy.tokenizer import load_tokenizer
 from rest_pipeline.spec import GrowSpec
 
 
@@ -47,25 +48,22 @@ class SamplingBackend(Protocol):
 
 
 class HFSampler:
-    """Ancestral sampling with transformers' `generate` (CUDA when available)."""
+    """Ancestral sampling with transformers' `generate` (CUDA when available); either policy family."""
 
     name = "hf"
     lanes = 1  # torch parallelises inside each batch
 
     def __init__(self, checkpoint: Path, max_source_length: int = 128):
         self.model = load_policy(checkpoint).eval()
-        self.tokenizer = load_tokenizer(checkpoint)
-        self.encoder = FastEncoder(self.tokenizer)
+        self.family = family_of(self.model, load_tokenizer(checkpoint))
         self.max_source_length = max_source_length
 
     @torch.inference_mode()
     def sample(self, sources: Sequence[str], settings: SamplingSettings, batch_seed: int) -> list[list[str]]:
-        device = next(self.model.parameters()).device
-        ids, mask = pad(self.encoder.encode(sources, self.max_source_length), self.tokenizer.pad_token_id)
         torch.manual_seed(batch_seed)
-        out = self.model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
+        ids = self.family.generate(
+            self.model,
+            self.family.encode_sources(sources, self.max_source_length),
             do_sample=True,
             temperature=settings.temperature,
             top_k=settings.top_k or 0,
@@ -74,7 +72,7 @@ class HFSampler:
             num_return_sequences=settings.samples_per_source,
             max_new_tokens=settings.max_new_tokens,
         )
-        texts = [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        texts = self.family.decode(ids)
         n = settings.samples_per_source
         return [texts[i * n : (i + 1) * n] for i in range(len(sources))]
 

@@ -16,12 +16,13 @@ from pathlib import Path
 import torch
 
 from rest_pipeline.core.evaluation.checkpoint import reward_scores
+from rest_pipeline.core.policy.family import family_of, hidden_size
 from rest_pipeline.core.policy.generate import translate_checkpoint
-from rest_pipeline.core.policy.model import load_policy, weights_hash
-from rest_pipeline.core.policy.tokenizer import FastEncoder, load_tokenizer
+from rest_pipeline.core.policy.model import load_policy, weights_hash, with_lora
+from rest_pipeline.core.policy.tokenizer import load_tokenizer
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import ExperimentStore
-from rest_pipeline.core.training.batching import collate, make_batches
+from rest_pipeline.core.training.batching import make_batches
 from rest_pipeline.core.training.bc import ExampleSignals, train_bc
 from rest_pipeline.core.training.losses import SequenceLoss, make_loss, token_logprobs
 from rest_pipeline.core.types import Log
@@ -81,19 +82,14 @@ def behaviour_logprobs(
     checkpoint: Path, pairs: tuple[Sequence[str], Sequence[str]], max_length: int, max_tokens: int = 4000
 ) -> list[list[float]]:
     """log pi_b(y_t | y_<t, x) of every target token under the behaviour (grow) policy, per pair."""
-    model, tokenizer = load_policy(checkpoint).eval(), load_tokenizer(checkpoint)
-    enc = FastEncoder(tokenizer)
-    src, tgt = enc.encode(list(pairs[0]), max_length), enc.encode(list(pairs[1]), max_length, target=True)
-    device = next(model.parameters()).device
+    model = load_policy(checkpoint).eval()
+    family = family_of(model, load_tokenizer(checkpoint))
+    src, tgt = family.encode_sources(pairs[0], max_length), family.encode_targets(pairs[1], max_length)
     out: list[list[float]] = [[] for _ in src]
     for idx in make_batches(src, tgt, max_tokens, seed=0, epoch=0):
-        b = collate(idx, src, tgt, tokenizer.pad_token_id, model.config.decoder_start_token_id)
-        logits = model(
-            input_ids=b.input_ids.to(device),
-            attention_mask=b.attention_mask.to(device),
-            decoder_input_ids=b.decoder_input_ids.to(device),
-        ).logits
-        logp, mask = token_logprobs(logits, b.labels.to(device))
+        b = family.collate([src[i] for i in idx], [tgt[i] for i in idx])
+        logits = family.forward(model, b).logits
+        logp, mask = token_logprobs(logits, b.labels.to(logits.device))
         for row, i in enumerate(idx):
             out[i] = logp[row][mask[row]].tolist()
     return out
@@ -128,10 +124,14 @@ def finetune(
     train_spec = spec.improve.train.model_copy(update={"lr": lr})
     options = getattr(spec.improve, loss).model_dump_json() if loss != "bc" else ""
     key = f"{weights_hash(parent)}|{data_hash(*pairs, signals)}|{train_spec.model_dump_json()}|{loss}{options}|{seed}"
+    if spec.policy.lora is not None:
+        key += f"|lora:{spec.policy.lora.model_dump_json()}"
     fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
     torch.manual_seed(seed)
     model = load_policy(parent)
-    loss_fn = loss_for(spec, loss, model.config.d_model)
+    loss_fn = loss_for(spec, loss, hidden_size(model))
+    if spec.policy.lora is not None:
+        model = with_lora(model, spec.policy.lora, parent)  # the step saves only its adapter
     if loss_fn.needs_behaviour_logprobs:
         if behaviour is None or signals is None:
             raise ValueError(f"improve.loss {loss}: needs the behaviour (grow) policy and the slice's signals")

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from rest_pipeline.core.paths import atomic_dir, atomic_path
-from rest_pipeline.core.policy.generate import pad
+from rest_pipeline.core.policy.family import Batch, Family, family_of
 from rest_pipeline.core.policy.model import load_policy, save_policy
-from rest_pipeline.core.policy.tokenizer import FastEncoder, load_tokenizer
+from rest_pipeline.core.policy.tokenizer import load_tokenizer
 from rest_pipeline.core.training.losses import token_logprobs
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import OnlineRLSpec
@@ -104,48 +104,30 @@ def token_advantages(
 
 @dataclass
 class Rollout:
-    input_ids: torch.Tensor  # [B, S] sources, each repeated N times
-    attention_mask: torch.Tensor
-    decoder_input_ids: torch.Tensor  # [B, T]
-    labels: torch.Tensor  # [B, T], -100 after the end
+    batch: Batch  # sources (each repeated N times) and their sampled outputs, as the update trains on them
     texts: list[str]
 
 
 @torch.no_grad()
-def sample_rollout(model, tokenizer, encoder: FastEncoder, sources: Sequence[str], n: int, temperature: float,
+def sample_rollout(model, family: Family, sources: Sequence[str], n: int, temperature: float,
                    max_new_tokens: int, max_length: int, seed: int) -> Rollout:  # fmt: skip
-    """N samples per source from the current policy, as token ids (what the update trains on) and text."""
-    device = next(model.parameters()).device
-    ids, mask = pad(encoder.encode(list(sources), max_length), tokenizer.pad_token_id)
-    ids, mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
+    """N samples per source from the current policy, as a training batch (what the update trains on) and text."""
+    src = family.encode_sources(sources, max_length)
     torch.manual_seed(seed)
-    out = model.generate(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        do_sample=True,
-        temperature=temperature,
-        top_k=0,
-        num_beams=1,
-        max_new_tokens=max_new_tokens,
-    ).cpu()
-    decoder_input_ids = out[:, :-1]
-    labels = out[:, 1:].clone()
-    # Everything after a sequence's first end-of-sequence token is padding.
-    ended = torch.cumsum((labels == tokenizer.eos_token_id).long(), dim=1)
-    after_end = (ended - (labels == tokenizer.eos_token_id).long()) > 0
-    labels[after_end | (labels == tokenizer.pad_token_id)] = -100
-    texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
-    return Rollout(ids, mask, decoder_input_ids, labels, texts)
+    outputs = family.generate(model, src, do_sample=True, temperature=temperature, top_k=0, num_beams=1,
+                              num_return_sequences=n, max_new_tokens=max_new_tokens)  # fmt: skip
+    # An output cut by max_new_tokens has no end token; an empty one still trains its end token.
+    outputs = [o or [family.eos_id] for o in outputs]
+    batch = family.collate([s for s in src for _ in range(n)], outputs)
+    return Rollout(batch, family.decode(outputs))
 
 
-def sequence_logprobs(model, r: Rollout, rows: torch.Tensor | slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
-    device = next(model.parameters()).device
-    logits = model(
-        input_ids=r.input_ids[rows].to(device),
-        attention_mask=r.attention_mask[rows].to(device),
-        decoder_input_ids=r.decoder_input_ids[rows].to(device),
-    ).logits
-    return token_logprobs(logits, r.labels[rows].to(device))
+def sequence_logprobs(
+    model, family: Family, r: Rollout, rows: torch.Tensor | slice = slice(None)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    b = r.batch.rows(rows)
+    logits = family.forward(model, b).logits
+    return token_logprobs(logits, b.labels.to(logits.device))
 
 
 # -- the loop ------------------------------------------------------------------------------------------
@@ -187,8 +169,8 @@ def run_ppo(
     n, per_iter = settings.samples_per_source, settings.sources_per_iteration
     iterations = -(-settings.total_candidates // (n * per_iter))
     tokenizer = load_tokenizer(bc_checkpoint)
-    encoder = FastEncoder(tokenizer)
     reference = load_policy(bc_checkpoint).eval()
+    family = family_of(reference, tokenizer)
     for p in reference.parameters():
         p.requires_grad_(False)
     saved = _load_state(work_dir)
@@ -213,7 +195,7 @@ def run_ppo(
         sources = [train_sources[i] for i in pick]
         refs = [train_references[i] for i in pick]
         model.eval()  # dropout off throughout: the ratio is exactly 1 before the first update of a batch
-        rollout = sample_rollout(model, tokenizer, encoder, sources, n, temperature, max_new_tokens, max_length,
+        rollout = sample_rollout(model, family, sources, n, temperature, max_new_tokens, max_length,
                                  seed=seed * 1_000_003 + it)  # fmt: skip
         repeated = [(s, r) for s, r in zip(sources, refs, strict=True) for _ in range(n)]
         triples = [(s, h, r) for (s, r), h in zip(repeated, rollout.texts, strict=True)]
@@ -224,9 +206,9 @@ def run_ppo(
         unique_calls = len(unique)
         with torch.no_grad():  # in minibatches: a whole batch's logits over the vocabulary is large
             chunks = torch.arange(len(rollout.texts)).split(settings.minibatch_sequences)
-            parts = [sequence_logprobs(model, rollout, c) for c in chunks]
+            parts = [sequence_logprobs(model, family, rollout, c) for c in chunks]
             old_logp, mask = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-            ref_logp = torch.cat([sequence_logprobs(reference, rollout, c)[0] for c in chunks])
+            ref_logp = torch.cat([sequence_logprobs(reference, family, rollout, c)[0] for c in chunks])
         kl = (old_logp - ref_logp) * mask
         advantages = token_advantages(group_baseline(rewards.to(device), n), kl, mask, settings.kl_coef)
         if settings.normalize_advantages:
@@ -236,7 +218,7 @@ def run_ppo(
         tokens, clipped = 0, []
         for _ in range(settings.epochs):
             for rows in torch.randperm(len(rollout.texts), generator=gen).split(settings.minibatch_sequences):
-                logp, m = sequence_logprobs(model, rollout, rows)
+                logp, m = sequence_logprobs(model, family, rollout, rows)
                 loss, share = clipped_surrogate(logp, old_logp[rows], advantages[rows], m, settings.clip)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

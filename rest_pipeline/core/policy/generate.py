@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rest_pipeline.core.policy.tokenizer import FastEncoder
+from rest_pipeline.core.policy.family import family_of
 from rest_pipeline.spec import DecodingSpec
 
 
@@ -49,30 +49,28 @@ def translate(
     max_source_length: int = 128,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[str]:
-    """Deterministic decoding (greedy or beam) of `sources`, returned in input order."""
+    """Deterministic decoding (greedy or beam) of `sources`, returned in input order; either family."""
     if not sources:
         return []
     model.eval()
-    device = next(model.parameters()).device
-    encoded = FastEncoder(tokenizer).encode(sources, max_source_length)
+    family = family_of(model, tokenizer)
+    encoded = family.encode_sources(sources, max_source_length)
     # Beam search multiplies the work per sentence: budget tokens per beam, not per sentence.
     budget = max(batch_tokens // decoding.num_beams, 64)
     out: list[str] = [""] * len(sources)
     done = 0
     for batch in length_batches([len(e) for e in encoded], budget):
-        ids, mask = pad([encoded[i] for i in batch], tokenizer.pad_token_id)
-        gen = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
+        ids = family.generate(
+            model,
+            [encoded[i] for i in batch],
             num_beams=decoding.num_beams,
             length_penalty=decoding.length_penalty,
             max_new_tokens=decoding.max_new_tokens,
             do_sample=False,
             early_stopping=True if decoding.num_beams > 1 else False,
         )
-        texts = tokenizer.batch_decode(gen, skip_special_tokens=True)
-        for i, t in zip(batch, texts, strict=True):
-            out[i] = t.strip()
+        for i, t in zip(batch, family.decode(ids), strict=True):
+            out[i] = t
         done += len(batch)
         if progress:
             progress(done, len(sources))

@@ -1,18 +1,27 @@
-"""The policy: a Transformer encoder-decoder in Hugging Face format.
+"""The policy in Hugging Face format: an encoder-decoder or a decoder-only LM (family.py says how
+each is fed).
 
-From scratch we build a small Marian; a `pretrained` spec loads any HF seq2seq
-checkpoint (e.g. an opus-mt model) instead. Checkpoints are saved with safetensors so
-`AutoModelForSeq2SeqLM.from_pretrained(path)` loads them anywhere.
+From scratch we build a small Marian or a tiny Llama-shaped LM; a `pretrained_path` loads any HF
+seq2seq or causal-LM folder instead. Checkpoints are saved with safetensors so `from_pretrained(path)`
+loads them anywhere. With `policy.lora`, an Improve step's checkpoint is a peft adapter folder that
+names its parent (a relative path and the parent's weights hash); loading merges the chain of
+adapters into the base, so every reader sees a plain model.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
+    LlamaConfig,
+    LlamaForCausalLM,
     MarianConfig,
     MarianMTModel,
     PreTrainedModel,
@@ -20,7 +29,11 @@ from transformers import (
 )
 
 from rest_pipeline.core.paths import atomic_dir
-from rest_pipeline.spec import PolicySpec
+from rest_pipeline.core.policy.family import PromptFormat
+from rest_pipeline.spec import LoraSpec, PolicySpec
+
+ADAPTER_FILE = "adapter_model.safetensors"
+LINEAGE_FILE = "rest_adapter.json"  # an adapter folder's parent: relative path + weights hash
 
 
 def pick_device() -> torch.device:
@@ -61,25 +74,127 @@ def build_marian(spec: PolicySpec, tokenizer: PreTrainedTokenizerBase, max_lengt
     return MarianMTModel(config)
 
 
+def prompt_format(spec: PolicySpec) -> PromptFormat:
+    return PromptFormat(template=spec.prompt, chat_template=spec.chat_template, stop=spec.stop)
+
+
+def build_causal(spec: PolicySpec, tokenizer: PreTrainedTokenizerBase, max_length: int) -> LlamaForCausalLM:
+    """A tiny Llama-shaped LM on our vocabulary (decoder_layers deep): the CPU smoke's causal policy."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.d_model,
+        intermediate_size=spec.ffn_dim,
+        num_hidden_layers=spec.decoder_layers,
+        num_attention_heads=spec.attention_heads,
+        num_key_value_heads=spec.attention_heads,
+        max_position_embeddings=max(max_length, 64) * 4,  # prompt + completion
+        attention_dropout=spec.attention_dropout,
+        pad_token_id=pad,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        tie_word_embeddings=True,
+    )
+    config.rest_prompt = prompt_format(spec).to_config()
+    return LlamaForCausalLM(config)
+
+
+def build_policy(spec: PolicySpec, tokenizer: PreTrainedTokenizerBase, max_length: int) -> PreTrainedModel:
+    """The BC policy before training: from scratch, or the pretrained folder (a causal LM gets the prompt)."""
+    if spec.pretrained_path:
+        model = load_policy(spec.pretrained_path)
+        if not model.config.is_encoder_decoder:
+            model.config.rest_prompt = prompt_format(spec).to_config()
+        elif spec.kind == "causal_lm":
+            raise ValueError(f"policy.pretrained_path {spec.pretrained_path}: an encoder-decoder, not a causal LM")
+        return model
+    if spec.kind == "causal_lm":
+        return build_causal(spec, tokenizer, max_length).to(pick_device())
+    return build_marian(spec, tokenizer, max_length).to(pick_device())
+
+
 def load_policy(path: str | Path, device: torch.device | None = None) -> PreTrainedModel:
+    """A checkpoint folder as a plain model: seq2seq or causal by its config; an adapter folder merged
+    into its parent (recursively)."""
     path = Path(path)
+    if (path / LINEAGE_FILE).is_file():
+        return _load_adapter(path).to(device or pick_device())
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a Hugging Face checkpoint (config.json missing)")
-    model = AutoModelForSeq2SeqLM.from_pretrained(str(path))
+    config = AutoConfig.from_pretrained(str(path))
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    model = auto.from_pretrained(str(path))
     return model.to(device or pick_device())
 
 
+def _load_adapter(path: Path) -> PreTrainedModel:
+    from peft import PeftModel
+
+    parent = adapter_parent(path)
+    base = load_policy(parent, torch.device("cpu"))
+    return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+
+
+def adapter_parent(path: Path) -> Path:
+    """The checkpoint an adapter folder was trained on; checked by hash so a moved folder fails loudly."""
+    lineage = json.loads((path / LINEAGE_FILE).read_text())
+    parent = (path / lineage["parent"]).resolve()
+    if not parent.exists() or weights_hash(parent) != lineage["parent_hash"]:
+        raise FileNotFoundError(
+            f"{path}: its LoRA parent {lineage['parent']} (weights {lineage['parent_hash']}) is missing or changed"
+        )
+    return parent
+
+
+def with_lora(model: PreTrainedModel, spec: LoraSpec, parent: Path) -> PreTrainedModel:
+    """`model` (loaded from `parent`) wrapped with fresh LoRA adapters; only they train."""
+    from peft import LoraConfig, get_peft_model
+
+    causal = not model.config.is_encoder_decoder
+    config = LoraConfig(
+        r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=spec.target_modules,
+        task_type="CAUSAL_LM" if causal else "SEQ_2_SEQ_LM",
+    )  # fmt: skip
+    wrapped = get_peft_model(model, config)
+    wrapped.rest_parent = Path(parent).resolve()
+    return wrapped
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A complete checkpoint folder: full weights, or a LoRA adapter with its parent link."""
+    path = Path(path)
+    full = (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    return full or ((path / LINEAGE_FILE).is_file() and (path / ADAPTER_FILE).is_file())
+
+
 def weights_hash(checkpoint: str | Path) -> str:
-    """Identity of a checkpoint's weights: keys caches of evaluations, conversions and lineage."""
-    return hashlib.sha256((Path(checkpoint) / "model.safetensors").read_bytes()).hexdigest()[:16]
+    """Identity of a checkpoint's weights: keys caches of evaluations, conversions and lineage. An
+    adapter folder's identity is its parent's plus its adapter's."""
+    checkpoint = Path(checkpoint)
+    if (checkpoint / LINEAGE_FILE).is_file():
+        parent = json.loads((checkpoint / LINEAGE_FILE).read_text())["parent_hash"]
+        return hashlib.sha256(parent.encode() + (checkpoint / ADAPTER_FILE).read_bytes()).hexdigest()[:16]
+    return hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()[:16]
 
 
 def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> Path:
-    """Write model + tokenizer as one self-contained HF folder, atomically."""
+    """Write model + tokenizer as one self-contained HF folder, atomically; a LoRA-wrapped model as its
+    adapter plus the parent it applies to (relative path from `path`, and that parent's hash)."""
+    parent = getattr(model, "rest_parent", None)
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        if parent is not None:
+            lineage = {"parent": os.path.relpath(parent, Path(path).resolve()), "parent_hash": weights_hash(parent)}
+            (tmp / LINEAGE_FILE).write_text(json.dumps(lineage, indent=1))
     return path
+
+
+def export_merged(checkpoint: Path, out: Path) -> Path:
+    """A checkpoint (adapters merged) as a plain HF folder that `from_pretrained` loads anywhere."""
+    from rest_pipeline.core.policy.tokenizer import load_tokenizer
+
+    return save_policy(load_policy(checkpoint, torch.device("cpu")), load_tokenizer(checkpoint), out)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -1,4 +1,5 @@
-"""Token-bucketed training batches: similar lengths together, a fixed token budget per batch.
+"""Token-bucketed training batches: similar lengths together, a fixed token budget per batch (the
+policy family turns a group of indices into tensors: core/policy/family.py).
 
 The batch order of every epoch is a pure function of (seed, epoch), so a resumed run can
 skip exactly the batches it already trained on.
@@ -8,18 +9,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
-
-import torch
-
-
-@dataclass
-class Batch:
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    decoder_input_ids: torch.Tensor
-    labels: torch.Tensor  # -100 where padded
-    target_tokens: int
 
 
 def make_batches(
@@ -48,25 +37,3 @@ def make_batches(
         batches.append(cur)
     rng.shuffle(batches)
     return batches
-
-
-def collate(
-    idx: Sequence[int],
-    src: Sequence[Sequence[int]],
-    tgt: Sequence[Sequence[int]],
-    pad_id: int,
-    decoder_start_id: int,
-) -> Batch:
-    n = len(idx)
-    ls = max(len(src[i]) for i in idx)
-    lt = max(len(tgt[i]) for i in idx)
-    input_ids = torch.full((n, ls), pad_id, dtype=torch.long)
-    labels = torch.full((n, lt), -100, dtype=torch.long)
-    dec = torch.full((n, lt), pad_id, dtype=torch.long)
-    for row, i in enumerate(idx):
-        s, t = src[i], tgt[i]
-        input_ids[row, : len(s)] = torch.tensor(s)
-        labels[row, : len(t)] = torch.tensor(t)
-        dec[row, 0] = decoder_start_id
-        dec[row, 1 : len(t)] = torch.tensor(t[:-1])
-    return Batch(input_ids, (input_ids != pad_id).long(), dec, labels, int((labels != -100).sum()))

@@ -1,4 +1,4 @@
-"""Behavioural cloning (supervised NLL) of a seq2seq policy: the paper's BC baseline.
+"""Behavioural cloning (supervised NLL) of a policy of either family: the paper's BC baseline.
 
 One loop a reader can hold in their head: token-bucketed batches, AdamW with warm-up and
 decay, clipping, label smoothing, validation by greedy BLEU, best checkpoint kept, and a
@@ -27,10 +27,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rest_pipeline.core.evaluation.metrics import corpus_scores
 from rest_pipeline.core.paths import atomic_dir, atomic_path
+from rest_pipeline.core.policy.family import Batch, Family, Forward, family_of
 from rest_pipeline.core.policy.generate import translate_model
-from rest_pipeline.core.policy.model import save_policy
-from rest_pipeline.core.policy.tokenizer import FastEncoder
-from rest_pipeline.core.training.batching import collate, make_batches
+from rest_pipeline.core.policy.model import is_checkpoint, save_policy
+from rest_pipeline.core.training.batching import make_batches
 from rest_pipeline.core.training.losses import LossBatch, NLLLoss, SequenceLoss
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import BCSpec, DecodingSpec
@@ -65,7 +65,9 @@ class ExampleSignals:
     def plain(cls, n: int) -> ExampleSignals:
         return cls([1.0] * n, [0.0] * n, [False] * n)
 
-    def batch(self, idx: Sequence[int], out, b, device: torch.device, progress: float, smoothing: float) -> LossBatch:
+    def batch(self, idx: Sequence[int], out: Forward, b: Batch, progress: float, smoothing: float) -> LossBatch:
+        device = out.logits.device
+
         def pick(values: list, dtype: torch.dtype) -> torch.Tensor:
             return torch.tensor([values[i] for i in idx], dtype=dtype, device=device)
 
@@ -83,8 +85,8 @@ class ExampleSignals:
             rewards=pick(self.rewards, torch.float32),
             baselines=pick(self.baselines, torch.float32),
             is_sample=pick(self.is_sample, torch.float32),
-            encoder_states=out.encoder_last_hidden_state,
-            encoder_mask=b.attention_mask.to(device),
+            encoder_states=out.states,
+            encoder_mask=out.states_mask,
             progress=progress,
             label_smoothing=smoothing,
             behaviour_logprobs=behaviour,
@@ -125,18 +127,13 @@ def _tied_safe(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def validation_loss(model, src, tgt, max_tokens: int, pad_id: int, start_id: int) -> float:
+def validation_loss(model, family: Family, src, tgt, max_tokens: int) -> float:
     model.eval()
-    device = next(model.parameters()).device
     total, tokens = 0.0, 0
     for idx in make_batches(src, tgt, max_tokens, seed=0, epoch=0):
-        b = collate(idx, src, tgt, pad_id, start_id)
-        logits = model(
-            input_ids=b.input_ids.to(device),
-            attention_mask=b.attention_mask.to(device),
-            decoder_input_ids=b.decoder_input_ids.to(device),
-        ).logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), b.labels.to(device).flatten(), reduction="sum")
+        b = family.collate([src[i] for i in idx], [tgt[i] for i in idx])
+        logits = family.forward(model, b).logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), b.labels.to(logits.device).flatten(), reduction="sum")
         total += float(loss)
         tokens += b.target_tokens
     return total / max(tokens, 1)
@@ -182,15 +179,13 @@ def train_bc(
     device = next(model.parameters()).device
     work_dir.mkdir(parents=True, exist_ok=True)
     _seed_all(seed)
-    enc = FastEncoder(tokenizer)
-    src = enc.encode(train[0], max_length)
-    tgt = enc.encode(train[1], max_length, target=True)
+    family = family_of(model, tokenizer)
+    src = family.encode_sources(train[0], max_length)
+    tgt = family.encode_targets(train[1], max_length)
     n_valid = spec.validate_pairs or len(valid[0])
     v_src_text, v_ref = list(valid[0][:n_valid]), list(valid[1][:n_valid])
-    v_src = enc.encode(valid[0], max_length)
-    v_tgt = enc.encode(valid[1], max_length, target=True)
-    pad_id = tokenizer.pad_token_id
-    start_id = model.config.decoder_start_token_id
+    v_src = family.encode_sources(valid[0], max_length)
+    v_tgt = family.encode_targets(valid[1], max_length)
     greedy = DecodingSpec(name="greedy", num_beams=1, max_new_tokens=max_length)
 
     batches_per_epoch = len(make_batches(src, tgt, spec.max_tokens, seed, 0))
@@ -199,7 +194,7 @@ def train_bc(
 
     loss_fn.to(device)
     optimizer = torch.optim.AdamW(
-        [*model.parameters(), *(p for p in loss_fn.parameters() if p.requires_grad)],
+        [*(p for p in model.parameters() if p.requires_grad), *(p for p in loss_fn.parameters() if p.requires_grad)],
         lr=spec.lr,
         betas=spec.betas,
         weight_decay=spec.weight_decay,
@@ -246,7 +241,7 @@ def train_bc(
 
     def validate() -> dict:
         t0 = time.perf_counter()
-        loss = validation_loss(model, v_src, v_tgt, spec.max_tokens * 2, pad_id, start_id)
+        loss = validation_loss(model, family, v_src, v_tgt, spec.max_tokens * 2)
         hyps = translate_model(
             model, tokenizer, v_src_text, greedy, backend=decode_backend, max_source_length=max_length
         )
@@ -284,16 +279,12 @@ def train_bc(
         for idx in order[pos:]:
             if step >= total_steps:
                 break
-            b = collate(idx, src, tgt, pad_id, start_id)
+            b = family.collate([src[i] for i in idx], [tgt[i] for i in idx])
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(step, spec, total_steps, elapsed / budget if budget else 0.0)
-            out = model(
-                input_ids=b.input_ids.to(device),
-                attention_mask=b.attention_mask.to(device),
-                decoder_input_ids=b.decoder_input_ids.to(device),
-            )
+            out = family.forward(model, b)
             progress = max(step / total_steps, elapsed / budget if budget else 0.0)
-            loss_sum = loss_fn(signals.batch(idx, out, b, device, progress, spec.label_smoothing))
+            loss_sum = loss_fn(signals.batch(idx, out, b, progress, spec.label_smoothing))
             loss = loss_sum / b.target_tokens
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -379,7 +370,7 @@ def train_bc(
 def finished_result(work_dir: Path, fingerprint: str) -> BCResult | None:
     """The recorded result of a finished run with the same fingerprint, if its checkpoint is there."""
     path = work_dir / "history.json"
-    if not path.is_file() or not (work_dir / "best" / "config.json").is_file():
+    if not path.is_file() or not is_checkpoint(work_dir / "best"):
         return None
     data = json.loads(path.read_text())
     if data.pop("fingerprint", None) != fingerprint:

@@ -1,0 +1,226 @@
+"""Policy families: what differs between an encoder-decoder and a decoder-only LM prompted to
+translate, kept in one place so that BC, Improve (every loss), Grow, evaluation and PPO run the
+same code for both.
+
+An encoder-decoder reads the source with its encoder and writes the target from a start token. A
+causal LM reads `prompt(source)` and continues it; only the completion is trained on and returned.
+Batches put every completion at the same position: prompts are padded on the left, completions on
+the right, so logits[:, P-1 : P-1+T] predict the T completion tokens and the labels have the same
+[batch, target] layout as an encoder-decoder's. Losses, log-probabilities and the behaviour policy's
+token scores therefore never need to know which family produced them.
+
+The prompt format travels in the model's config (`rest_prompt`, saved in config.json), so any
+checkpoint folder says how to prompt it; a config without it is an encoder-decoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rest_pipeline.core.policy.tokenizer import FastEncoder
+
+IGNORE = -100  # label of a position that is not trained on
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a causal LM is asked to translate, and where its answer ends."""
+
+    template: str = "Translate German to English:\n{source}\nEnglish:"
+    chat_template: bool = True  # used when the tokenizer has a chat template
+    stop: Literal["eos", "newline"] = "eos"
+
+    def to_config(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Batch:
+    """One training batch of either family; `labels` is [B, T] with IGNORE where there is no target."""
+
+    inputs: dict[str, torch.Tensor]  # the model's keyword arguments
+    labels: torch.Tensor
+    target_tokens: int
+    prompt_width: int = 0  # causal: P, where completions start in `inputs`
+
+    def rows(self, rows: torch.Tensor | slice) -> Batch:
+        return Batch({k: v[rows] for k, v in self.inputs.items()}, self.labels[rows],
+                     int((self.labels[rows] != IGNORE).sum()), self.prompt_width)  # fmt: skip
+
+
+@dataclass
+class Forward:
+    logits: torch.Tensor  # [B, T, V], aligned with Batch.labels
+    states: torch.Tensor  # [B, S, D]: the encoder's last layer, or a causal LM's last layer over the prompt
+    states_mask: torch.Tensor  # [B, S]
+
+
+class Seq2Seq:
+    """Encoder-decoder (Marian, opus-mt, any AutoModelForSeq2SeqLM)."""
+
+    kind = "seq2seq"
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, decoder_start_id: int):
+        self.tokenizer, self.encoder = tokenizer, FastEncoder(tokenizer)
+        self.pad_id, self.eos_id, self.start_id = tokenizer.pad_token_id, tokenizer.eos_token_id, decoder_start_id
+
+    def encode_sources(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
+        return self.encoder.encode(list(texts), max_length)
+
+    def encode_targets(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
+        return self.encoder.encode(list(texts), max_length, target=True)
+
+    def collate(self, src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]) -> Batch:
+        n, ls, lt = len(src), max(len(s) for s in src), max(len(t) for t in tgt)
+        input_ids = torch.full((n, ls), self.pad_id, dtype=torch.long)
+        labels = torch.full((n, lt), IGNORE, dtype=torch.long)
+        dec = torch.full((n, lt), self.pad_id, dtype=torch.long)
+        for row, (s, t) in enumerate(zip(src, tgt, strict=True)):
+            input_ids[row, : len(s)] = torch.tensor(s)
+            labels[row, : len(t)] = torch.tensor(t)
+            dec[row, 0] = self.start_id
+            dec[row, 1 : len(t)] = torch.tensor(t[:-1])
+        inputs = {"input_ids": input_ids, "attention_mask": (input_ids != self.pad_id).long(), "decoder_input_ids": dec}
+        return Batch(inputs, labels, int((labels != IGNORE).sum()))
+
+    def forward(self, model: PreTrainedModel, b: Batch) -> Forward:
+        device = next(model.parameters()).device
+        out = model(**{k: v.to(device) for k, v in b.inputs.items()})
+        return Forward(out.logits, out.encoder_last_hidden_state, b.inputs["attention_mask"].to(device))
+
+    def generate(self, model: PreTrainedModel, src: Sequence[Sequence[int]], **kw) -> list[list[int]]:
+        """Output ids per returned sequence, up to and including the first EOS (the decoder start dropped)."""
+        device = next(model.parameters()).device
+        ids, mask = left_or_right_pad(src, self.pad_id, left=False)
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kw).cpu()
+        return [_cut(row[1:].tolist(), {self.eos_id}, self.pad_id) for row in out]
+
+    def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
+        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+class CausalLM:
+    """Decoder-only LM (Llama, Qwen, any AutoModelForCausalLM) prompted to translate."""
+
+    kind = "causal_lm"
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt: PromptFormat):
+        self.tokenizer, self.prompt, self.encoder = tokenizer, prompt, FastEncoder(tokenizer)
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self.use_chat = prompt.chat_template and getattr(tokenizer, "chat_template", None) is not None
+        # The completion's end: EOS, or the token(s) of a newline when the spec stops there.
+        self.end = [self.eos_id] if prompt.stop == "eos" else self._newline_ids()
+
+    def _newline_ids(self) -> list[int]:
+        ids = self.tokenizer("\n", add_special_tokens=False)["input_ids"]
+        if not ids or "\n" not in self.tokenizer.decode(ids):
+            raise ValueError("policy.stop 'newline': this tokenizer cannot write a newline (SentencePiece "
+                             "normalises it away); use stop: eos")  # fmt: skip
+        return ids
+
+    def _text_ids(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
+        if self.encoder._sp is not None:  # our SentencePiece vocabulary: the C++ encoder, without its EOS
+            return [ids[:-1] for ids in self.encoder.encode(list(texts), max_length + 1)]
+        enc = self.tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_length)
+        return enc["input_ids"]
+
+    def encode_sources(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
+        """Prompt ids: the source (cut to max_length tokens) inside the template."""
+        if self.use_chat:
+            out = []
+            for text in texts:
+                source = self.tokenizer.decode(self._text_ids([text], max_length)[0])
+                messages = [{"role": "user", "content": self.prompt.template.format(source=source)}]
+                out.append(
+                    list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+                )
+            return out
+        before, after = self.prompt.template.split("{source}", 1)
+        head = self._text_ids([before], 10_000)[0] if before.strip() else []
+        tail = self._text_ids([after], 10_000)[0] if after.strip() else []
+        bos = [self.tokenizer.bos_token_id] if getattr(self.tokenizer, "add_bos_token", False) else []
+        return [bos + head + ids + tail for ids in self._text_ids(texts, max_length)]
+
+    def encode_targets(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
+        """Completion ids: the target then the end (EOS or newline), max_length tokens in all."""
+        room = max_length - len(self.end)
+        return [ids[:room] + self.end for ids in self._text_ids(texts, max_length)]
+
+    def collate(self, src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]) -> Batch:
+        n, p, t = len(src), max(len(s) for s in src), max(len(c) for c in tgt)
+        # Input: prompt (left-padded to P) + completion without its last token; labels: the completion.
+        ids = torch.full((n, p + t - 1), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, p + t - 1), dtype=torch.long)
+        labels = torch.full((n, t), IGNORE, dtype=torch.long)
+        for row, (s, c) in enumerate(zip(src, tgt, strict=True)):
+            ids[row, p - len(s) : p] = torch.tensor(s)
+            ids[row, p : p + len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
+            mask[row, p - len(s) : p + len(c) - 1] = 1
+            labels[row, : len(c)] = torch.tensor(c)
+        positions = (mask.cumsum(1) - 1).clamp_min(0)
+        inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        return Batch(inputs, labels, int((labels != IGNORE).sum()), prompt_width=p)
+
+    def forward(self, model: PreTrainedModel, b: Batch) -> Forward:
+        device = next(model.parameters()).device
+        out = model(**{k: v.to(device) for k, v in b.inputs.items()}, output_hidden_states=True)
+        p, t = b.prompt_width, b.labels.shape[1]
+        logits = out.logits[:, p - 1 : p - 1 + t]
+        states = out.hidden_states[-1][:, :p]
+        return Forward(logits, states, b.inputs["attention_mask"][:, :p].to(device))
+
+    def generate(self, model: PreTrainedModel, src: Sequence[Sequence[int]], **kw) -> list[list[int]]:
+        """Completion ids per returned sequence, up to and including the first end token (EOS or newline)."""
+        device = next(model.parameters()).device
+        ids, mask = left_or_right_pad(src, self.pad_id, left=True)
+        kw.setdefault("pad_token_id", self.pad_id)
+        kw["eos_token_id"] = sorted({self.eos_id, *self.end[-1:]})
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kw).cpu()
+        return [_cut(row[ids.shape[1] :].tolist(), {self.eos_id, self.end[-1]}, self.pad_id) for row in out]
+
+    def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return [t.split("\n", 1)[0].strip() if self.prompt.stop == "newline" else t.strip() for t in texts]
+
+
+Family = Seq2Seq | CausalLM
+
+
+def family_of(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Family:
+    """The family of a loaded model (a peft-wrapped one included), from its config."""
+    config = model.config
+    if config.is_encoder_decoder:
+        return Seq2Seq(tokenizer, config.decoder_start_token_id)
+    return CausalLM(tokenizer, PromptFormat(**(getattr(config, "rest_prompt", None) or {})))
+
+
+def hidden_size(model: PreTrainedModel) -> int:
+    config = model.config
+    return int(getattr(config, "d_model", None) or config.hidden_size)
+
+
+def left_or_right_pad(seqs: Sequence[Sequence[int]], pad_id: int, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        cols = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[row, cols] = torch.tensor(s, dtype=torch.long)
+        mask[row, cols] = 1
+    return ids, mask
+
+
+def _cut(ids: list[int], ends: set[int], pad_id: int) -> list[int]:
+    """Ids up to and including the first end token; trailing padding (finished rows) dropped."""
+    for i, tok in enumerate(ids):
+        if tok in ends:
+            return ids[: i + 1]
+    while ids and ids[-1] == pad_id:
+        ids = ids[:-1]
+    return ids
