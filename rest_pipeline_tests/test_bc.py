@@ -62,7 +62,9 @@ def test_batches_respect_token_budget_and_cover_everything(tmp_path):
         assert width * len(b) <= 40 or len(b) == 1
     assert batches == make_batches(src, tgt, 40, seed=1, epoch=0)  # pure function of (seed, epoch)
     _, tok = tiny_model(tokenizer_dir(tmp_path))
-    b = Seq2Seq(tok, decoder_start_id=tok.pad_token_id).collate([src[i] for i in batches[0]], [tgt[i] for i in batches[0]])
+    b = Seq2Seq(tok, decoder_start_id=tok.pad_token_id).collate(
+        [src[i] for i in batches[0]], [tgt[i] for i in batches[0]]
+    )
     assert b.target_tokens == sum(len(tgt[i]) for i in batches[0])
     assert (b.inputs["decoder_input_ids"][:, 0] == tok.pad_token_id).all()
     # The decoder reads the target shifted by one: position t sees target t-1.

@@ -424,3 +424,60 @@ def test_a_new_spec_file_becomes_its_own_group(tmp_path, monkeypatch):
     assert {s.name for s in defs.sensors} >= {"smoke_rounds", "mine_rounds"}
     storage = RestStorage(home=str(tmp_path / "home"))
     assert storage.store(load_spec(tmp_path / "mine.yaml")).root != storage.store(load_spec(find_spec("smoke"))).root
+
+
+def test_llm_smoke_graph_materializes_with_a_causal_lm_and_lora_lineage(tmp_path, data_dir):
+    """The whole graph with a decoder-only policy (prompted tiny Llama, LoRA Improve steps) in a real
+    instance: every asset, the checks, and lineage as for Marian, adapters named by parent and hash."""
+    from transformers import AutoModelForCausalLM
+
+    from rest_pipeline.core.policy.model import LINEAGE_FILE, adapter_parent, export_merged, weights_hash
+    from rest_pipeline.orchestration.lineage import dagster_chain
+
+    spec = load_spec(find_spec("llm_smoke"))
+    storage = RestStorage(home=str(tmp_path / "home"), data_dir=str(data_dir))
+    store = ExperimentStore(tmp_path / "home" / "experiments" / "llm_smoke")
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        results = materialize_experiment(spec, instance, {"storage": storage})
+        assert all(r.success for r in results)
+        for key in [*KEYS, ["base_policy_rewards"], ["best_of_n"], ["control"], ["report"], ["online_rl"]]:
+            key = [key] if isinstance(key, str) else key
+            assert instance.get_latest_materialization_event(dg.AssetKey(["llm_smoke", *key])) is not None, key
+        for key in GROW_KEYS:
+            mats = instance.fetch_materializations(dg.AssetKey(["llm_smoke", *key]), limit=10).records
+            assert sorted(m.partition_key for m in mats) == ["0000", "0001"], key
+        for key in IMPROVE_KEYS:
+            assert instance.get_latest_materialization_event(dg.AssetKey(["llm_smoke", *key])) is not None, key
+        checks = {c.check_name: c for r in results for c in r.get_asset_check_evaluations()}
+        assert checks["loads_with_transformers"].passed and checks["lineage_complete"].passed
+        assert checks["loads_with_transformers"].metadata["class"].text == "LlamaForCausalLM"
+        chain = store.lineage(2, 2)
+        assert [(r.grow, r.step) for r in chain] == [(2, 2), (2, 1), (1, 2), (1, 1)]
+        graph_rows = dagster_chain(instance, spec, 2, 2)
+        assert [(r.parent, str(store.resolve(r.checkpoint)), r.checkpoint_hash) for r in chain] == [
+            (r["parent"], r["path"], r["data_version"]) for r in graph_rows
+        ]
+        assert sum(r.trained_checkpoint is not None for r in chain) >= 2
+        for rec in (r for r in chain if r.trained_checkpoint is not None):
+            trained = store.resolve(rec.trained_checkpoint)
+            # Each step trained a LoRA adapter on the checkpoint its parent handed on; the record names both.
+            assert (trained / LINEAGE_FILE).is_file() and not (trained / "model.safetensors").exists()
+            assert adapter_parent(trained) == store.resolve(rec.parent_checkpoint).resolve()
+            assert rec.lora["applies_to"] == rec.parent_checkpoint and rec.lora["applies_to_hash"] == rec.parent_hash
+            assert rec.lora["r"] == spec.policy.lora.r and len(rec.lora["adapter_hash"]) == 16
+            if rec.status == "improved":
+                assert rec.checkpoint_hash == weights_hash(trained) != rec.parent_hash
+            meta = instance.get_latest_materialization_event(
+                dg.AssetKey(["llm_smoke", f"grow_{rec.grow}", f"improve_{rec.step}", "policy"])
+            ).asset_materialization.metadata
+            assert meta["lora_adapter"].value == rec.lora
+        # Grow 2 sampled from what grow 1 handed on (adapters merged by the sampler).
+        g2 = store.query("SELECT DISTINCT policy FROM candidates WHERE grow = 2 AND origin = 'sample'")
+        assert g2.policy.tolist() == [f"grow_1/improve_2@{chain[2].checkpoint_hash}"]
+    report = store.report()
+    assert [r["checkpoint"] for r in report.checkpoints][0] == "BC" and set(report.best_of_n.curves) == {"bc", "rest"}
+    assert [m.name for m in store.online_rl().marks] == ["ppo/c00000016", "ppo/c00000032"]
+    # The final checkpoint, merged, is a plain causal LM that transformers loads and that decodes.
+    merged = export_merged(store.resolve(chain[0].checkpoint), tmp_path / "export")
+    assert type(AutoModelForCausalLM.from_pretrained(str(merged))).__name__ == "LlamaForCausalLM"

@@ -157,6 +157,7 @@ def improve_step_assets(spec: ExperimentSpec, grow: int, step: int) -> list[dg.A
                 "train_seconds": rec.train_seconds,
                 "train_steps": rec.train_steps,
                 "lineage": md_table([{"field": k, "value": v} for k, v in lineage.items()]),
+                "lora_adapter": dg.MetadataValue.json(rec.lora or {}),
                 "hyperparameters": dg.MetadataValue.json(rec.hyperparameters),
                 "validation_history": md_table(history),
                 "path": dg.MetadataValue.path(str(store.resolve(rec.checkpoint))),

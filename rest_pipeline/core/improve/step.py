@@ -10,13 +10,14 @@ in the paper's algorithm; so does an empty slice (without stopping the grow).
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pandas as pd
 
 from rest_pipeline.core.corpus.fetch import sha256_of
 from rest_pipeline.core.improve.chain import parent_of, sampler_of, step_lr, step_number
 from rest_pipeline.core.improve.finetune import finetune, valid_reward
-from rest_pipeline.core.policy.model import weights_hash
+from rest_pipeline.core.policy.model import adapter_lineage, weights_hash
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import ExperimentStore, policy_name
 from rest_pipeline.core.store.records import StepRecord
@@ -110,7 +111,11 @@ def run_improve_step(
         behaviour=store.policy(policy_name(*sampler_of(spec, grow))),
         log=log,
     )
+    lora = adapter_lineage(result.best_dir)
+    if lora is not None:
+        lora["applies_to"] = store.rel(Path(lora["applies_to"]))
     fields.update(
+        lora=lora,
         trained_checkpoint=store.rel(result.best_dir),
         best_trained_valid_reward=result.best_valid_reward,
         train_seconds=result.seconds,

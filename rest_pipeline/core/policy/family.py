@@ -101,7 +101,9 @@ class Seq2Seq:
         return [_cut(row[1:].tolist(), {self.eos_id}, self.pad_id) for row in out]
 
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
-        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        """Text of each output, up to its first EOS."""
+        cut = [_cut(list(x), {self.eos_id}, self.pad_id) for x in ids]
+        return [t.strip() for t in self.tokenizer.batch_decode(cut, skip_special_tokens=True)]
 
 
 class CausalLM:
@@ -185,7 +187,9 @@ class CausalLM:
         return [_cut(row[ids.shape[1] :].tolist(), {self.eos_id, self.end[-1]}, self.pad_id) for row in out]
 
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
-        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        """Text of each completion, up to its first end (EOS, or a newline when the spec stops there)."""
+        cut = [_cut(list(x), {self.eos_id}, self.pad_id) for x in ids]
+        texts = self.tokenizer.batch_decode(cut, skip_special_tokens=True)
         return [t.split("\n", 1)[0].strip() if self.prompt.stop == "newline" else t.strip() for t in texts]
 
 

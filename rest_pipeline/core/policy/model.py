@@ -146,6 +146,23 @@ def adapter_parent(path: Path) -> Path:
     return parent
 
 
+def adapter_lineage(path: Path) -> dict | None:
+    """For a LoRA checkpoint: the model it applies to (path, weights hash) and its own adapter's hash."""
+    path = Path(path)
+    if not (path / LINEAGE_FILE).is_file():
+        return None
+    lineage = json.loads((path / LINEAGE_FILE).read_text())
+    config = json.loads((path / "adapter_config.json").read_text())
+    return {
+        "applies_to": str(adapter_parent(path)),
+        "applies_to_hash": lineage["parent_hash"],
+        "adapter_hash": hashlib.sha256((path / ADAPTER_FILE).read_bytes()).hexdigest()[:16],
+        "r": config.get("r"),
+        "alpha": config.get("lora_alpha"),
+        "target_modules": sorted(config.get("target_modules") or []),
+    }
+
+
 def with_lora(model: PreTrainedModel, spec: LoraSpec, parent: Path) -> PreTrainedModel:
     """`model` (loaded from `parent`) wrapped with fresh LoRA adapters; only they train."""
     from peft import LoraConfig, get_peft_model

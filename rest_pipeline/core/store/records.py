@@ -196,6 +196,9 @@ class StepRecord(Record):
     train_seconds: float = 0.0
     train_steps: int = 0
     history: list[dict[str, Any]] = []
+    # policy.lora: what the trained checkpoint's adapter applies to (store-relative path and weights
+    # hash of the parent) and the adapter's own hash; None for a full fine-tune.
+    lora: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:

@@ -1,0 +1,175 @@
+"""Decoder-only policies: prompt masking, where completions end, seeded sampling, LoRA adapters."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from rest_pipeline.core.grow.sampling import HFSampler, SamplingSettings
+from rest_pipeline.core.policy.family import IGNORE, CausalLM, PromptFormat, family_of
+from rest_pipeline.core.policy.generate import translate
+from rest_pipeline.core.policy.model import (
+    LINEAGE_FILE,
+    export_merged,
+    is_checkpoint,
+    load_policy,
+    save_policy,
+    weights_hash,
+    with_lora,
+)
+from rest_pipeline.core.training.bc import train_bc
+from rest_pipeline.core.training.losses import token_logprobs
+from rest_pipeline.spec import BCSpec, DecodingSpec, LoraSpec
+from rest_pipeline_tests.synthetic import pairs, tiny_causal, tokenizer_dir
+
+GREEDY = DecodingSpec(name="greedy", num_beams=1, max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny causal LM BC-trained on the synthetic task, saved as a checkpoint folder."""
+    root = tmp_path_factory.mktemp("causal")
+    model, tok = tiny_causal(tokenizer_dir(root))
+    spec = BCSpec(max_tokens=300, epochs=100, max_steps=300, lr=5e-3, warmup_steps=30, validate_every_steps=150,
+                  validate_pairs=30, save_every_steps=100, label_smoothing=0.0)  # fmt: skip
+    result = train_bc(model, tok, pairs(300, seed=1), pairs(30, seed=2), spec, root / "bc", seed=3, max_length=32,
+                      fingerprint="causal", log=lambda m: None)  # fmt: skip
+    return root, result
+
+
+def test_bc_trains_a_causal_lm_on_completions(trained):
+    root, result = trained
+    rows = [r for r in result.history if "valid_loss" in r]
+    assert rows[-1]["valid_loss"] < 2.0  # an untrained model: ln(41 tokens) = 3.7
+    assert result.best_metric > 3.0  # greedy BLEU on held-out pairs, prompted
+    model = load_policy(result.best_dir)
+    assert isinstance(model, LlamaForCausalLM)
+    assert model.config.rest_prompt["template"] == "translate: {source} =>"  # the prompt travels in config.json
+
+
+def test_loss_sees_only_completion_tokens_and_left_padding_changes_nothing(trained):
+    root, result = trained
+    model, tok = load_policy(result.best_dir).eval(), None
+    from rest_pipeline.core.policy.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(result.best_dir)
+    family = family_of(model, tok)
+    sources, targets = ["haus baum katze rot", "hund"], ["house tree cat red", "dog"]
+    src, tgt = family.encode_sources(sources, 32), family.encode_targets(targets, 32)
+    batch = family.collate(src, tgt)
+    # Labels: exactly the completion tokens (target then EOS); nothing of the prompt.
+    for row, c in enumerate(tgt):
+        labels = batch.labels[row].tolist()
+        assert labels[: len(c)] == c and set(labels[len(c) :]) <= {IGNORE} and c[-1] == tok.eos_token_id
+    assert batch.target_tokens == sum(len(c) for c in tgt)
+    with torch.no_grad():
+        logp, mask = token_logprobs(family.forward(model, batch).logits, batch.labels)
+        # By hand, one unpadded sequence at a time: log p(completion token | prompt, earlier completion).
+        for row, (s, c) in enumerate(zip(src, tgt, strict=True)):
+            ids = torch.tensor([s + c])
+            logits = model(input_ids=ids).logits[0]
+            by_hand = torch.log_softmax(logits[len(s) - 1 : len(s) - 1 + len(c)], -1)[torch.arange(len(c)), c]
+            assert torch.allclose(logp[row][mask[row]], by_hand, atol=1e-4)
+    # The prompt's tokens get no gradient signal of their own: changing a prompt's label-free positions'
+    # targets is impossible, and the loss's gradient w.r.t. logits at prompt positions is zero.
+    model.zero_grad()
+    out = model(**batch.inputs)
+    out.logits.retain_grad()
+    p, t = batch.prompt_width, batch.labels.shape[1]
+    lp, m = token_logprobs(out.logits[:, p - 1 : p - 1 + t], batch.labels)
+    (-(lp * m).sum()).backward()
+    assert out.logits.grad[:, : p - 1].abs().sum() == 0 and out.logits.grad[:, p - 1 :].abs().sum() > 0
+
+
+def test_completion_ends_at_eos_for_sentencepiece_and_at_newline_for_a_byte_level_vocabulary(trained, tmp_path):
+    root, result = trained
+    model = load_policy(result.best_dir).eval()
+    from rest_pipeline.core.policy.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(result.best_dir)
+    family = family_of(model, tok)
+    outs = family.generate(model, family.encode_sources(["haus baum", "katze"], 32), do_sample=False,
+                           num_beams=1, max_new_tokens=40)  # fmt: skip
+    for ids in outs:  # cut at the first EOS (kept), nothing after it
+        assert tok.eos_token_id not in ids[:-1]
+        assert ids[-1] == tok.eos_token_id or len(ids) == 40
+    assert family.decode([[*tok("house tree").input_ids[:-1], tok.eos_token_id, 5, 6]]) == ["house tree"]
+    # SentencePiece normalises newlines away: asking to stop at one is a clear error.
+    with pytest.raises(ValueError, match="newline"):
+        CausalLM(tok, PromptFormat(stop="newline"))
+    # A byte-level BPE (as Llama 3 / Qwen use) keeps newlines: completions end there.
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(["a house\nthe tree\n", "big dog\nred cat"] * 20, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
+    fast = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", pad_token="<eos>")
+    byte_family = CausalLM(fast, PromptFormat(template="{source} =", stop="newline"))
+    target = byte_family.encode_targets(["red cat"], 16)[0]
+    assert fast.decode(target).endswith("\n") and fast.eos_token_id not in target
+    assert byte_family.decode([fast("big dog\nthe tree").input_ids]) == ["big dog"]
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, pad_token_id=fast.pad_token_id,
+                         eos_token_id=fast.eos_token_id)  # fmt: skip
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(config).eval()
+    newline = byte_family.end[-1]
+    for ids in byte_family.generate(lm, byte_family.encode_sources(["a house", "big dog"], 16), do_sample=True,
+                                    temperature=2.0, max_new_tokens=30, num_return_sequences=4):  # fmt: skip
+        stops = [i for i, t in enumerate(ids) if t in (newline, fast.eos_token_id)]
+        assert stops in ([], [len(ids) - 1])  # the first end token closes the completion
+
+
+def test_a_seeded_sampler_gives_the_same_candidates_twice(trained):
+    _, result = trained
+    settings = SamplingSettings(samples_per_source=4, temperature=1.0, max_new_tokens=12, seed=3)
+    sources = ["haus baum", "katze rot hund", "blau"]
+    first = HFSampler(result.best_dir, 32).sample(sources, settings, batch_seed=11)
+    again = HFSampler(result.best_dir, 32).sample(sources, settings, batch_seed=11)
+    other = HFSampler(result.best_dir, 32).sample(sources, settings, batch_seed=12)
+    assert first == again and first != other
+    assert [len(c) for c in first] == [4, 4, 4]
+
+
+def test_lora_adapter_saved_and_reloaded_gives_identical_outputs(trained, tmp_path):
+    root, result = trained
+    from rest_pipeline.core.policy.tokenizer import load_tokenizer
+
+    parent = tmp_path / "parent"
+    shutil.copytree(result.best_dir, parent)
+    tok = load_tokenizer(parent)
+    model = with_lora(load_policy(parent), LoraSpec(r=4, alpha=8, target_modules=["q_proj", "v_proj"]), parent)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert 0 < trainable < sum(p.numel() for p in model.parameters()) / 5
+    with torch.no_grad():  # move the adapters away from their zero start so they change outputs
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    model.eval()
+    adapter = save_policy(model, tok, tmp_path / "step" / "best")
+    assert is_checkpoint(adapter) and not (adapter / "model.safetensors").exists()
+    lineage = json.loads((adapter / LINEAGE_FILE).read_text())
+    assert lineage == {"parent": "../../parent", "parent_hash": weights_hash(parent)}
+    assert weights_hash(adapter) not in (weights_hash(parent), lineage["parent_hash"])
+    reloaded = load_policy(adapter).eval()
+    sources = ["haus baum katze", "hund rot", "klein gross blau laufen"]
+    family = family_of(reloaded, tok)
+    batch = family.collate(family.encode_sources(sources, 32), family.encode_targets(["house tree"] * 3, 32))
+    with torch.no_grad():
+        live = family_of(model, tok).forward(model, batch).logits
+        back = family_of(reloaded, tok).forward(reloaded, batch).logits
+        plain = family_of(reloaded, tok).forward(load_policy(parent).eval(), batch).logits
+    assert torch.allclose(live, back, atol=1e-4) and not torch.allclose(back, plain, atol=1e-3)
+    assert translate(model, tok, sources, GREEDY) == translate(reloaded, tok, sources, GREEDY)
+    # A merged export is a plain checkpoint that transformers loads anywhere, with the same outputs.
+    merged = export_merged(adapter, tmp_path / "export")
+    plain_hf = AutoModelForCausalLM.from_pretrained(str(merged)).eval()
+    with torch.no_grad():
+        assert torch.allclose(family_of(plain_hf, tok).forward(plain_hf, batch).logits, back, atol=1e-4)
+    # The adapter names its parent by hash: a changed parent is refused, not silently merged into.
+    shutil.copy(result.best_dir.parent / "last" / "model.safetensors", parent / "model.safetensors")
+    with pytest.raises(FileNotFoundError, match="LoRA parent"):
+        load_policy(adapter)
