@@ -302,6 +302,22 @@ def cmd_rate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A checkpoint as a plain Hugging Face folder (LoRA adapters merged) that `from_pretrained` loads."""
+    from rest_pipeline.core.policy.model import export_merged
+
+    experiment, _, name = args.checkpoint.partition("/")
+    store = open_store(load_spec(find_spec(experiment)))
+    try:
+        source = store.policy(name or "final")
+        out = export_merged(source, Path(args.out))
+    except (ValueError, FileNotFoundError, StaleRecordError) as e:
+        print(f"rest: {e}", file=sys.stderr)
+        return 2
+    print(f"rest: {store.rel(source)} exported to {out} (load with from_pretrained)")
+    return 0
+
+
 def cmd_lineage(args: argparse.Namespace) -> int:
     """The chain of a checkpoint back to the BC policy, from the store's step records (and Dagster's)."""
     from rest_pipeline.core.policy.model import weights_hash
@@ -440,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--port", type=int, default=8765)
     p.set_defaults(func=cmd_rate)
+    p = sub.add_parser("export", help="a checkpoint as a plain HF folder (LoRA adapters merged)")
+    p.add_argument("checkpoint", help="<experiment>[/base|/grow_<g>/improve_<i>|/final], default: the final one")
+    p.add_argument("--out", required=True, help="folder to write (replaced if it exists)")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("lineage", help="chain of a checkpoint back to the BC policy")
     p.add_argument("checkpoint", help="<experiment>[/grow_<g>/improve_<i>|/final], default: the final one")
     p.add_argument("--json", action="store_true", help="print the lineage rows as JSON")

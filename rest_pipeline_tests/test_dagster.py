@@ -426,12 +426,12 @@ def test_a_new_spec_file_becomes_its_own_group(tmp_path, monkeypatch):
     assert storage.store(load_spec(tmp_path / "mine.yaml")).root != storage.store(load_spec(find_spec("smoke"))).root
 
 
-def test_llm_smoke_graph_materializes_with_a_causal_lm_and_lora_lineage(tmp_path, data_dir):
+def test_llm_smoke_graph_materializes_with_a_causal_lm_and_lora_lineage(tmp_path, data_dir, monkeypatch):
     """The whole graph with a decoder-only policy (prompted tiny Llama, LoRA Improve steps) in a real
     instance: every asset, the checks, and lineage as for Marian, adapters named by parent and hash."""
     from transformers import AutoModelForCausalLM
 
-    from rest_pipeline.core.policy.model import LINEAGE_FILE, adapter_parent, export_merged, weights_hash
+    from rest_pipeline.core.policy.model import LINEAGE_FILE, adapter_parent, weights_hash
     from rest_pipeline.orchestration.lineage import dagster_chain
 
     spec = load_spec(find_spec("llm_smoke"))
@@ -478,6 +478,22 @@ def test_llm_smoke_graph_materializes_with_a_causal_lm_and_lora_lineage(tmp_path
     report = store.report()
     assert [r["checkpoint"] for r in report.checkpoints][0] == "BC" and set(report.best_of_n.curves) == {"bc", "rest"}
     assert [m.name for m in store.online_rl().marks] == ["ppo/c00000016", "ppo/c00000032"]
-    # The final checkpoint, merged, is a plain causal LM that transformers loads and that decodes.
-    merged = export_merged(store.resolve(chain[0].checkpoint), tmp_path / "export")
-    assert type(AutoModelForCausalLM.from_pretrained(str(merged))).__name__ == "LlamaForCausalLM"
+    # `rest export` writes the final checkpoint, adapters merged, as a plain causal LM for from_pretrained.
+    from rest_pipeline.cli import main
+
+    monkeypatch.setenv("REST_HOME", str(tmp_path / "home"))
+    assert main(["export", "llm_smoke", "--out", str(tmp_path / "export")]) == 0
+    exported = AutoModelForCausalLM.from_pretrained(str(tmp_path / "export"))
+    assert type(exported).__name__ == "LlamaForCausalLM"
+    import torch
+
+    from rest_pipeline.core.policy.family import family_of
+    from rest_pipeline.core.policy.model import load_policy
+    from rest_pipeline.core.policy.tokenizer import load_tokenizer
+
+    final = load_policy(store.resolve(chain[0].checkpoint), torch.device("cpu")).eval()
+    family = family_of(exported, load_tokenizer(tmp_path / "export"))
+    batch = family.collate(family.encode_sources(["Ein Hund rennt."], 32), family.encode_targets(["A dog runs."], 32))
+    with torch.no_grad():
+        same = family.forward(exported.eval(), batch).logits, family.forward(final, batch).logits
+    assert torch.allclose(*same, atol=1e-4)

@@ -96,9 +96,13 @@ def test_ppo_moves_away_from_bc_and_counts_its_compute(bc_policy, tmp_path):
     assert saved == history
 
 
+# The child computes with the parent's thread count: float sums differ bitwise between thread counts
+# (an earlier test in the same process may have set torch to one thread).
 KILLED = """
 import sys
 from pathlib import Path
+import torch
+torch.set_num_threads(int(sys.argv[3]))
 from rest_pipeline_tests.test_online_rl import _run
 _run(Path(sys.argv[1]), Path(sys.argv[2]))
 """
@@ -107,7 +111,7 @@ _run(Path(sys.argv[1]), Path(sys.argv[2]))
 def test_a_killed_run_resumes_from_its_last_save_to_the_same_policy(bc_policy, tmp_path):
     straight = _run(bc_policy, tmp_path / "straight")
     work = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED, str(bc_policy), str(work)])
+    proc = subprocess.Popen([sys.executable, "-c", KILLED, str(bc_policy), str(work), str(torch.get_num_threads())])
     state = work / "state" / "state.json"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not (state.is_file() and json.loads(state.read_text())["iteration"] >= 2):
