@@ -173,3 +173,38 @@ def test_lora_adapter_saved_and_reloaded_gives_identical_outputs(trained, tmp_pa
     shutil.copy(result.best_dir.parent / "last" / "model.safetensors", parent / "model.safetensors")
     with pytest.raises(FileNotFoundError, match="LoRA parent"):
         load_policy(adapter)
+
+
+def test_a_missing_model_or_a_wrong_backend_is_a_clear_error(monkeypatch, tmp_path):
+    from rest_pipeline.core.policy.tokenizer import load_tokenizer
+    from rest_pipeline.spec import SpecError, load_spec
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="nobody-here/no-such-model: no local folder"):
+        load_policy("nobody-here/no-such-model")
+    with pytest.raises(FileNotFoundError, match="nobody-here/no-such-model: no local folder"):
+        load_tokenizer("nobody-here/no-such-model")
+    with pytest.raises(FileNotFoundError, match="config.json missing"):
+        load_policy(tmp_path)
+    spec = tmp_path / "llm_ct2.yaml"
+    spec.write_text(
+        "data: {dataset: multi30k_de_en, source_lang: de, target_lang: en, train: train, valid: val, "
+        "test: test_2016_flickr}\npolicy: {kind: causal_lm}\ngrow: {backend: ctranslate2}\n"
+    )
+    with pytest.raises(SpecError, match="grow.backend: 'ctranslate2' decodes encoder-decoders only"):
+        load_spec(spec)
+    spec.write_text(spec.read_text().replace("policy: {kind: causal_lm}", "policy: {kind: causal_lm, prompt: x}")
+                    .replace("grow: {backend: ctranslate2}", "grow: {backend: hf}"))  # fmt: skip
+    with pytest.raises(SpecError, match="policy.prompt must contain"):
+        load_spec(spec)
+
+
+def test_the_documented_llm_spec_validates(monkeypatch):
+    from pathlib import Path
+
+    from rest_pipeline.spec import find_spec, load_spec
+
+    monkeypatch.setenv("REST_EXPERIMENTS_DIR", str(Path(__file__).resolve().parent.parent / "experiments" / "llm"))
+    spec = load_spec(find_spec("llm_de_en"))
+    assert spec.policy.kind == "causal_lm" and spec.policy.lora is not None and spec.compute.device == "cuda"
+    assert (spec.grow.backend, spec.evaluation.backend, spec.tokenizer.kind) == ("hf", "hf", "pretrained")

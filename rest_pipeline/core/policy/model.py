@@ -116,15 +116,29 @@ def build_policy(spec: PolicySpec, tokenizer: PreTrainedTokenizerBase, max_lengt
 def load_policy(path: str | Path, device: torch.device | None = None) -> PreTrainedModel:
     """A checkpoint folder as a plain model: seq2seq or causal by its config; an adapter folder merged
     into its parent (recursively)."""
+    if is_hub_id(path):
+        return _from_pretrained(str(path)).to(device or pick_device())
     path = Path(path)
     if (path / LINEAGE_FILE).is_file():
         return _load_adapter(path).to(device or pick_device())
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a Hugging Face checkpoint (config.json missing)")
-    config = AutoConfig.from_pretrained(str(path))
+    return _from_pretrained(str(path)).to(device or pick_device())
+
+
+def is_hub_id(path: str | Path) -> bool:
+    """'Qwen/Qwen2.5-1.5B-Instruct': a Hugging Face Hub name (downloaded where online), not a local folder."""
+    text = str(path)
+    return not Path(text).exists() and text.count("/") == 1 and not text.startswith((".", "/", "~"))
+
+
+def _from_pretrained(name: str) -> PreTrainedModel:
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except OSError as e:
+        raise FileNotFoundError(f"{name}: no local folder and not loadable from the Hugging Face Hub ({e})") from e
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    model = auto.from_pretrained(str(path))
-    return model.to(device or pick_device())
+    return auto.from_pretrained(name)
 
 
 def _load_adapter(path: Path) -> PreTrainedModel:

@@ -77,6 +77,13 @@ def _train_into(texts: Sequence[str], spec: TokenizerSpec, out_dir: Path, seed: 
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    from rest_pipeline.core.policy.model import is_hub_id
+
+    if is_hub_id(path):
+        try:
+            return AutoTokenizer.from_pretrained(str(path))
+        except OSError as e:
+            raise FileNotFoundError(f"{path}: no local folder and no tokenizer on the Hugging Face Hub ({e})") from e
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: tokenizer folder not found")
