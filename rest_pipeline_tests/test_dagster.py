@@ -112,6 +112,8 @@ def _assert_online_rl(instance: dg.DagsterInstance, store: ExperimentStore, spec
     assert meta.metadata["candidates"].value == 32
     markdown = store.report_markdown.read_text()
     assert "## ReST against online RL (PPO) at equal compute" in markdown
+    samples = spec.grow.max_sources * spec.grow.samples_per_source * spec.improve.grows
+    assert f"- candidates: PPO's budget ended at 32, below ReST's {samples}; no match" in markdown
     assert (store.report_dir / "rest_vs_ppo_compute.png").read_bytes()[:4] == b"\x89PNG"
     from rest_pipeline.core.online_rl.compute import rest_compute
 

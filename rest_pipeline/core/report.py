@@ -231,24 +231,35 @@ def _online_rl_section(spec: ExperimentSpec, store: ExperimentStore, train_rewar
     final = policy_name(*store.final_step())
     rest_final = next(r for r in rest_rows if r["checkpoint"] == final)
     ppo_rows = [r for r in rows if r["method"] == "PPO"]
-    matched = [r for r in ppo_rows if r["candidates"] >= rest_final["candidates"]]
-    ppo_eq = matched[0] if matched else ppo_rows[-1]
     independent = independent_reward(spec)
     metrics = [f"reward_{train_reward}", *([f"reward_{independent}"] if independent else [])]
-    deltas = eval_deltas(
-        store, store.evaluation(ppo_eq["checkpoint"]), store.evaluation(final), ["valid", "test"], metrics
-    )
-    fewer = "" if matched else " (PPO ran out of budget below ReST's candidates: its last checkpoint)"
+    # Per compute measure: ReST's final checkpoint against PPO's first checkpoint that used at least as
+    # much of it. Where PPO never got there (its budget ended first), the row says so and is not a match.
+    matches, lines = [], []
+    for m in ("candidates", "seconds", "target_tokens"):
+        matched = [r for r in ppo_rows if r[m] >= rest_final[m]]
+        if not matched:
+            lines.append(f"- {m}: PPO's budget ended at {ppo_rows[-1][m]:g}, below ReST's {rest_final[m]:g}; no match")
+            continue
+        ppo = matched[0]
+        lines.append(
+            f"- {m}: ReST {rest_final[m]:g} vs PPO {ppo['checkpoint']} {ppo[m]:g}; test BLEU "
+            f"{rest_final['test_bleu']} (ReST) vs {ppo['test_bleu']} (PPO)"
+        )
+        deltas = eval_deltas(
+            store, store.evaluation(ppo["checkpoint"]), store.evaluation(final), ["valid", "test"], metrics
+        )
+        matches += [{"equal": m, "ppo_checkpoint": ppo["checkpoint"], **d} for d in deltas]
     return [
         "\n## ReST against online RL (PPO) at equal compute\n",
         f"PPO: {store.online_rl().advantage}. Compute counts sampling, scoring and training from BC on; BC and the "
         "reward model are shared and left out.\n",
         md_table(rows),
         "\n![ReST vs PPO](rest_vs_ppo_compute.png)\n",
-        f"\nAt equal compute: ReST's final checkpoint ({final}, {rest_final['candidates']} candidates) minus PPO's "
-        f"first checkpoint with at least as many candidates ({ppo_eq['checkpoint']}){fewer}; test BLEU "
-        f"{rest_final['test_bleu']} vs {ppo_eq['test_bleu']}:\n",
-        md_table(deltas),
+        f"\nAt equal compute, measure by measure: ReST's final checkpoint ({final}) against PPO's first checkpoint "
+        "that used at least as much (delta = ReST minus PPO, paired bootstrap over sentences):\n",
+        "\n".join(lines) + "\n",
+        md_table(matches) if matches else "",
     ]
 
 
