@@ -208,3 +208,31 @@ def test_the_documented_llm_spec_validates(monkeypatch):
     spec = load_spec(find_spec("llm_de_en"))
     assert spec.policy.kind == "causal_lm" and spec.policy.lora is not None and spec.compute.device == "cuda"
     assert (spec.grow.backend, spec.evaluation.backend, spec.tokenizer.kind) == ("hf", "hf", "pretrained")
+
+
+def test_an_encoder_decoder_lora_step_converts_to_ctranslate2_merged(tmp_path):
+    """LoRA works for Marian too: CTranslate2 converts the merged model and decodes like HF."""
+    from rest_pipeline.core.policy.ct2 import CT2Policy
+    from rest_pipeline_tests.synthetic import tiny_model
+
+    model, tok = tiny_model(tokenizer_dir(tmp_path))
+    spec = BCSpec(max_tokens=300, epochs=100, max_steps=250, lr=5e-3, warmup_steps=30, validate_every_steps=250,
+                  validate_pairs=10, save_every_steps=250, label_smoothing=0.0)  # fmt: skip
+    trained = train_bc(model, tok, pairs(300, seed=1), pairs(10, seed=2), spec, tmp_path / "bc", seed=3,
+                       max_length=32, fingerprint="marian", log=lambda m: None)  # fmt: skip
+    parent = trained.best_dir
+    wrapped = with_lora(load_policy(parent), LoraSpec(r=2, alpha=4, target_modules=["q_proj", "v_proj"]), parent)
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    adapter = save_policy(wrapped.eval(), tok, tmp_path / "step")
+    sources = ["haus baum", "katze rot hund", "blau", "klein gross laufen springen"]
+    merged = load_policy(adapter).eval()
+    hf = translate(merged, tok, sources, GREEDY)
+    family = family_of(merged, tok)
+    batch = family.collate(family.encode_sources(sources, 32), family.encode_targets(hf, 32))
+    with torch.no_grad():  # the adapter matters
+        assert not torch.allclose(family.forward(merged, batch).logits,
+                                  family.forward(load_policy(parent).eval(), batch).logits, atol=1e-3)  # fmt: skip
+    assert CT2Policy.from_checkpoint(adapter).translate(sources, GREEDY) == hf

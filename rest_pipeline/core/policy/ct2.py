@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 import threading
 import weakref
@@ -106,15 +105,18 @@ def convert(checkpoint: Path, out: Path, compute_type: str = "float32") -> Path:
     from rest_pipeline.core.policy.model import LINEAGE_FILE, export_merged
 
     quantization = None if compute_type == "float32" else compute_type
-    with _CONVERT_LOCK, atomic_dir(out) as tmp, _exact_marian_loader():
+    with (
+        _CONVERT_LOCK,
+        tempfile.TemporaryDirectory(prefix="rest-merged-") as merged,
+        atomic_dir(out) as tmp,
+        _exact_marian_loader(),
+    ):
         source = checkpoint
         if (checkpoint / LINEAGE_FILE).is_file():  # a LoRA adapter: convert the merged model
-            source = export_merged(checkpoint, tmp / "merged")
+            source = export_merged(checkpoint, Path(merged) / "hf")
         ctranslate2.converters.TransformersConverter(str(source)).convert(
             str(tmp), quantization=quantization, force=True
         )
-        if source != checkpoint:
-            shutil.rmtree(source)
     return out
 
 
