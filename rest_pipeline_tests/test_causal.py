@@ -108,6 +108,13 @@ def test_completion_ends_at_eos_for_sentencepiece_and_at_newline_for_a_byte_leve
         vocab_size=300, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
     fast = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", pad_token="<eos>")
     byte_family = CausalLM(fast, PromptFormat(template="{source} =", stop="newline"))
+    # With a chat template (instruction models), the prompt is the user's turn of it.
+    fast.chat_template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant]"
+    chat = CausalLM(fast, PromptFormat(template="Translate: {source}", stop="newline"))
+    assert fast.decode(chat.encode_sources(["red cat"], 16)[0]) == "[user] Translate: red cat\n[assistant]"
+    assert fast.decode(CausalLM(fast, PromptFormat(template="Translate: {source}", chat_template=False))
+                       .encode_sources(["red cat"], 16)[0]) == "Translate: red cat"  # fmt: skip
+    fast.chat_template = None
     target = byte_family.encode_targets(["red cat"], 16)[0]
     assert fast.decode(target).endswith("\n") and fast.eos_token_id not in target
     assert byte_family.decode([fast("big dog\nthe tree").input_ids]) == ["big dog"]
@@ -236,3 +243,32 @@ def test_an_encoder_decoder_lora_step_converts_to_ctranslate2_merged(tmp_path):
         assert not torch.allclose(family.forward(merged, batch).logits,
                                   family.forward(load_policy(parent).eval(), batch).logits, atol=1e-3)  # fmt: skip
     assert CT2Policy.from_checkpoint(adapter).translate(sources, GREEDY) == hf
+
+
+@pytest.mark.parametrize("loss", ["gold", "bvmpo", "oac"])
+def test_every_improve_loss_trains_a_causal_lm(trained, tmp_path, loss):
+    """The offline-RL losses see a causal LM's completion logits (OAC's critic its prompt states)."""
+    from dataclasses import replace
+
+    from rest_pipeline.core.improve.finetune import behaviour_logprobs
+    from rest_pipeline.core.policy.family import hidden_size
+    from rest_pipeline.core.policy.tokenizer import load_tokenizer
+    from rest_pipeline.core.training.bc import ExampleSignals
+    from rest_pipeline.core.training.losses import make_loss
+
+    _, result = trained
+    model, tok = load_policy(result.best_dir), load_tokenizer(result.best_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    src, tgt = pairs(40, seed=9)
+    signals = ExampleSignals(rewards=[0.2 + 0.6 * (i % 2) for i in range(40)], baselines=[0.5] * 40,
+                             is_sample=[True] * 40)  # fmt: skip
+    signals = replace(signals, behaviour_logprobs=behaviour_logprobs(result.best_dir, (src, tgt), 32))
+    targets = family_of(model, tok).encode_targets(tgt, 32)
+    assert [len(lp) for lp in signals.behaviour_logprobs] == [len(t) for t in targets]
+    spec = BCSpec(max_tokens=300, epochs=10, max_steps=6, lr=1e-3, warmup_steps=1, validate_every_steps=6,
+                  validate_pairs=5, save_every_steps=6, label_smoothing=0.0)  # fmt: skip
+    out = train_bc(model, tok, (src, tgt), pairs(5, seed=2), spec, tmp_path / loss, seed=1, max_length=32,
+                   fingerprint=loss, log=lambda m: None, loss_fn=make_loss(loss, d_model=hidden_size(model)),
+                   signals=signals)  # fmt: skip
+    assert out.steps == 6 and all(torch.isfinite(torch.tensor(r["valid_loss"])) for r in out.history)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
