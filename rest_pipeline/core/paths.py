@@ -69,3 +69,9 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_hub_id(path: str | Path) -> bool:
+    """'Qwen/Qwen2.5-1.5B-Instruct': a Hugging Face Hub name (downloaded where online), not a local folder."""
+    text = str(path)
+    return not Path(text).exists() and text.count("/") == 1 and not text.startswith((".", "/", "~"))

@@ -28,7 +28,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from rest_pipeline.core.paths import atomic_dir
+from rest_pipeline.core.paths import atomic_dir, is_hub_id
 from rest_pipeline.core.policy.family import PromptFormat
 from rest_pipeline.spec import LoraSpec, PolicySpec
 
@@ -124,12 +124,6 @@ def load_policy(path: str | Path, device: torch.device | None = None) -> PreTrai
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a Hugging Face checkpoint (config.json missing)")
     return _from_pretrained(str(path)).to(device or pick_device())
-
-
-def is_hub_id(path: str | Path) -> bool:
-    """'Qwen/Qwen2.5-1.5B-Instruct': a Hugging Face Hub name (downloaded where online), not a local folder."""
-    text = str(path)
-    return not Path(text).exists() and text.count("/") == 1 and not text.startswith((".", "/", "~"))
 
 
 def _from_pretrained(name: str) -> PreTrainedModel:

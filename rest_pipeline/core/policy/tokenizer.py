@@ -15,7 +15,7 @@ from pathlib import Path
 import sentencepiece as spm
 from transformers import AutoTokenizer, MarianTokenizer, PreTrainedTokenizerBase
 
-from rest_pipeline.core.paths import atomic_dir
+from rest_pipeline.core.paths import atomic_dir, is_hub_id
 from rest_pipeline.spec import TokenizerSpec
 
 # Ids fixed by the trained vocabulary; the model config reads them from the tokenizer.
@@ -77,8 +77,6 @@ def _train_into(texts: Sequence[str], spec: TokenizerSpec, out_dir: Path, seed: 
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    from rest_pipeline.core.policy.model import is_hub_id
-
     if is_hub_id(path):
         try:
             return AutoTokenizer.from_pretrained(str(path))
