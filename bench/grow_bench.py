@@ -21,7 +21,6 @@ import torch
 from throughput_bench import score_with_store  # noqa: E402 - bench/ is on sys.path when run as a script
 
 from rest_pipeline.core.grow.sampling import CT2Sampler, HFSampler, SamplingSettings, sample_candidates
-from rest_pipeline.core.policy.generate import pad
 from rest_pipeline.core.rewards.base import ChrFReward
 from rest_pipeline.core.store.candidates import canned_query
 from rest_pipeline.core.store.experiment import ExperimentStore
@@ -40,11 +39,10 @@ def naive_hf(sampler: HFSampler, sources: list[str], settings: SamplingSettings,
     """Baseline: fixed-size batches in corpus order (no length bucketing)."""
     for i in range(0, len(sources), batch):
         chunk = sources[i : i + batch]
-        ids, mask = pad(sampler.encoder.encode(chunk, 128), sampler.tokenizer.pad_token_id)
         with torch.inference_mode():
-            sampler.model.generate(
-                input_ids=ids,
-                attention_mask=mask,
+            sampler.family.generate(
+                sampler.model,
+                sampler.family.encode_sources(chunk, 128),
                 do_sample=True,
                 temperature=settings.temperature,
                 num_return_sequences=settings.samples_per_source,

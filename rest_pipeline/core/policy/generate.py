@@ -30,14 +30,6 @@ def length_batches(lengths: Sequence[int], max_tokens: int, max_batch: int = 512
     return batches
 
 
-def pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    for row, s in enumerate(seqs):
-        ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return ids, (ids != pad_id).long()
-
-
 @torch.inference_mode()
 def translate(
     model: PreTrainedModel,
