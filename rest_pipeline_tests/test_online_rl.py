@@ -67,17 +67,23 @@ def bc_policy(tmp_path_factory) -> Path:
     return save_policy(model, tok, tmp / "bc")
 
 
-def _run(bc: Path, work: Path, settings: OnlineRLSpec = SETTINGS):
+def _run(bc: Path, work: Path, settings: OnlineRLSpec = SETTINGS, log=lambda m: None):
     chrf = load_reward("chrf")
     src, ref = pairs(40, seed=5)
     return run_ppo(
         settings, bc, src, ref, lambda s, h, r: chrf.score(s, h, r), work, temperature=1.0, max_new_tokens=12,
-        max_length=32, seed=3, fingerprint="test", log=lambda m: None,
+        max_length=32, seed=3, fingerprint="test", log=log,
     )  # fmt: skip
 
 
-def test_ppo_moves_away_from_bc_and_counts_its_compute(bc_policy, tmp_path):
-    result = _run(bc_policy, tmp_path / "run")
+@pytest.fixture(scope="module")
+def straight(bc_policy, tmp_path_factory):
+    """One uninterrupted run of SETTINGS, which the resumed and extended runs must reproduce."""
+    return _run(bc_policy, tmp_path_factory.mktemp("straight") / "run")
+
+
+def test_ppo_moves_away_from_bc_and_counts_its_compute(straight, bc_policy):
+    result = straight
     history = result.history
     assert len(history) == 6 and result.iterations == 6
     assert history[0]["kl_to_bc"] == 0.0  # the first batch is sampled by BC itself
@@ -92,7 +98,7 @@ def test_ppo_moves_away_from_bc_and_counts_its_compute(bc_policy, tmp_path):
     assert first.candidates == 48 and all(
         getattr(last, k) > getattr(first, k) for k in ("candidates", "reward_calls", "target_tokens", "seconds")
     )
-    saved = json.loads((tmp_path / "run" / "history.json").read_text())
+    saved = json.loads((result.marks[0].path.parents[1] / "history.json").read_text())
     assert saved == history
 
 
@@ -108,8 +114,7 @@ _run(Path(sys.argv[1]), Path(sys.argv[2]))
 """
 
 
-def test_a_killed_run_resumes_from_its_last_save_to_the_same_policy(bc_policy, tmp_path):
-    straight = _run(bc_policy, tmp_path / "straight")
+def test_a_killed_run_resumes_from_its_last_save_to_the_same_policy(bc_policy, straight, tmp_path):
     work = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-c", KILLED, str(bc_policy), str(work), str(torch.get_num_threads())])
     state = work / "state" / "state.json"
@@ -125,3 +130,23 @@ def test_a_killed_run_resumes_from_its_last_save_to_the_same_policy(bc_policy, t
     assert resumed.compute.candidates == straight.compute.candidates
     assert resumed.compute.target_tokens == straight.compute.target_tokens
     assert weights_hash(resumed.marks[-1].path) == weights_hash(straight.marks[-1].path)
+
+
+def test_a_bigger_budget_continues_a_finished_run_and_other_settings_start_over(bc_policy, straight, tmp_path):
+    work = tmp_path / "grown"
+    half = _run(bc_policy, work, SETTINGS.model_copy(update={"total_candidates": 48}))
+    assert half.iterations == 3 and [m.name for m in half.marks] == ["ppo/c00000048"]
+    said: list[str] = []
+    grown = _run(bc_policy, work, log=said.append)  # the budget raised to SETTINGS' 96: iterations 4-6 only
+    assert said[0].startswith("ppo: resuming at iteration 3 of 6")
+    assert sum(m.startswith("ppo: {") for m in said) == 3
+    assert grown.marks[0].compute == half.marks[0].compute  # the first half as it was run, not re-run
+    assert grown.history == straight.history
+    assert [m.name for m in grown.marks] == [m.name for m in straight.marks]
+    assert weights_hash(grown.marks[-1].path) == weights_hash(straight.marks[-1].path)
+    assert grown.compute.target_tokens == straight.compute.target_tokens
+    again = _run(bc_policy, work)  # nothing left to do: the same result, no new iteration
+    assert again.history == grown.history and again.iterations == 6
+    other = _run(bc_policy, work, SETTINGS.model_copy(update={"total_candidates": 48, "lr": 1e-3}))
+    assert other.iterations == 3 and len(other.history) == 3  # a new run, not the 6 iterations saved
+    assert other.history[1] != straight.history[1]

@@ -11,12 +11,16 @@ and the clipped objective, the KL penalty and the several epochs per batch are P
 
 A run is resumable: every `save_every_iterations` the policy, the optimiser, the counters and the
 random state are saved together (atomically), and a killed run carries on from the last save with
-the same samples it would have drawn. Compute is counted as for ReST (compute.py): candidates
-sampled, reward-model calls after de-duplication, target tokens trained on, wall seconds.
+the same samples it would have drawn. The budget (`total_candidates`, the mark spacing, the save
+spacing) does not change what an iteration draws or trains, so raising `total_candidates` continues
+a finished run where it stopped instead of starting over; any other setting starts a new run.
+Compute is counted as for ReST (compute.py): candidates sampled, reward-model calls after
+de-duplication, target tokens trained on, wall seconds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -133,6 +137,16 @@ def sequence_logprobs(
 # -- the loop ------------------------------------------------------------------------------------------
 
 
+BUDGET_ONLY = frozenset({"enabled", "total_candidates", "eval_every_candidates", "save_every_iterations"})
+
+
+def run_key(settings: OnlineRLSpec, fingerprint: str) -> str:
+    """What a saved run must match to be continued: the caller's fingerprint (BC weights, reward, seed,
+    data) and every setting that changes the trajectory; not the budget, which only says where to stop."""
+    trajectory = settings.model_dump_json(exclude=set(BUDGET_ONLY))
+    return hashlib.sha256(f"{fingerprint}|{trajectory}".encode()).hexdigest()[:16]
+
+
 def _save_state(work_dir: Path, model, tokenizer, optimizer, state: dict) -> None:
     """Policy, optimiser and loop state in one folder, swapped in whole."""
     with atomic_dir(work_dir / "state") as tmp:
@@ -173,19 +187,22 @@ def run_ppo(
     family = family_of(reference, tokenizer)
     for p in reference.parameters():
         p.requires_grad_(False)
+    key = run_key(settings, fingerprint)
     saved = _load_state(work_dir)
-    if saved is not None and saved[0]["fingerprint"] != fingerprint:
+    if saved is not None and saved[0]["fingerprint"] != key:
         log(f"ppo: {work_dir} holds a run of other settings; starting over")
         saved = None
     model = load_policy(saved[1] / "policy" if saved else bc_checkpoint)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0)
-    state = {"fingerprint": fingerprint, "iteration": 0, "compute": asdict(Compute()), "history": [], "marks": []}
+    state = {"fingerprint": key, "iteration": 0, "compute": asdict(Compute()), "history": [], "marks": []}
     if saved is not None:
         state = saved[0]
         extra = torch.load(saved[1] / "optimizer.pt")
         optimizer.load_state_dict(extra["optimizer"])
         done = state["compute"]["candidates"]
         log(f"ppo: resuming at iteration {state['iteration']} of {iterations} ({done} candidates sampled)")
+    if state["iteration"] >= iterations:
+        log(f"ppo: {state['iteration']} iterations already done ({iterations} asked for): nothing to run")
     compute = Compute(**state["compute"])
     order = np.random.default_rng(seed).permutation(len(train_sources))
     device = next(model.parameters()).device
@@ -238,7 +255,8 @@ def run_ppo(
         state["history"].append(row)
         log(f"ppo: {row}")
         state["iteration"], state["compute"] = it + 1, asdict(compute)
-        mark_due = compute.candidates // settings.eval_every_candidates > len(state["marks"]) or it + 1 == iterations
+        every = settings.eval_every_candidates  # a mark where this iteration crossed a multiple, and at the end
+        mark_due = compute.candidates // every > (compute.candidates - step.candidates) // every or it + 1 == iterations
         if mark_due:
             name = f"ppo/c{compute.candidates:08d}"
             path = work_dir / "marks" / name.split("/", 1)[1]

@@ -23,6 +23,14 @@ ADVANTAGE = (
 )
 
 
+def ppo_fingerprint(spec: ExperimentSpec, store: ExperimentStore, train_reward: RewardModel) -> str:
+    """Everything outside the PPO settings that a saved run must share to be continued (run_ppo adds
+    the settings that shape the trajectory, and leaves out the budget)."""
+    parts = [weights_hash(store.base_policy_dir), train_reward.version, str(spec.seed), str(spec.grow.temperature),
+             str(spec.grow.max_new_tokens), str(len(store.split("train")))]  # fmt: skip
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
 def run_online_rl(
     spec: ExperimentSpec, store: ExperimentStore, rewards: list[RewardModel], log: Log = print
 ) -> OnlineRL:
@@ -30,12 +38,7 @@ def run_online_rl(
     train_reward = next(m for m in rewards if m.name == spec.reward.model)
     bc = store.base_policy_dir
     train = store.split("train")
-    fingerprint = hashlib.sha256(
-        "|".join(
-            [weights_hash(bc), settings.model_dump_json(), train_reward.version, str(spec.seed),
-             str(spec.grow.temperature), str(spec.grow.max_new_tokens), str(len(train))]
-        ).encode()
-    ).hexdigest()[:16]  # fmt: skip
+    fingerprint = ppo_fingerprint(spec, store, train_reward)
     result = run_ppo(
         settings,
         bc,
