@@ -166,6 +166,14 @@ def _assert_rest_chain(instance: dg.DagsterInstance, store: ExperimentStore, spe
     ]
     assert report.findings[-1].holds == report.best_of_n.rest_small_n_reaches_bc_larger_n
     assert "## The paper's findings, checked on this run" in markdown
+    # Each grow's stored samples as Best-of-k, straight from the candidate store.
+    per_grow = store.query("SELECT grow, count(DISTINCT source_id) AS n FROM candidates WHERE origin = 'sample' "
+                           "GROUP BY grow ORDER BY grow")  # fmt: skip
+    assert [(r["grow"], r["sources"]) for r in report.grow_samples] == list(zip(per_grow.grow, per_grow.n, strict=True))
+    for r in report.grow_samples:
+        ks = [r[f"best_of_{k}"] for k in (1, 2, 4) if f"best_of_{k}" in r]
+        assert ks == sorted(ks) and len(ks) >= 2
+    assert report.grow_samples[0]["at_grow1_k"] == 1
     for png in ("reward_per_checkpoint", "bleu_per_checkpoint", "reward_histograms", "best_of_n"):
         assert (store.report_dir / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
     # `rest lineage` (the store's step records and the `lineage` view built from them) and Dagster's

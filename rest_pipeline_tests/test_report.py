@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rest_pipeline.core.evaluation.best_of_k import expected_best_of_k, grow_sample_curves
 from rest_pipeline.core.report import findings
 from rest_pipeline.core.store.records import BestOfN, BestOfNCurve
 
@@ -75,3 +82,28 @@ def test_beating_bc_fails_on_a_large_bleu_drop_or_a_test_gain_within_noise() -> 
     rows = _rows([0.57, 0.58, 0.59], ["improved", "improved"], (34.0, 34.0))
     test_noise = _sig("BC", (0.01, True), (0.004, False))
     assert not _verdicts(rows, test_noise, _bon(True))[BEATS]
+
+
+def test_expected_best_of_k_equals_the_mean_over_every_subset() -> None:
+    x = np.random.default_rng(0).random(9)
+    for k in range(1, 10):
+        brute = np.mean([max(c) for c in itertools.combinations(x, k)])
+        assert expected_best_of_k(x, k) == pytest.approx(brute, abs=1e-12)
+    assert expected_best_of_k(x, 1) == pytest.approx(x.mean()) and expected_best_of_k(x, 9) == x.max()
+    with pytest.raises(ValueError, match="k=10"):
+        expected_best_of_k(x, 10)
+
+
+def test_grow_sample_curves_place_a_sharper_grow_on_grow_1s_best_of_k() -> None:
+    # Grow 1: each source's 6 samples are 0..5 (k=1: 2.5, k=2: 3.67, k=4: 4.6, k=6: 5). Grow 2 drew
+    # 4, 4, 5, 5, 5, 5: one sample (4.67) is between grow 1's best of 4 and best of 6; originals are not samples.
+    rows = [(1, s, "sample", float(v)) for s in "ab" for v in range(6)]
+    rows += [(2, s, "sample", float(v)) for s in "cd" for v in (4, 4, 5, 5, 5, 5)]
+    rows += [(1, "a", "reference", 9.0)]
+    table = pd.DataFrame(rows, columns=["grow", "source_id", "origin", "r"])
+    g1, g2 = grow_sample_curves(table, "r")
+    assert (g1["sources"], g1["N"], g1["at_grow1_k"]) == (2, 6, 1)
+    assert list(g1) == ["grow", "sources", "N", "best_of_1", "best_of_2", "best_of_4", "best_of_6", "at_grow1_k"]
+    assert g1["best_of_1"] == 2.5 and g1["best_of_6"] == 5.0
+    assert g2["best_of_1"] == pytest.approx(4.6667, abs=1e-4)
+    assert g1["best_of_4"] == 4.6 and 4 < g2["at_grow1_k"] < 6

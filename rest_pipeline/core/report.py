@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from rest_pipeline.core.evaluation.best_of_k import grow_sample_curves  # noqa: E402
 from rest_pipeline.core.evaluation.significance import eval_deltas  # noqa: E402
 from rest_pipeline.core.improve.chain import all_steps, final_step  # noqa: E402
 from rest_pipeline.core.paths import atomic_path  # noqa: E402
@@ -308,7 +309,8 @@ def build_report(spec: ExperimentSpec, store: ExperimentStore, train_reward: str
     ax.set_title("BLEU per checkpoint")
     _save(fig, out / "bleu_per_checkpoint.png")
 
-    hist = store.query(f"SELECT grow, origin, reward_{train_reward} AS r FROM scored")
+    hist = store.query(f"SELECT grow, source_id, origin, reward_{train_reward} AS r FROM scored")
+    grow_samples = grow_sample_curves(hist, "r")
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for (g, origin), part in hist.groupby(["grow", "origin"]):
         ax.hist(part.r, bins=40, range=(0, 1), histtype="step", density=True, label=f"grow {g} {origin}")
@@ -356,6 +358,12 @@ def build_report(spec: ExperimentSpec, store: ExperimentStore, train_reward: str
         "\n## Grows\n",
         md_table(kept.to_dict("records")),
         "\n![histograms](reward_histograms.png)\n",
+        "\nEach grow's samples as Best-of-k over its sources (the expected best of k of its N samples, "
+        f"{train_reward} reward): k=1 is what one sample of that grow's policy earns, k=N the best it reaches. "
+        "ReST sharpens the policy toward its own best samples: k=1 climbs toward k=N, and a k=N that does not "
+        "climb is a ceiling later grows approach but do not pass. `at_grow1_k`: the k at which grow 1's "
+        "policy does as well as this grow's single sample.\n",
+        md_table(grow_samples),
         "\n## Best-of-N on valid\n",
         md_table([{"N": n, "BC": bon.curves["bc"].curve[n], "ReST": bon.curves["rest"].curve[n]} for n in bon.ns]),
         f"\nReST at small N reaches BC at a larger N: **{bon.rest_small_n_reaches_bc_larger_n}** "
@@ -385,5 +393,6 @@ def build_report(spec: ExperimentSpec, store: ExperimentStore, train_reward: str
         control=store.control(),
         significance=sig,
         findings=checked,
+        grow_samples=grow_samples,
     )
     return store.write_report(record, "\n".join(text))

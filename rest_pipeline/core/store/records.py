@@ -260,6 +260,7 @@ class Report(Record):
     control: ControlRecord | None
     significance: list[dict[str, Any]]
     findings: list[Finding]
+    grow_samples: list[dict[str, Any]] = []  # per grow, the expected Best-of-k of its samples (report.py)
 
 
 # -- human ratings ------------------------------------------------------------------------------
