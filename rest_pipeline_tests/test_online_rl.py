@@ -14,8 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-from rest_pipeline.core.online_rl.ppo import clipped_surrogate, group_baseline, run_ppo, token_advantages
-from rest_pipeline.core.policy.model import save_policy, weights_hash
+from rest_pipeline.core.online_rl.ppo import (
+    clipped_surrogate,
+    group_baseline,
+    run_ppo,
+    sample_rollout,
+    sequence_logprobs,
+    token_advantages,
+)
+from rest_pipeline.core.policy.family import family_of, left_or_right_pad
+from rest_pipeline.core.policy.model import load_policy, save_policy, weights_hash
+from rest_pipeline.core.policy.tokenizer import load_tokenizer
 from rest_pipeline.core.rewards.base import load_reward
 from rest_pipeline.spec import OnlineRLSpec
 from rest_pipeline_tests.synthetic import pairs, tiny_model, tokenizer_dir
@@ -134,19 +143,49 @@ def test_a_killed_run_resumes_from_its_last_save_to_the_same_policy(bc_policy, s
 
 def test_a_bigger_budget_continues_a_finished_run_and_other_settings_start_over(bc_policy, straight, tmp_path):
     work = tmp_path / "grown"
-    half = _run(bc_policy, work, SETTINGS.model_copy(update={"total_candidates": 48}))
-    assert half.iterations == 3 and [m.name for m in half.marks] == ["ppo/c00000048"]
+    grid = {"eval_every_candidates": 32}  # marks at 32, 64, 96; a 40-candidate budget ends off that grid, at 48
+    half = _run(bc_policy, work, SETTINGS.model_copy(update={**grid, "total_candidates": 40}))
+    assert half.iterations == 3 and [m.name for m in half.marks] == ["ppo/c00000032", "ppo/c00000048"]
     said: list[str] = []
-    grown = _run(bc_policy, work, log=said.append)  # the budget raised to SETTINGS' 96: iterations 4-6 only
+    grown = _run(bc_policy, work, SETTINGS.model_copy(update=grid), log=said.append)  # iterations 4-6 only
     assert said[0].startswith("ppo: resuming at iteration 3 of 6")
     assert sum(m.startswith("ppo: {") for m in said) == 3
+    assert grown.history == straight.history  # the budget does not change what an iteration does
+    assert [m.name for m in grown.marks] == ["ppo/c00000032", "ppo/c00000064", "ppo/c00000096"]
+    assert not (work / "marks" / "c00000048").exists()  # the old end mark, off the grid, is gone
     assert grown.marks[0].compute == half.marks[0].compute  # the first half as it was run, not re-run
-    assert grown.history == straight.history
-    assert [m.name for m in grown.marks] == [m.name for m in straight.marks]
     assert weights_hash(grown.marks[-1].path) == weights_hash(straight.marks[-1].path)
     assert grown.compute.target_tokens == straight.compute.target_tokens
-    again = _run(bc_policy, work)  # nothing left to do: the same result, no new iteration
+    again = _run(bc_policy, work, SETTINGS.model_copy(update=grid))  # nothing left to do: the same result
     assert again.history == grown.history and again.iterations == 6
+    with pytest.raises(ValueError, match="holds a PPO run of 6 iterations.*raise total_candidates to at least 96"):
+        _run(bc_policy, work, SETTINGS.model_copy(update={**grid, "total_candidates": 40}))
     other = _run(bc_policy, work, SETTINGS.model_copy(update={"total_candidates": 48, "lr": 1e-3}))
     assert other.iterations == 3 and len(other.history) == 3  # a new run, not the 6 iterations saved
     assert other.history[1] != straight.history[1]
+
+
+def test_ppo_scores_each_sample_under_the_distribution_that_drew_it(bc_policy):
+    """The behaviour log-probs PPO's ratio and KL use are the sampler's: logits at the sampling
+    temperature, without the tokens generate() may not draw (Marian's pad), no forced end token."""
+    model, tok = load_policy(bc_policy).eval(), load_tokenizer(bc_policy)
+    family = family_of(model, tok)
+    sources = pairs(6, seed=1)[0]
+    src = family.encode_sources(sources, 32)
+    ids, mask = left_or_right_pad(src, family.pad_id, left=False)
+    torch.manual_seed(7)
+    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=0.7, top_k=0, num_beams=1,
+                         num_return_sequences=2, max_new_tokens=4, forced_eos_token_id=None,
+                         return_dict_in_generate=True, output_scores=True)  # fmt: skip
+    drawn = out.sequences[:, 1:]
+    sampler = torch.stack(out.scores, 1).log_softmax(-1).gather(-1, drawn.unsqueeze(-1)).squeeze(-1)
+    rollout = sample_rollout(model, family, sources, 2, 0.7, max_new_tokens=4, max_length=32, seed=7)
+    with torch.no_grad():
+        logp, m = sequence_logprobs(model, family, rollout, 0.7)
+    assert logp.shape[1] <= sampler.shape[1] and bool(m.any())
+    assert torch.allclose(logp[m], sampler[:, : logp.shape[1]][m], atol=1e-4)
+    at_one, _ = sequence_logprobs(model, family, rollout, 1.0)
+    assert torch.isfinite(logp).all() and not torch.allclose(logp[m], at_one[m])
+    # Cut at max_new_tokens, a sample ends where the policy stopped it: mostly not on an end token.
+    last = rollout.batch.labels.gather(1, (m.sum(1, keepdim=True) - 1)).squeeze(1)
+    assert (last == family.eos_id).float().mean() < 0.5

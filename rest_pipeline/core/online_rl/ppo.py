@@ -5,6 +5,10 @@ Grow temperature, scores them with the reward model, and takes a few clipped-sur
 them. Per token, the reward is the KL penalty to the BC policy, -beta * (log pi_old - log pi_BC);
 the sequence reward R(x, y) arrives at the last token. Advantages come from a per-source group
 baseline: A_t = R(x, y) - mean of R over the N samples of x - beta * (the KL still to come from t).
+The policy PPO optimises is the one it samples from, pi_T: every log-probability (the behaviour
+policy's, the updated policy's, BC's for the KL) is of the logits divided by the sampling temperature
+T, as TRL does; greedy evaluation is the same for pi and pi_T. Samples end where the policy chose to
+end them (no end token is forced at max_new_tokens: an action the policy did not take is not trained).
 Why a group baseline and not a value head: the N samples of a source are drawn anyway, their mean
 reward is an unbiased baseline with no critic to train, tune or let lag behind on two CPU cores,
 and the clipped objective, the KL penalty and the several epochs per batch are PPO's unchanged.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -119,24 +124,38 @@ def sample_rollout(model, family: Family, sources: Sequence[str], n: int, temper
     src = family.encode_sources(sources, max_length)
     torch.manual_seed(seed)
     outputs = family.generate(model, src, do_sample=True, temperature=temperature, top_k=0, num_beams=1,
-                              num_return_sequences=n, max_new_tokens=max_new_tokens)  # fmt: skip
+                              num_return_sequences=n, max_new_tokens=max_new_tokens,
+                              forced_eos_token_id=None)  # fmt: skip
     # An output cut by max_new_tokens has no end token; an empty one still trains its end token.
     outputs = [o or [family.eos_id] for o in outputs]
     batch = family.collate([s for s in src for _ in range(n)], outputs)
     return Rollout(batch, family.decode(outputs))
 
 
+def never_sampled(model) -> list[int]:
+    """Tokens generate() may not draw (the generation config's single-token bad words, e.g. Marian's pad)."""
+    bad = getattr(model.generation_config, "bad_words_ids", None) or []
+    return sorted({ids[0] for ids in bad if len(ids) == 1})
+
+
 def sequence_logprobs(
-    model, family: Family, r: Rollout, rows: torch.Tensor | slice = slice(None)
+    model, family: Family, r: Rollout, temperature: float, rows: torch.Tensor | slice = slice(None)
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi_T of each sampled token under the distribution the sampler drew from: the logits at the
+    sampling temperature, without the tokens it may not draw."""
     b = r.batch.rows(rows)
-    logits = family.forward(model, b).logits
+    logits = family.forward(model, b).logits / temperature
+    banned = never_sampled(model)
+    if banned:
+        logits = logits.index_fill(-1, torch.tensor(banned, device=logits.device), float("-inf"))
     return token_logprobs(logits, b.labels.to(logits.device))
 
 
 # -- the loop ------------------------------------------------------------------------------------------
 
 
+# Bumped when the objective's code changes what a run computes: a saved run of another version is not continued.
+OBJECTIVE_VERSION = 2  # 2: log-probs of the sampling distribution (temperature, banned tokens), no forced end
 BUDGET_ONLY = frozenset({"enabled", "total_candidates", "eval_every_candidates", "save_every_iterations"})
 
 
@@ -144,7 +163,7 @@ def run_key(settings: OnlineRLSpec, fingerprint: str) -> str:
     """What a saved run must match to be continued: the caller's fingerprint (BC weights, reward, seed,
     data) and every setting that changes the trajectory; not the budget, which only says where to stop."""
     trajectory = settings.model_dump_json(exclude=set(BUDGET_ONLY))
-    return hashlib.sha256(f"{fingerprint}|{trajectory}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{fingerprint}|{trajectory}|v{OBJECTIVE_VERSION}".encode()).hexdigest()[:16]
 
 
 def _save_state(work_dir: Path, model, tokenizer, optimizer, state: dict) -> None:
@@ -201,8 +220,19 @@ def run_ppo(
         optimizer.load_state_dict(extra["optimizer"])
         done = state["compute"]["candidates"]
         log(f"ppo: resuming at iteration {state['iteration']} of {iterations} ({done} candidates sampled)")
-    if state["iteration"] >= iterations:
-        log(f"ppo: {state['iteration']} iterations already done ({iterations} asked for): nothing to run")
+    if state["iteration"] > iterations:
+        raise ValueError(
+            f"{work_dir}: holds a PPO run of {state['iteration']} iterations, more than online_rl.total_candidates "
+            f"asks for ({iterations}); raise total_candidates to at least {state['compute']['candidates']}, or "
+            "remove the folder to start over"
+        )
+    if state["iteration"] < iterations:  # a run under way, or a finished one whose budget was raised
+        last, every = state["iteration"], settings.eval_every_candidates
+        # the end mark of a smaller budget, off the grid a straight run would have marked there
+        ends = [m for m in state["marks"] if m["iteration"] == last and m["compute"]["candidates"] % every]
+        for m in ends:
+            shutil.rmtree(work_dir / m["path"], ignore_errors=True)
+        state["marks"] = [m for m in state["marks"] if m not in ends]
     compute = Compute(**state["compute"])
     order = np.random.default_rng(seed).permutation(len(train_sources))
     device = next(model.parameters()).device
@@ -223,9 +253,9 @@ def run_ppo(
         unique_calls = len(unique)
         with torch.no_grad():  # in minibatches: a whole batch's logits over the vocabulary is large
             chunks = torch.arange(len(rollout.texts)).split(settings.minibatch_sequences)
-            parts = [sequence_logprobs(model, family, rollout, c) for c in chunks]
+            parts = [sequence_logprobs(model, family, rollout, temperature, c) for c in chunks]
             old_logp, mask = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-            ref_logp = torch.cat([sequence_logprobs(reference, family, rollout, c)[0] for c in chunks])
+            ref_logp = torch.cat([sequence_logprobs(reference, family, rollout, temperature, c)[0] for c in chunks])
         kl = (old_logp - ref_logp) * mask
         advantages = token_advantages(group_baseline(rewards.to(device), n), kl, mask, settings.kl_coef)
         if settings.normalize_advantages:
@@ -235,7 +265,7 @@ def run_ppo(
         tokens, clipped = 0, []
         for _ in range(settings.epochs):
             for rows in torch.randperm(len(rollout.texts), generator=gen).split(settings.minibatch_sequences):
-                logp, m = sequence_logprobs(model, family, rollout, rows)
+                logp, m = sequence_logprobs(model, family, rollout, temperature, rows)
                 loss, share = clipped_surrogate(logp, old_logp[rows], advantages[rows], m, settings.clip)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -43,7 +43,7 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     mask = labels != -100
     logp = torch.log_softmax(logits.float(), dim=-1)
     taken = logp.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    return taken * mask, mask
+    return taken.masked_fill(~mask, 0.0), mask  # not taken * mask: a banned token 0 is -inf there
 
 
 class SequenceLoss(nn.Module):
