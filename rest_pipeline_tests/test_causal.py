@@ -104,7 +104,7 @@ def test_completion_ends_at_eos_for_sentencepiece_and_at_newline_for_a_byte_leve
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(["a house\nthe tree\n", "big dog\nred cat"] * 20, trainers.BpeTrainer(
+    bpe.train_from_iterator(["a house\nthe tree\n", "big dog\nred cat", "one\n\ntwo.\n\n"] * 20, trainers.BpeTrainer(
         vocab_size=300, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
     fast = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", pad_token="<eos>")
     byte_family = CausalLM(fast, PromptFormat(template="{source} =", stop="newline"))
@@ -123,10 +123,14 @@ def test_completion_ends_at_eos_for_sentencepiece_and_at_newline_for_a_byte_leve
                          eos_token_id=fast.eos_token_id)  # fmt: skip
     torch.manual_seed(0)
     lm = LlamaForCausalLM(config).eval()
-    newline = byte_family.end[-1]
+    # Any token that writes a newline ends a completion, merged ones ("\n\n") included.
+    merged = [i for i in range(len(fast)) if "\n\n" in fast.decode([i])]
+    assert merged and set(merged) <= byte_family.stops and byte_family.end[-1] in byte_family.stops
+    ends = {i for i in range(len(fast)) if "\n" in fast.decode([i])} | {fast.eos_token_id}
+    assert byte_family.stops == ends
     for ids in byte_family.generate(lm, byte_family.encode_sources(["a house", "big dog"], 16), do_sample=True,
                                     temperature=2.0, max_new_tokens=30, num_return_sequences=4):  # fmt: skip
-        stops = [i for i, t in enumerate(ids) if t in (newline, fast.eos_token_id)]
+        stops = [i for i, t in enumerate(ids) if t in ends]
         assert stops in ([], [len(ids) - 1])  # the first end token closes the completion
 
 

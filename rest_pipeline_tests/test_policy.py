@@ -1,11 +1,12 @@
 import json
 
+import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM, MarianTokenizer
 
 from rest_pipeline.core.evaluation.metrics import corpus_scores
 from rest_pipeline.core.policy.generate import length_batches, translate
-from rest_pipeline.core.policy.model import save_policy
+from rest_pipeline.core.policy.model import is_checkpoint, save_policy, weight_files, weights_hash
 from rest_pipeline.core.policy.tokenizer import EOS_ID, FastEncoder, load_tokenizer
 from rest_pipeline.spec import DecodingSpec
 from rest_pipeline_tests.synthetic import pairs, tiny_model, tokenizer_dir
@@ -69,3 +70,24 @@ def test_corpus_scores():
     worse = corpus_scores(["the cat sat on a mat", "a dog runs in a park"], refs)
     assert 0 < worse.bleu < 100 and worse.chrf < 100
     assert "BLEU" in perfect.bleu_signature or "nrefs" in perfect.bleu_signature
+
+
+def test_a_sharded_folder_is_a_checkpoint_with_a_stable_identity(tmp_path):
+    """Hub folders of large models come in shards; save_policy writes one file whatever the size."""
+    model, tok = tiny_model(tokenizer_dir(tmp_path))
+    one = save_policy(model, tok, tmp_path / "one")
+    assert [f.name for f in weight_files(one)] == ["model.safetensors"]
+    sharded = tmp_path / "sharded"
+    model.save_pretrained(sharded, safe_serialization=True, max_shard_size="200KB")
+    tok.save_pretrained(sharded)
+    shards = weight_files(sharded)
+    assert len(shards) > 1 and is_checkpoint(sharded)
+    before = weights_hash(sharded)
+    assert before == weights_hash(sharded) != weights_hash(one)
+    with open(shards[-1], "ab") as fh:  # any shard's change is a new identity
+        fh.write(b" ")
+    assert weights_hash(sharded) != before
+    shards[0].unlink()  # an incomplete folder is not a checkpoint, and says why it has no identity
+    assert not is_checkpoint(sharded)
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        weights_hash(sharded)

@@ -92,6 +92,9 @@ def test_expected_best_of_k_equals_the_mean_over_every_subset() -> None:
     assert expected_best_of_k(x, 1) == pytest.approx(x.mean()) and expected_best_of_k(x, 9) == x.max()
     with pytest.raises(ValueError, match="k=10"):
         expected_best_of_k(x, 10)
+    big = np.random.default_rng(1).random(3000)  # 1 / C(3000, 256) underflows a float; the weights must not
+    assert big.mean() < expected_best_of_k(big, 256) < big.max() == expected_best_of_k(big, 3000)
+    assert expected_best_of_k(big, 256) == pytest.approx(1 - 1 / 257, abs=2e-3)  # uniform: E[max of k] = k/(k+1)
 
 
 def test_grow_sample_curves_place_a_sharper_grow_on_grow_1s_best_of_k() -> None:

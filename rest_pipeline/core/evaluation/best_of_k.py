@@ -3,8 +3,6 @@ each grow's policy has moved, at no sampling cost (the Best-of-N curves at infer
 
 from __future__ import annotations
 
-from math import exp, lgamma
-
 import numpy as np
 import pandas as pd
 
@@ -16,11 +14,12 @@ def expected_best_of_k(scores: np.ndarray, k: int) -> float:
     n = len(x)
     if not 1 <= k <= n:
         raise ValueError(f"best of k={k} needs 1 <= k <= n={n}")
-    # C(i-1, k-1) / C(n, k) for i = 1..n, as a running product (no big integers, no overflow)
+    # C(i-1, k-1) / C(n, k) for i = n..k, from the largest (k/n) down: a running ratio, no big integers,
+    # and only weights too small to matter can underflow
     weights = np.zeros(n)
-    weights[k - 1] = exp(lgamma(k + 1) + lgamma(n - k + 1) - lgamma(n + 1))  # 1 / C(n, k)
-    for i in range(k, n):
-        weights[i] = weights[i - 1] * i / (i - k + 1)
+    weights[n - 1] = k / n
+    for i in range(n - 1, k - 1, -1):
+        weights[i - 1] = weights[i] * (i - k + 1) / i
     return float(weights @ x)
 
 
@@ -37,7 +36,8 @@ def grow_sample_curves(table: pd.DataFrame, reward: str) -> list[dict]:
     for grow, part in table[table.origin == "sample"].groupby("grow", sort=True):
         per_source = [g.to_numpy() for _, g in part.groupby("source_id")[reward]]
         n = min(len(x) for x in per_source)
-        ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n] + ([n] if n & (n - 1) else [])
+        ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n]
+        ks += [n] if n not in ks else []
         curve = {k: float(np.mean([expected_best_of_k(x, k) for x in per_source])) for k in ks}
         first = first or curve
         rows.append(

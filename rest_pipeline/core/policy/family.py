@@ -118,6 +118,9 @@ class CausalLM:
         self.use_chat = prompt.chat_template and getattr(tokenizer, "chat_template", None) is not None
         # The completion's end: EOS, or the token(s) of a newline when the spec stops there.
         self.end = [self.eos_id] if prompt.stop == "eos" else self._newline_ids()
+        # Every token a completion may end on: EOS, and with stop "newline" each token whose text holds a
+        # newline (byte-level BPE merges them: "\n\n", ".\n", ...), so generation stops on any of them.
+        self.stops = {self.eos_id} | (_newline_tokens(tokenizer) if prompt.stop == "newline" else set())
 
     def _newline_ids(self) -> list[int]:
         ids = self.tokenizer("\n", add_special_tokens=False)["input_ids"]
@@ -182,9 +185,9 @@ class CausalLM:
         device = next(model.parameters()).device
         ids, mask = left_or_right_pad(src, self.pad_id, left=True)
         kw.setdefault("pad_token_id", self.pad_id)
-        kw["eos_token_id"] = sorted({self.eos_id, *self.end[-1:]})
+        kw["eos_token_id"] = sorted(self.stops)
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kw).cpu()
-        return [_cut(row[ids.shape[1] :].tolist(), {self.eos_id, self.end[-1]}, self.pad_id) for row in out]
+        return [_cut(row[ids.shape[1] :].tolist(), self.stops, self.pad_id) for row in out]
 
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
         """Text of each completion, up to its first end (EOS, or a newline when the spec stops there)."""
@@ -218,6 +221,17 @@ def left_or_right_pad(seqs: Sequence[Sequence[int]], pad_id: int, *, left: bool)
         ids[row, cols] = torch.tensor(s, dtype=torch.long)
         mask[row, cols] = 1
     return ids, mask
+
+
+def _newline_tokens(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Ids whose decoded text contains a newline; computed once per tokenizer (a vocabulary of 150k
+    decodes in about a second)."""
+    cached = getattr(tokenizer, "_rest_newline_tokens", None)
+    if cached is None:
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        cached = {i for i, t in enumerate(texts) if "\n" in t}
+        tokenizer._rest_newline_tokens = cached
+    return cached
 
 
 def _cut(ids: list[int], ends: set[int], pad_id: int) -> list[int]:

@@ -185,10 +185,23 @@ def with_lora(model: PreTrainedModel, spec: LoraSpec, parent: Path) -> PreTraine
     return wrapped
 
 
+def weight_files(path: Path) -> list[Path]:
+    """A full checkpoint's weights: model.safetensors, or the shards its index names (a folder from the
+    Hub or another tool; save_policy writes one file)."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = [path / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        return shards if all(f.is_file() for f in shards) else []
+    return []
+
+
 def is_checkpoint(path: Path) -> bool:
     """A complete checkpoint folder: full weights, or a LoRA adapter with its parent link."""
     path = Path(path)
-    full = (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    full = (path / "config.json").is_file() and bool(weight_files(path))
     return full or ((path / LINEAGE_FILE).is_file() and (path / ADAPTER_FILE).is_file())
 
 
@@ -199,7 +212,15 @@ def weights_hash(checkpoint: str | Path) -> str:
     if (checkpoint / LINEAGE_FILE).is_file():
         parent = json.loads((checkpoint / LINEAGE_FILE).read_text())["parent_hash"]
         return hashlib.sha256(parent.encode() + (checkpoint / ADAPTER_FILE).read_bytes()).hexdigest()[:16]
-    return hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()[:16]
+    files = weight_files(checkpoint)
+    if not files:
+        raise FileNotFoundError(f"{checkpoint}: no model.safetensors (or complete shards) to identify the weights by")
+    h = hashlib.sha256()  # streamed: a pretrained LLM's weights are gigabytes
+    for f in files:
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> Path:
@@ -207,7 +228,9 @@ def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path
     adapter plus the parent it applies to (relative path from `path`, and that parent's hash)."""
     parent = getattr(model, "rest_parent", None)
     with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        # One weights file whatever the size (transformers shards above 5 GB by default), so that a
+        # checkpoint is always model.safetensors for hashing, branching and CTranslate2.
+        model.save_pretrained(tmp, safe_serialization=True, max_shard_size="10000GB")
         tokenizer.save_pretrained(tmp)
         if parent is not None:
             lineage = {"parent": os.path.relpath(parent, Path(path).resolve()), "parent_hash": weights_hash(parent)}
