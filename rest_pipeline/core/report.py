@@ -362,7 +362,9 @@ def build_report(spec: ExperimentSpec, store: ExperimentStore, train_reward: str
         f"{train_reward} reward): k=1 is what one sample of that grow's policy earns, k=N the best it reaches. "
         "ReST sharpens the policy toward its own best samples: k=1 climbs toward k=N, and a k=N that does not "
         "climb is a ceiling later grows approach but do not pass. `at_grow1_k`: the k at which grow 1's "
-        "policy does as well as this grow's single sample.\n",
+        "policy does as well as this grow's single sample. Grows that sample different sources (rotate_sources) "
+        "also differ in how hard their sources are, which shifts a whole row; the gap between k=N and k=1 "
+        "within a row does not depend on that.\n",
         md_table(grow_samples),
         "\n## Best-of-N on valid\n",
         md_table([{"N": n, "BC": bon.curves["bc"].curve[n], "ReST": bon.curves["rest"].curve[n]} for n in bon.ns]),
