@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict
+from pathlib import Path
 
 from rest_pipeline.core.evaluation.checkpoint import reward_scores
 from rest_pipeline.core.improve.assess import evaluate_checkpoint
@@ -23,11 +24,11 @@ ADVANTAGE = (
 )
 
 
-def ppo_fingerprint(spec: ExperimentSpec, store: ExperimentStore, train_reward: RewardModel) -> str:
+def ppo_fingerprint(spec: ExperimentSpec, bc: Path, train_sources: int, train_reward: RewardModel) -> str:
     """Everything outside the PPO settings that a saved run must share to be continued (run_ppo adds
     the settings that shape the trajectory, and leaves out the budget)."""
-    parts = [weights_hash(store.base_policy_dir), train_reward.version, str(spec.seed), str(spec.grow.temperature),
-             str(spec.grow.max_new_tokens), str(len(store.split("train")))]  # fmt: skip
+    parts = [weights_hash(bc), train_reward.version, str(spec.seed), str(spec.grow.temperature),
+             str(spec.grow.max_new_tokens), str(train_sources)]  # fmt: skip
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -38,7 +39,7 @@ def run_online_rl(
     train_reward = next(m for m in rewards if m.name == spec.reward.model)
     bc = store.base_policy_dir
     train = store.split("train")
-    fingerprint = ppo_fingerprint(spec, store, train_reward)
+    fingerprint = ppo_fingerprint(spec, bc, len(train), train_reward)
     result = run_ppo(
         settings,
         bc,
