@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 from transformers import AutoModelForSeq2SeqLM
 
 from rest_pipeline.core.improve.chain import all_steps
@@ -297,6 +298,8 @@ def _assert_a_branch_reuses_its_parents_grow(tmp_path, instance, parent_spec, st
     ]
     assert rows[1]["test_learned"] == store.evaluation("final").splits["test"].reward("learned")
     assert rows[1]["test_learned_minus_smoke"].count("[") == 1 and "test_learned_minus_smoke" not in rows[0]
+    bleu_delta = float(rows[1]["test_bleu_minus_smoke"].split()[0])  # the corpus-score difference, with its interval
+    assert bleu_delta == pytest.approx(rows[1]["test_bleu"] - rows[0]["test_bleu"], abs=0.02)
     # The parent's grow 1 changes under the branch: the branch refuses to go on, naming the file.
     shard = parent.candidates_file(1, 0)
     original = shard.read_bytes()

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rest_pipeline.core.evaluation.significance import eval_deltas, paired_delta
+from rest_pipeline.core.evaluation.significance import eval_deltas, paired_bleu_delta, paired_delta
 from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.core.store.records import Evaluation, SplitScores
 from rest_pipeline.spec import DecodingSpec
@@ -58,3 +58,39 @@ def test_eval_deltas_reads_two_stored_evaluations(tmp_path):
     assert (a, b) == (evals["base"], evals["grow_1/improve_1"])
     (row,) = eval_deltas(store, a, b, ["valid"], ["reward_x"])
     assert row["delta"] == pytest.approx(0.2) and row["significant"] and row["ci95"] == "[+0.2000, +0.2000]"
+
+
+def bleu_frame(hypotheses: list[str], references: list[str]) -> pd.DataFrame:
+    ids = [f"s{i}" for i in range(len(hypotheses))]
+    return pd.DataFrame({"source_id": ids, "hypothesis": hypotheses, "reference": references})
+
+
+def test_bleu_delta_is_the_corpus_score_difference_with_an_interval():
+    from sacrebleu.metrics import BLEU
+
+    rng = np.random.default_rng(0)
+    words = "a man in a red shirt rides a bike down the street while two dogs run beside him".split()
+    refs = [" ".join(rng.choice(words, size=12)) for _ in range(300)]
+    # b keeps most of each reference; a drops more words: b's corpus BLEU is clearly higher
+    a_hyp = [" ".join(r.split()[:6]) for r in refs]
+    b_hyp = [" ".join(r.split()[:10]) for r in refs]
+    d = paired_bleu_delta(bleu_frame(a_hyp, refs), bleu_frame(b_hyp, refs))
+    expected = BLEU().corpus_score(b_hyp, [refs]).score - BLEU().corpus_score(a_hyp, [refs]).score
+    assert d.delta == pytest.approx(expected, abs=1e-4) and d.significant and d.low > 0
+    # Identical systems: zero, and an interval that is exactly zero.
+    same = paired_bleu_delta(bleu_frame(a_hyp, refs), bleu_frame(a_hyp, refs))
+    assert (same.delta, same.low, same.high) == (0.0, 0.0, 0.0)
+
+    # Two systems drawn alike (each drops words at random at the same rate): no significant difference.
+    def drop(r: str) -> str:
+        return " ".join(w for w in r.split() if rng.random() > 0.3)
+
+    noise = paired_bleu_delta(bleu_frame([drop(r) for r in refs], refs), bleu_frame([drop(r) for r in refs], refs))
+    assert noise.low < 0 < noise.high
+
+
+def test_bleu_delta_refuses_different_references():
+    with pytest.raises(ValueError, match="references differ"):
+        paired_bleu_delta(bleu_frame(["a b"], ["a b"]), bleu_frame(["a b"], ["c d"]))
+    with pytest.raises(KeyError, match="hypothesis"):
+        paired_bleu_delta(frame([0.1]), frame([0.2]))

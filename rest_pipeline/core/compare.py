@@ -16,7 +16,7 @@ def compare(runs: list[tuple[ExperimentSpec, ExperimentStore]]) -> list[dict]:
     """One row per experiment; deltas are each final checkpoint minus the first experiment's."""
     base_spec, base_store = runs[0]
     train, independent = base_spec.reward.model, independent_reward(base_spec)
-    metrics = [f"reward_{train}"] + ([f"reward_{independent}"] if independent else [])
+    metrics = [f"reward_{train}"] + ([f"reward_{independent}"] if independent else []) + ["bleu"]
     base_eval = base_store.evaluation(FINAL)
     rows = []
     for spec, store in runs:
@@ -44,6 +44,7 @@ def render(rows: list[dict]) -> str:
     columns = list(dict.fromkeys(c for r in rows for c in r))  # the baseline row has no delta columns
     return (
         md_table(rows, columns)
-        + f"\nDeltas: final checkpoint minus {base}'s, per sentence of the greedy outputs, with a 95 % "
-        "paired-bootstrap interval (2,000 resamples); * marks an interval that excludes 0.\n"
+        + f"\nDeltas: final checkpoint minus {base}'s on the greedy outputs, with a 95 % paired-bootstrap "
+        "interval (2,000 resamples of the sentences; BLEU is the corpus score recomputed on each resample); "
+        "* marks an interval that excludes 0.\n"
     )

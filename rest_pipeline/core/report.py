@@ -77,7 +77,7 @@ def significance(
 ) -> list[dict]:
     """Final minus BC, minus each earlier grow's hand-on checkpoint, and minus the control when it ran,
     with paired-bootstrap intervals."""
-    metrics = [f"reward_{train_reward}"] + ([f"reward_{independent}"] if independent else [])
+    metrics = [f"reward_{train_reward}"] + ([f"reward_{independent}"] if independent else []) + ["bleu"]
     against = {"BC": BASE}
     for g in range(1, spec.improve.grows):  # "final minus grow 1" is the paper's "grow 2 adds to grow 1"
         against[f"grow {g}"] = policy_name(g, spec.improve.steps)
@@ -131,11 +131,13 @@ def findings(
     bc_test = [r for r in sig if r["final minus"] == "BC" and r["metric"] == metric and r["split"] == test]
     beats = bool(bc_test) and bc_test[0]["delta"] > 0 and bc_test[0]["significant"]
     bleu_drop = rows[0][f"{test}_bleu"] - rows[-1][f"{test}_bleu"]
+    bleu = [r for r in sig if r["final minus"] == "BC" and r["metric"] == "bleu" and r["split"] == test]
     out.append(
         {
             "finding": f"the final policy beats BC on {test} reward, {test} BLEU within {max_bleu_drop:g} point",
             "holds": beats and bleu_drop <= max_bleu_drop,
-            "evidence": f"{text}; {test} BLEU {rows[0][f'{test}_bleu']} -> {rows[-1][f'{test}_bleu']}",
+            "evidence": f"{text}; {test} BLEU {rows[0][f'{test}_bleu']} -> {rows[-1][f'{test}_bleu']}"
+            + (f" ({bleu[0]['delta']:+.2f} {bleu[0]['ci95']})" if bleu else ""),
         }
     )
 
@@ -233,24 +235,38 @@ def _online_rl_section(spec: ExperimentSpec, store: ExperimentStore, train_rewar
     rest_final = next(r for r in rest_rows if r["checkpoint"] == final)
     ppo_rows = [r for r in rows if r["method"] == "PPO"]
     independent = independent_reward(spec)
-    metrics = [f"reward_{train_reward}", *([f"reward_{independent}"] if independent else [])]
+    metrics = [f"reward_{train_reward}", *([f"reward_{independent}"] if independent else []), "bleu"]
+    splits = [s for s in ("valid", "test") if s in spec.evaluation.splits]
+
+    def deltas(a: str, b: str) -> list[dict]:
+        return eval_deltas(store, store.evaluation(a), store.evaluation(b), splits, metrics)
+
     # Per compute measure: ReST's final checkpoint against PPO's first checkpoint that used at least as
-    # much of it. Where PPO never got there (its budget ended first), the row says so and is not a match.
+    # much of it, and against the checkpoint a PPO user would keep within that budget (best valid reward,
+    # as ReST keeps its own). Where PPO never got there (its budget ended first), the row says so.
     matches, lines = [], []
     for m in ("candidates", "seconds", "target_tokens"):
         matched = [r for r in ppo_rows if r[m] >= rest_final[m]]
         if not matched:
             lines.append(f"- {m}: PPO's budget ended at {ppo_rows[-1][m]:g}, below ReST's {rest_final[m]:g}; no match")
             continue
-        ppo = matched[0]
-        lines.append(
-            f"- {m}: ReST {rest_final[m]:g} vs PPO {ppo['checkpoint']} {ppo[m]:g}; test BLEU "
-            f"{rest_final['test_bleu']} (ReST) vs {ppo['test_bleu']} (PPO)"
-        )
-        deltas = eval_deltas(
-            store, store.evaluation(ppo["checkpoint"]), store.evaluation(final), ["valid", "test"], metrics
-        )
-        matches += [{"equal": m, "ppo_checkpoint": ppo["checkpoint"], **d} for d in deltas]
+        first = matched[0]
+        best = max((r for r in ppo_rows if r[m] <= first[m]), key=lambda r: r["valid_reward"] or float("-inf"))
+        picks = {"first with at least as much": first}
+        if best is not first:
+            picks["best valid reward up to it"] = best
+        for pick, ppo in picks.items():
+            lines.append(
+                f"- {m}, PPO's {pick}: ReST {rest_final[m]:g} vs PPO {ppo['checkpoint']} {ppo[m]:g}; test BLEU "
+                f"{rest_final['test_bleu']} (ReST) vs {ppo['test_bleu']} (PPO)"
+            )
+            matches += [{"equal": m, "ppo_pick": pick, "ppo_checkpoint": ppo["checkpoint"], **d}
+                        for d in deltas(ppo["checkpoint"], final)]  # fmt: skip
+    # The reward-hacking half: each method's last checkpoint against BC, BLEU and the independent reward
+    # beside the training reward.
+    against_bc = [{"minus BC": label, "checkpoint": name, **d}
+                  for label, name in (("ReST final", final), ("PPO last", ppo_rows[-1]["checkpoint"]))
+                  for d in deltas(BASE, name)]  # fmt: skip
     return [
         "\n## ReST against online RL (PPO) at equal compute\n",
         f"PPO: {store.online_rl().advantage}. Compute counts sampling, scoring and training from BC on; BC and the "
@@ -258,9 +274,13 @@ def _online_rl_section(spec: ExperimentSpec, store: ExperimentStore, train_rewar
         md_table(rows),
         "\n![ReST vs PPO](rest_vs_ppo_compute.png)\n",
         f"\nAt equal compute, measure by measure: ReST's final checkpoint ({final}) against PPO's first checkpoint "
-        "that used at least as much (delta = ReST minus PPO, paired bootstrap over sentences):\n",
+        "that used at least as much, and against PPO's checkpoint with the best valid reward up to there (picked "
+        "on valid, as ReST picks its own, so its valid delta leans PPO's way; test is the clean comparison). "
+        "Delta = ReST minus PPO, paired bootstrap over sentences (BLEU: corpus score per resample):\n",
         "\n".join(lines) + "\n",
         md_table(matches) if matches else "",
+        "\nEach method's last checkpoint minus BC (training reward, independent reward, BLEU):\n",
+        md_table(against_bc),
     ]
 
 
