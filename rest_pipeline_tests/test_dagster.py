@@ -109,6 +109,7 @@ def _assert_online_rl(instance: dg.DagsterInstance, store: ExperimentStore, spec
         assert set(ev.splits) == {"valid", "test"} and ev.diversity is not None
         assert (store.resolve(m.checkpoint) / "model.safetensors").is_file()
     assert record.history[0]["kl_to_bc"] == 0.0
+    assert record.phase_seconds["iterations"] == record.iterations and record.phase_seconds["update"] > 0
     meta = instance.get_latest_materialization_event(dg.AssetKey(["smoke", "online_rl"])).asset_materialization
     assert meta.metadata["candidates"].value == 32
     markdown = store.report_markdown.read_text()
@@ -125,6 +126,12 @@ def _assert_online_rl(instance: dg.DagsterInstance, store: ExperimentStore, spec
     tokens = [c.target_tokens for c in rest.values()]
     assert all(b >= a for a, b in zip(tokens, tokens[1:], strict=False)) and tokens[0] > 0
     assert all(0 < c.reward_calls <= c.candidates + 2 * spec.grow.max_sources for c in rest.values())
+    # ReST's seconds: its grows' sampling and scoring, its steps' training and the validations they ran.
+    first = store.step(1, 1)
+    validations = [r["validation_seconds"] for r in first.history if "metric" in r]
+    assert validations and all(v > 0 for v in validations)
+    grow_1 = sum(c.seconds for c in store.shard_costs(1))
+    assert rest["grow_1/improve_1"].seconds == pytest.approx(first.train_seconds + sum(validations) + grow_1, abs=0.1)
 
 
 def _assert_rest_chain(instance: dg.DagsterInstance, store: ExperimentStore, spec) -> None:

@@ -104,6 +104,25 @@ def test_killed_scoring_resumes_without_loss_or_rescoring(tmp_path):
     assert (abs(scores.score.to_numpy() - fresh) < 1e-9).all()
 
 
+def test_a_rescore_from_the_cache_keeps_the_shards_scoring_cost(tmp_path):
+    """Compute accounting: a re-materialized score (all from the cache) neither erases nor adds to what
+    scoring the shard cost; scoring it with another model adds that model's time and inputs."""
+    from rest_pipeline.core.grow.run import score_shard
+    from rest_pipeline.core.rewards.base import BleuReward
+
+    store = build_store(tmp_path / "exp")
+    score_shard(store, [SlowChrF()], 1, 0, log=lambda m: None)
+    first = store.shard_cost(1, 0, "score")
+    assert first is not None and first.seconds > 0.4 and first.items > 0
+    score_shard(store, [SlowChrF()], 1, 0, log=lambda m: None)  # nothing new: the cost stands
+    assert store.shard_cost(1, 0, "score") == first
+    score_shard(store, [SlowChrF(), BleuReward()], 1, 0, log=lambda m: None)
+    both = store.shard_cost(1, 0, "score")
+    assert both.items == 2 * first.items and both.seconds > first.seconds
+    store.drop_shard_cost(1, 0, "score")
+    assert store.shard_cost(1, 0, "score") is None and [c.stage for c in store.shard_costs(1)] == []
+
+
 @pytest.fixture(scope="module")
 def trained_policy(tmp_path_factory):
     """A tiny Marian trained enough to have a non-trivial, trained <pad> (decoder start) row."""

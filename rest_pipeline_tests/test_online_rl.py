@@ -109,6 +109,11 @@ def test_ppo_moves_away_from_bc_and_counts_its_compute(straight, bc_policy):
     )
     saved = json.loads((result.marks[0].path.parents[1] / "history.json").read_text())
     assert saved == history
+    # Each iteration's seconds, split by phase, add up to the seconds counted.
+    phases = result.phase_seconds
+    assert [t["iteration"] for t in phases] == [1, 2, 3, 4, 5, 6]
+    assert all(t["sample"] > 0 and t["score"] > 0 and t["update"] > 0 for t in phases)
+    assert sum(t["sample"] + t["score"] + t["update"] for t in phases) == pytest.approx(c.seconds, abs=0.02)
 
 
 # The child computes with the parent's thread count: float sums differ bitwise between thread counts
@@ -139,6 +144,7 @@ def test_a_killed_run_resumes_from_its_last_save_to_the_same_policy(bc_policy, s
     assert resumed.compute.candidates == straight.compute.candidates
     assert resumed.compute.target_tokens == straight.compute.target_tokens
     assert weights_hash(resumed.marks[-1].path) == weights_hash(straight.marks[-1].path)
+    assert [t["iteration"] for t in resumed.phase_seconds] == [1, 2, 3, 4, 5, 6]  # each iteration timed once
 
 
 def test_a_bigger_budget_continues_a_finished_run_and_other_settings_start_over(bc_policy, straight, tmp_path):

@@ -242,41 +242,61 @@ def _online_rl_section(spec: ExperimentSpec, store: ExperimentStore, train_rewar
         return eval_deltas(store, store.evaluation(a), store.evaluation(b), splits, metrics)
 
     # Per compute measure: ReST's final checkpoint against PPO's first checkpoint that used at least as
-    # much of it, and against the checkpoint a PPO user would keep within that budget (best valid reward,
-    # as ReST keeps its own). Where PPO never got there (its budget ended first), the row says so.
+    # much of it and its last that used less (PPO's checkpoints are coarse, so the two bracket equal
+    # compute), and against the one a PPO user would keep within that budget (best valid reward, as ReST
+    # keeps its own). Where PPO never got there (its budget ended first), the row says so.
     matches, lines = [], []
-    for m in ("candidates", "seconds", "target_tokens"):
+    for m in ("candidates", "reward_calls", "seconds", "target_tokens"):
         matched = [r for r in ppo_rows if r[m] >= rest_final[m]]
         if not matched:
-            lines.append(f"- {m}: PPO's budget ended at {ppo_rows[-1][m]:g}, below ReST's {rest_final[m]:g}; no match")
+            end = f"{ppo_rows[-1][m]:g}" if ppo_rows else "nothing (no checkpoint yet)"
+            lines.append(f"- {m}: PPO's budget ended at {end}, below ReST's {rest_final[m]:g}; no match")
             continue
         first = matched[0]
-        best = max((r for r in ppo_rows if r[m] <= first[m]), key=lambda r: r["valid_reward"] or float("-inf"))
-        picks = {"first with at least as much": first}
-        if best is not first:
-            picks["best valid reward up to it"] = best
-        for pick, ppo in picks.items():
+        picks: dict[str, list[str]] = {first["checkpoint"]: ["first with at least as much"]}
+        below = [r for r in ppo_rows if r[m] < rest_final[m]]
+        if below:
+            picks.setdefault(below[-1]["checkpoint"], []).append("last with less")
+        known = [r for r in ppo_rows if r[m] <= first[m] and r["valid_reward"] is not None]
+        if known:
+            best = max(known, key=lambda r: r["valid_reward"])
+            picks.setdefault(best["checkpoint"], []).append("best valid reward up to the first")
+        by_name = {r["checkpoint"]: r for r in ppo_rows}
+        for name, why in picks.items():
+            ppo, pick = by_name[name], " & ".join(why)
             lines.append(
-                f"- {m}, PPO's {pick}: ReST {rest_final[m]:g} vs PPO {ppo['checkpoint']} {ppo[m]:g}; test BLEU "
+                f"- {m}, PPO's {pick}: ReST {rest_final[m]:g} vs PPO {name} {ppo[m]:g}; test BLEU "
                 f"{rest_final['test_bleu']} (ReST) vs {ppo['test_bleu']} (PPO)"
             )
-            matches += [{"equal": m, "ppo_pick": pick, "ppo_checkpoint": ppo["checkpoint"], **d}
-                        for d in deltas(ppo["checkpoint"], final)]  # fmt: skip
+            matches += [{"equal": m, "ppo_pick": pick, "ppo_checkpoint": name, **d} for d in deltas(name, final)]
     # The reward-hacking half: each method's last checkpoint against BC, BLEU and the independent reward
     # beside the training reward.
+    last = [("PPO last", ppo_rows[-1]["checkpoint"])] if ppo_rows else []
     against_bc = [{"minus BC": label, "checkpoint": name, **d}
-                  for label, name in (("ReST final", final), ("PPO last", ppo_rows[-1]["checkpoint"]))
-                  for d in deltas(BASE, name)]  # fmt: skip
+                  for label, name in [("ReST final", final), *last] for d in deltas(BASE, name)]  # fmt: skip
+    phases = store.online_rl().phase_seconds
+    where = ""
+    if phases:
+        total = sum(phases[k] for k in ("sample", "score", "update")) or 1.0
+        where = (
+            f"PPO's seconds by phase, over the {phases['iterations']:g} iterations timed so: "
+            + ", ".join(f"{k} {phases[k]:g} s ({100 * phases[k] / total:.0f} %)" for k in ("sample", "score", "update"))
+            + " (update: the behaviour and BC log-probs and the epochs).\n"
+        )
     return [
         "\n## ReST against online RL (PPO) at equal compute\n",
         f"PPO: {store.online_rl().advantage}. Compute counts sampling, scoring and training from BC on; BC and the "
         "reward model are shared and left out.\n",
         md_table(rows),
+        where,
         "\n![ReST vs PPO](rest_vs_ppo_compute.png)\n",
         f"\nAt equal compute, measure by measure: ReST's final checkpoint ({final}) against PPO's first checkpoint "
-        "that used at least as much, and against PPO's checkpoint with the best valid reward up to there (picked "
-        "on valid, as ReST picks its own, so its valid delta leans PPO's way; test is the clean comparison). "
-        "Delta = ReST minus PPO, paired bootstrap over sentences (BLEU: corpus score per resample):\n",
+        "that used at least as much and its last that used less (together they bracket equal compute), and "
+        "against PPO's checkpoint with the best valid reward up to the first (picked on valid, as ReST picks its "
+        "own, so its valid delta leans PPO's way; test is the clean comparison). ReST's seconds include the "
+        "validations its steps ran to keep their best checkpoint, where the step history timed them (PPO's loop "
+        "has none; neither counts the evaluation of its checkpoints). Delta = ReST minus PPO, paired bootstrap "
+        "over sentences (BLEU: the corpus score per resample):\n",
         "\n".join(lines) + "\n",
         md_table(matches) if matches else "",
         "\nEach method's last checkpoint minus BC (training reward, independent reward, BLEU):\n",

@@ -99,14 +99,23 @@ def grow_shard(
         include_references=spec.grow.include_references,
     )
     store.write_shard_cost(ShardCost(grow=grow, shard=shard, stage="sample", seconds=seconds, items=n))
+    store.drop_shard_cost(grow, shard, "score")  # it priced the candidates just replaced
     return written
 
 
 def score_shard(
     store: ExperimentStore, models: list[RewardModel], grow: int, shard: int, log: Log = print
 ) -> list[ScoreReport]:
+    """Score a shard with every reward model. Its recorded cost is what scoring these candidates took:
+    a re-run answered from the score cache adds nothing to it (nor erases it), one that scores new
+    inputs (another model) adds its time."""
     t0 = time.perf_counter()
     reports = [store.score_shard(m, grow, shard, log=log) for m in models]
     seconds, scored = time.perf_counter() - t0, sum(r.newly_scored for r in reports)
+    before = store.shard_cost(grow, shard, "score")
+    if before is not None and scored == 0:
+        return reports
+    if before is not None:
+        seconds, scored = seconds + before.seconds, scored + before.items
     store.write_shard_cost(ShardCost(grow=grow, shard=shard, stage="score", seconds=seconds, items=scored))
     return reports

@@ -1,8 +1,9 @@
 """Compute, counted the same way for ReST's checkpoints and PPO's, so the two can be compared at
 equal cost: candidates sampled, reward-model calls (distinct (source, output) pairs, which is what the
 score cache and PPO's per-batch de-duplication leave), target tokens trained on (every epoch), and
-wall seconds of sampling, scoring and training. The BC policy and the reward model are shared by
-both methods and left out. ReST's cost of checkpoint (g, i) is every grow up to g and every Improve
+wall seconds of sampling, scoring and training (ReST's with the validations its steps run to keep the
+best checkpoint, where the step history recorded them). The BC policy and the reward model are shared
+by both methods and left out. ReST's cost of checkpoint (g, i) is every grow up to g and every Improve
 step up to (g, i), whether or not the step improved: it was paid for.
 """
 
@@ -26,8 +27,9 @@ def rest_compute(store: ExperimentStore) -> dict[str, ComputeUsed]:
     steps = sorted(store.steps(), key=lambda r: (r.grow, r.step))
     tokens, seconds = 0, 0.0
     for rec in steps:
-        tokens += int(rec.history[-1].get("target_tokens", 0)) if rec.history else 0
-        seconds += rec.train_seconds
+        # the most any row counted: the last row may be the averaged-weights row, which trained nothing
+        tokens += max((int(r.get("target_tokens", 0)) for r in rec.history), default=0)
+        seconds += rec.train_seconds + sum(float(r.get("validation_seconds", 0.0)) for r in rec.history)
         sampled = [g for g in grows if g <= rec.grow]
         out[policy_name(rec.grow, rec.step)] = ComputeUsed(
             candidates=sum(grows[g][0] for g in sampled),

@@ -19,7 +19,8 @@ the same samples it would have drawn. The budget (`total_candidates`, the mark s
 spacing) does not change what an iteration draws or trains, so raising `total_candidates` continues
 a finished run where it stopped instead of starting over; any other setting starts a new run.
 Compute is counted as for ReST (compute.py): candidates sampled, reward-model calls after
-de-duplication, target tokens trained on, wall seconds.
+de-duplication, target tokens trained on, wall seconds; each iteration's seconds are also split into
+sampling, scoring and the update (log-probs and epochs), to show which of them PPO's cost is.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ class PPOResult:
     iterations: int
     compute: Compute
     history: list[dict] = field(default_factory=list)
+    # Wall seconds per iteration by phase (sample, score, update), for the iterations timed so: where PPO's
+    # seconds go. Kept apart from `history`, which a resumed run reproduces exactly and timings never do.
+    phase_seconds: list[dict] = field(default_factory=list)
 
 
 # -- the objective, on tensors ---------------------------------------------------------------------
@@ -244,6 +248,7 @@ def run_ppo(
         model.eval()  # dropout off throughout: the ratio is exactly 1 before the first update of a batch
         rollout = sample_rollout(model, family, sources, n, temperature, max_new_tokens, max_length,
                                  seed=seed * 1_000_003 + it)  # fmt: skip
+        t_sampled = time.perf_counter()
         repeated = [(s, r) for s, r in zip(sources, refs, strict=True) for _ in range(n)]
         triples = [(s, h, r) for (s, r), h in zip(repeated, rollout.texts, strict=True)]
         unique = list(dict.fromkeys(triples))  # a repeated output of a source is scored once
@@ -251,6 +256,7 @@ def run_ppo(
         by_triple = dict(zip(unique, np.asarray(scores, dtype=float), strict=True))
         rewards = torch.tensor([by_triple[t] for t in triples], dtype=torch.float32)
         unique_calls = len(unique)
+        t_scored = time.perf_counter()
         with torch.no_grad():  # in minibatches: a whole batch's logits over the vocabulary is large
             chunks = torch.arange(len(rollout.texts)).split(settings.minibatch_sequences)
             parts = [sequence_logprobs(model, family, rollout, temperature, c) for c in chunks]
@@ -283,6 +289,10 @@ def run_ppo(
             "clipped_share": round(float(np.mean(clipped)), 4),
         }
         state["history"].append(row)
+        state.setdefault("phase_seconds", []).append(
+            {"iteration": it + 1, "sample": round(t_sampled - t0, 3), "score": round(t_scored - t_sampled, 3),
+             "update": round(t0 + step.seconds - t_scored, 3)}
+        )  # fmt: skip
         log(f"ppo: {row}")
         state["iteration"], state["compute"] = it + 1, asdict(compute)
         every = settings.eval_every_candidates  # a mark where this iteration crossed a multiple, and at the end
@@ -304,4 +314,10 @@ def run_ppo(
     ]
     with atomic_path(work_dir / "history.json") as tmp:
         tmp.write_text(json.dumps(state["history"], indent=1))
-    return PPOResult(marks=marks, iterations=state["iteration"], compute=compute, history=state["history"])
+    return PPOResult(
+        marks=marks,
+        iterations=state["iteration"],
+        compute=compute,
+        history=state["history"],
+        phase_seconds=state.get("phase_seconds", []),
+    )

@@ -71,6 +71,8 @@ def run_online_rl(
                 kl_to_bc=m.kl,
             )
         )
+    timed = result.phase_seconds
+    phases = {k: round(sum(t[k] for t in timed), 1) for k in ("sample", "score", "update")}
     record = OnlineRL(
         algorithm="ppo",
         settings=settings.model_dump(),
@@ -78,6 +80,7 @@ def run_online_rl(
         iterations=result.iterations,
         marks=marks,
         history=result.history,
+        phase_seconds={"iterations": len(timed), **phases} if timed else {},
     )
     store.write_online_rl(record)
     return record

@@ -292,6 +292,16 @@ class ExperimentStore(CandidateTables):
     def write_shard_cost(self, record: ShardCost) -> Path:
         return self._write(self._cost_file(record.grow, record.shard, record.stage), record)
 
+    def shard_cost(self, grow: int, shard: int, stage: str) -> ShardCost | None:
+        path = self._cost_file(grow, shard, stage)
+        return self._read(path, ShardCost, "a shard's cost") if path.is_file() else None
+
+    def drop_shard_cost(self, grow: int, shard: int, stage: str) -> None:
+        """Forget a cost that no longer describes the shard (its candidates were re-sampled)."""
+        path = self._cost_file(grow, shard, stage)
+        self.check_writable(path)
+        path.unlink(missing_ok=True)
+
     def shard_costs(self, grow: int) -> list[ShardCost]:
         """The sampling and scoring costs recorded for a grow's shards (none for stores made before them)."""
         folder = self._cost_file(grow, 0, "sample").parent

@@ -345,6 +345,9 @@ class OnlineRL(Record):
     iterations: int
     marks: list[OnlineRLMark]
     history: list[dict[str, Any]]
+    # Where PPO's seconds went, summed over the iterations timed by phase: {"iterations", "sample",
+    # "score", "update"} (empty for runs made before phases were timed).
+    phase_seconds: dict[str, float] = {}
 
 
 class ShardCost(Record):

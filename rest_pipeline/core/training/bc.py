@@ -255,7 +255,9 @@ def train_bc(
 
     def record(row: dict, what: str) -> bool:
         """Validate, log and append to history; save the checkpoint if it is the best so far."""
+        t_validate = time.perf_counter()
         row.update(validate())
+        row["validation_seconds"] = round(time.perf_counter() - t_validate, 2)  # not in train_seconds
         by = spec.keep_best_by
         row["metric"] = -row["valid_loss"] if by == "loss" else row[f"valid_{by}"]
         row["best"] = row["metric"] > best
