@@ -164,8 +164,15 @@ def _assert_rest_chain(instance: dg.DagsterInstance, store: ExperimentStore, spe
     markdown = store.report_markdown.read_text()
     assert "## Control: the same steps on the original pairs only" in markdown
     against = {(r["final minus"], r["split"], r["metric"]) for r in report.significance}
-    pairs = [("valid", "learned"), ("valid", "chrf"), ("test", "learned"), ("test", "chrf")]
-    assert against == {(who, split, f"reward_{m}") for who in ("BC", "grow 1", "control") for split, m in pairs}
+    metrics = ["reward_learned", "reward_chrf", "bleu"]
+    assert against == {
+        (who, split, m) for who in ("BC", "grow 1", "control") for split in ("valid", "test") for m in metrics
+    }
+    # The BLEU delta is the corpus scores' difference (the rows' BLEU are rounded to 2 decimals).
+    (bleu,) = [r for r in report.significance if (r["final minus"], r["split"], r["metric"]) == ("BC", "test", "bleu")]
+    assert bleu["delta"] == pytest.approx(
+        report.checkpoints[-1]["test_bleu"] - report.checkpoints[0]["test_bleu"], abs=0.02
+    )
     assert [f.finding for f in report.findings] == [
         "valid reward rises with the Improve steps of grow 1",
         "the last grow adds to grow 1",
