@@ -86,6 +86,9 @@ def grow_shard(
         sampler, list(df.source), settings, batch_tokens=spec.grow.batch_tokens, progress=progress
     )
     seconds, n = time.perf_counter() - t0, sum(len(s) for s in samples)
+    # The scoring cost priced the candidates about to be replaced; dropped first, so a kill in between
+    # cannot leave it beside the new ones.
+    store.drop_shard_cost(grow, shard, "score")
     written = store.write_candidates(
         experiment=spec.name,
         grow=grow,
@@ -99,7 +102,6 @@ def grow_shard(
         include_references=spec.grow.include_references,
     )
     store.write_shard_cost(ShardCost(grow=grow, shard=shard, stage="sample", seconds=seconds, items=n))
-    store.drop_shard_cost(grow, shard, "score")  # it priced the candidates just replaced
     return written
 
 
