@@ -277,10 +277,12 @@ def _online_rl_section(spec: ExperimentSpec, store: ExperimentStore, train_rewar
     phases = store.online_rl().phase_seconds
     where = ""
     if phases:
-        total = sum(phases[k] for k in ("sample", "score", "update")) or 1.0
+        from rest_pipeline.core.online_rl.ppo import PHASES
+
+        total = sum(phases[k] for k in PHASES) or 1.0
         where = (
             f"PPO's seconds by phase, over the {phases['iterations']:g} iterations timed so: "
-            + ", ".join(f"{k} {phases[k]:g} s ({100 * phases[k] / total:.0f} %)" for k in ("sample", "score", "update"))
+            + ", ".join(f"{k} {phases[k]:g} s ({100 * phases[k] / total:.0f} %)" for k in PHASES)
             + " (update: the behaviour and BC log-probs and the epochs).\n"
         )
     return [

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rest_pipeline.core.evaluation.checkpoint import reward_scores
 from rest_pipeline.core.improve.assess import evaluate_checkpoint
-from rest_pipeline.core.online_rl.ppo import run_ppo
+from rest_pipeline.core.online_rl.ppo import PHASES, run_ppo
 from rest_pipeline.core.policy.model import weights_hash
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import BASE, ExperimentStore
@@ -72,7 +72,7 @@ def run_online_rl(
             )
         )
     timed = result.phase_seconds
-    phases = {k: round(sum(t[k] for t in timed), 1) for k in ("sample", "score", "update")}
+    phases = {k: round(sum(t[k] for t in timed), 1) for k in PHASES}
     record = OnlineRL(
         algorithm="ppo",
         settings=settings.model_dump(),
