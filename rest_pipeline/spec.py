@@ -575,6 +575,14 @@ def _with_parent(path: Path, raw: dict) -> dict:
             raise SpecError(f"{path}: field 'branch.at': '{parent_name}' has only {parent.improve.grows} grows")
         if g > merged["improve"]["grows"]:
             raise SpecError(f"{path}: field 'improve.grows' must be at least {g} (the branch's steps start in {at})")
+        steps = len(merged["improve"]["filter"]["values"])
+        if g >= 2 and steps != parent.improve.steps:
+            # Every grow has the same number of steps (core/improve/chain.py), so the parent's grows 1..g-1
+            # are read with the branch's count: another count would name steps the parent never trained.
+            raise SpecError(
+                f"{path}: field 'improve.filter.values': a branch at {at} reuses the Improve steps of "
+                f"'{parent_name}' grows 1-{g - 1}, which have {parent.improve.steps} step(s) each; it has {steps}"
+            )
     return merged
 
 

@@ -116,6 +116,15 @@ def test_a_branch_takes_its_parent_and_may_not_change_what_it_reuses(tmp_path, m
         load_spec(_write(tmp_path, "bad", "branch: {from: default, at: grow_1}\nbc: {lr: 0.1}\n"))
     with pytest.raises(SpecError, match="has only 2 grows"):
         load_spec(_write(tmp_path, "far", "branch: {from: default, at: grow_3}\n"))
+    steps = default.improve.steps
+    other_count = "{kind: percentile, values: [" + ", ".join(["90"] * (steps + 1)) + "]}"
+    at_2 = "branch: {from: default, at: grow_2}\n"
+    with pytest.raises(SpecError, match=rf"field 'improve.filter.values'.* {steps} step\(s\) each; it has {steps + 1}"):
+        load_spec(_write(tmp_path, "g2", at_2 + f"improve: {{filter: {other_count}}}\n"))
+    assert load_spec(_write(tmp_path, "g2ok", at_2 + "improve: {loss: gold}\n")).improve.steps == steps
+    at_1 = "branch: {from: default, at: grow_1}\n"  # reuses no step of the parent: any count
+    g1 = load_spec(_write(tmp_path, "g1", at_1 + f"improve: {{grows: 2, filter: {other_count}}}\n"))
+    assert g1.improve.steps == steps + 1
     with pytest.raises(SpecError, match="unknown experiment 'nope'"):
         load_spec(_write(tmp_path, "orphan", "branch: {from: nope, at: grow_1}\n"))
 
