@@ -16,7 +16,7 @@ from rest_pipeline.core.improve.chain import all_steps, final_step  # noqa: E402
 from rest_pipeline.core.paths import atomic_path  # noqa: E402
 from rest_pipeline.core.rewards.factory import independent_reward  # noqa: E402
 from rest_pipeline.core.store.experiment import BASE, CONTROL, ExperimentStore, policy_name  # noqa: E402
-from rest_pipeline.core.store.records import BestOfN, Evaluation, Finding, Report  # noqa: E402
+from rest_pipeline.core.store.records import PHASES, BestOfN, Evaluation, Finding, Report  # noqa: E402
 from rest_pipeline.core.tables import md_table  # noqa: E402
 from rest_pipeline.spec import ExperimentSpec  # noqa: E402
 
@@ -277,8 +277,6 @@ def _online_rl_section(spec: ExperimentSpec, store: ExperimentStore, train_rewar
     phases = store.online_rl().phase_seconds
     where = ""
     if phases:
-        from rest_pipeline.core.online_rl.ppo import PHASES
-
         total = sum(phases[k] for k in PHASES) or 1.0
         where = (
             f"PPO's seconds by phase, over the {phases['iterations']:g} iterations timed so: "

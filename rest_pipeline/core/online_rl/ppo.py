@@ -158,8 +158,6 @@ def sequence_logprobs(
 # -- the loop ------------------------------------------------------------------------------------------
 
 
-PHASES = ("sample", "score", "update")  # an iteration's wall seconds, split (PPOResult.phase_seconds)
-
 # Bumped when the objective's code changes what a run computes: a saved run of another version is not continued.
 OBJECTIVE_VERSION = 2  # 2: log-probs of the sampling distribution (temperature, banned tokens), no forced end
 BUDGET_ONLY = frozenset({"enabled", "total_candidates", "eval_every_candidates", "save_every_iterations"})

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from rest_pipeline.core.evaluation.checkpoint import reward_scores
 from rest_pipeline.core.improve.assess import evaluate_checkpoint
-from rest_pipeline.core.online_rl.ppo import PHASES, run_ppo
+from rest_pipeline.core.online_rl.ppo import run_ppo
 from rest_pipeline.core.policy.model import weights_hash
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import BASE, ExperimentStore
-from rest_pipeline.core.store.records import ComputeUsed, OnlineRL, OnlineRLMark
+from rest_pipeline.core.store.records import PHASES, ComputeUsed, OnlineRL, OnlineRLMark
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import ExperimentSpec
 

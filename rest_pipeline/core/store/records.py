@@ -338,6 +338,9 @@ class OnlineRLMark(_Frozen):
     kl_to_bc: float
 
 
+PHASES = ("sample", "score", "update")  # how a PPO iteration's wall seconds are split (OnlineRL.phase_seconds)
+
+
 class OnlineRL(Record):
     algorithm: str  # ppo
     settings: dict[str, Any]
