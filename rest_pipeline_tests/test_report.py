@@ -13,10 +13,11 @@ from rest_pipeline.core.report import findings
 from rest_pipeline.core.store.records import BestOfN, BestOfNCurve
 
 
-def _rows(valid: list[float], statuses: list[str], bleu: tuple[float, float]) -> list[dict]:
+def _rows(valid: list[float], statuses: list[str], bleu: tuple[float, float], steps_per_grow: int = 99) -> list[dict]:
     rows = [{"checkpoint": "BC", "status": "base", "valid_learned": valid[0], "test_bleu": bleu[0]}]
-    for i, (v, st) in enumerate(zip(valid[1:], statuses, strict=True), start=1):
-        rows.append({"checkpoint": f"G=1 I={i}", "status": st, "valid_learned": v, "test_bleu": bleu[1]})
+    for n, (v, st) in enumerate(zip(valid[1:], statuses, strict=True)):
+        name = f"G={n // steps_per_grow + 1} I={n % steps_per_grow + 1}"
+        rows.append({"checkpoint": name, "status": st, "valid_learned": v, "test_bleu": bleu[1]})
     return rows
 
 
@@ -46,7 +47,7 @@ def _verdicts(rows, sig, bon) -> dict[str, bool]:
     return {f.finding: f.holds for f in findings(rows, sig, bon, "learned")}
 
 
-RISES = "valid reward rises with the Improve steps of grow 1"
+RISES = "valid reward rises with successive Improve steps"
 ADDS = "the last grow adds to grow 1"
 BEATS = "the final policy beats BC on test reward, test BLEU within 1 point"
 BON = "Best-of-N: ReST at a small N reaches BC at a larger N"
@@ -64,6 +65,17 @@ def test_a_fall_on_full_valid_or_a_single_trained_step_is_no_rise() -> None:
     one_step = _rows([0.57, 0.58, 0.58], ["improved", "not_improved"], (34.0, 34.0))
     assert not _verdicts(fell, sig, _bon(True))[RISES]
     assert not _verdicts(one_step, sig, _bon(True))[RISES]
+
+
+def test_a_rise_is_judged_across_grows_of_one_step_each() -> None:
+    sig = _sig("BC", (0.01, True), (0.01, True))
+    rose = _rows([0.57, 0.58, 0.59, 0.585], ["improved", "improved", "not_improved"], (34.0, 34.0), steps_per_grow=1)
+    (checked,) = [f for f in findings(rose, sig, _bon(True), "learned") if f.finding == RISES]
+    assert checked.holds and checked.evidence.startswith("BC 0.5700 -> G=1 I=1 0.5800 -> G=2 I=1 0.5900")
+    assert "(2 of 3 steps beat their parent)" in checked.evidence
+    skipped = _rows([0.57, 0.58, 0.58], ["improved", "skipped"], (34.0, 34.0), steps_per_grow=1)
+    (checked,) = [f for f in findings(skipped, sig, _bon(True), "learned") if f.finding == RISES]
+    assert not checked.holds and "(1 of 1 steps beat their parent; fewer than two trained steps)" in checked.evidence
 
 
 def test_gains_need_an_interval_above_zero_and_no_split_below() -> None:

@@ -114,8 +114,9 @@ def test_a_branch_takes_its_parent_and_may_not_change_what_it_reuses(tmp_path, m
     assert load_spec(_write(tmp_path, "thr", other)).improve.filter.kind == "threshold"  # replaced whole
     with pytest.raises(SpecError, match=r"field 'bc': a branch reuses its parent's bc"):
         load_spec(_write(tmp_path, "bad", "branch: {from: default, at: grow_1}\nbc: {lr: 0.1}\n"))
-    with pytest.raises(SpecError, match="has only 2 grows"):
-        load_spec(_write(tmp_path, "far", "branch: {from: default, at: grow_3}\n"))
+    beyond = default.improve.grows + 1
+    with pytest.raises(SpecError, match=f"has only {default.improve.grows} grows"):
+        load_spec(_write(tmp_path, "far", f"branch: {{from: default, at: grow_{beyond}}}\n"))
     steps = default.improve.steps
     other_count = "{kind: percentile, values: [" + ", ".join(["90"] * (steps + 1)) + "]}"
     at_2 = "branch: {from: default, at: grow_2}\n"
