@@ -400,7 +400,7 @@ def test_asset_graph_lineage_and_groups():
         assert graph.get(policy).group_name == exp
         assert graph.get(policy).code_version
     # The chain of checkpoints is the path through the graph.
-    last = f"improve_{len(default.improve.filter.values)}"  # grow 1's last step hands its policy on
+    last = f"improve_{default.improve.steps}"  # grow 1's last step hands its policy on
     g2i1 = dg.AssetKey(["default", "grow_2", "improve_1", "policy"])
     assert dg.AssetKey(["default", "grow_1", last, "policy"]) in graph.get(g2i1).parent_keys
     assert dg.AssetKey(["default", "grow_2", "improve_1", "slice"]) in graph.get(g2i1).parent_keys
