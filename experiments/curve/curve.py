@@ -138,13 +138,11 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     by_name = {r["experiment"]: r for r in rows}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2 if args.axis else 4.2), sharey=True)
     for ax, split in zip(axes, ("valid", "test"), strict=True):
         for label, names in args.axis:
             line = [by_name[n] for n in names if n in by_name]
             ax.plot([r["minutes"] for r in line], [r[f"_{split}_delta"] for r in line], "-", lw=1, label=label)
-        if args.axis:
-            ax.legend(fontsize=8, loc="lower right")
         for r in rows:
             low, high = r["_ci"][f"{split}_reward_learned"]
             d = r[f"_{split}_delta"]
@@ -156,6 +154,9 @@ def main() -> None:
         ax.set_xlabel("minutes on 2 CPU cores (grow + step + eval)")
     axes[0].set_ylabel("reward gain over BC")
     fig.tight_layout()
+    if args.axis:  # below the panels, where it hides no point
+        fig.subplots_adjust(bottom=0.28)
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=8)
     fig.savefig(args.out / "curve.png", dpi=110)
     print((args.out / "curve.md").read_text())
 
