@@ -148,12 +148,20 @@ class PolicySpec(_Strict):
 
 
 class BCSpec(_Strict):
-    """Supervised (behavioural cloning) training of the base policy."""
+    """Supervised (behavioural cloning) training of the base policy.
+
+    Training stops on counts only (epochs, max_steps, patience over validations), so the same spec and
+    seed give the same model on a quiet or a loaded machine. `time_budget_minutes` is an opt-in safety
+    net: when it fires the record says so (`clock_cut`) and the report flags what it undermines.
+    """
 
     max_tokens: int = Field(4096, ge=64)  # source+target tokens per batch (padded)
     epochs: int = Field(12, ge=1)
     max_steps: int | None = Field(None, ge=1)
     time_budget_minutes: float | None = Field(None, gt=0)
+    # Forward passes in bf16 autocast (weights, optimizer and gradients stay fp32). auto: bf16 where the
+    # hardware computes it natively (CUDA, a CPU with AVX512-BF16/AMX), else fp32; the record says which.
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(400, ge=0)
     decay: Literal["inverse_sqrt", "linear", "cosine"] = "inverse_sqrt"
@@ -308,11 +316,12 @@ class OACSpec(_Strict):
 
 
 class ImproveTrainSpec(BCSpec):
-    """Fine-tuning in one Improve step: BC's knobs, with Improve's defaults (lower lr, short budget)."""
+    """Fine-tuning in one Improve step: BC's knobs, with Improve's defaults (lower lr, a short step
+    counted in updates, so a step trains the same model on any machine)."""
 
     max_tokens: int = Field(2500, ge=64)
     epochs: int = Field(2, ge=1)
-    time_budget_minutes: float | None = Field(3.0, gt=0)
+    max_steps: int | None = Field(300, ge=1)
     lr: float = Field(3e-4, gt=0)
     warmup_steps: int = Field(50, ge=0)
     decay: Literal["inverse_sqrt", "linear", "cosine"] = "linear"

@@ -118,7 +118,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert state.exists(), proc.stdout.read().decode()[-2000:]
-    saved_step = torch.load(state, weights_only=False)["step"]
+    saved_step = torch.load(state, weights_only=True)["step"]
     assert 0 < saved_step < SPEC.max_steps, "kill landed outside the run; nothing to resume"
     logs: list[str] = []
     model_mod = __import__("rest_pipeline_tests.synthetic", fromlist=["tiny_model"])

@@ -6,20 +6,23 @@ assets, the CLI and the tests all call the same code.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from rest_pipeline.core.corpus.fetch import sha256_of
 from rest_pipeline.core.corpus.splits import SplitInfo, prepare_splits
 from rest_pipeline.core.evaluation.checkpoint import evaluate_decodings
 from rest_pipeline.core.paths import atomic_dir
 from rest_pipeline.core.policy.model import build_policy
 from rest_pipeline.core.policy.tokenizer import load_tokenizer, train_sentencepiece
 from rest_pipeline.core.store.experiment import ExperimentStore
-from rest_pipeline.core.store.records import CorpusRecord, DecodingEval, SplitRecord
-from rest_pipeline.core.training.bc import BCResult, train_bc
+from rest_pipeline.core.store.records import BCPolicyLink, CorpusRecord, DecodingEval, SplitRecord
+from rest_pipeline.core.training.bc import BCResult, resolve_precision, train_bc
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import ExperimentSpec
 
@@ -57,28 +60,70 @@ def build_tokenizer(spec: ExperimentSpec, store: ExperimentStore) -> Path:
     return train_sentencepiece(list(train.source) + list(train.target), spec.tokenizer, store.tokenizer_dir, spec.seed)
 
 
+def bc_key(spec: ExperimentSpec, store: ExperimentStore, precision: str) -> str:
+    """Content address of a BC training: what decides its weights and nothing else. The corpus and
+    tokenizer enter by the bytes of their files, so two experiments on the same data share one BC."""
+    tokenizer = [p for p in sorted(store.tokenizer_dir.iterdir()) if p.is_file() and p.name != "tokenizer_config.json"]
+    files = [store.split_file("train"), store.split_file("valid"), *tokenizer]  # the config may hold a path
+    payload = {
+        "files": [sha256_of(p) for p in files],
+        "policy": spec.model_dump(mode="json")["policy"],
+        "bc": spec.model_dump(mode="json")["bc"],
+        "max_length": spec.tokenizer.max_length,
+        "validation_decoding": spec.evaluation.backend,
+        "seed": spec.seed,
+        "precision": precision,  # 'auto' resolves per machine: a bf16 BC is another model than an fp32 one
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def train_base_policy(spec: ExperimentSpec, store: ExperimentStore, log: Log = print) -> BCResult:
-    """BC-train the base policy (from scratch, or fine-tune a pretrained checkpoint); resumable."""
+    """BC-train the base policy (from scratch, or fine-tune a pretrained checkpoint), once per content
+    address under `<home>/bc_policies/`: every experiment and branch asking for the same BC reuses it,
+    one training at a time holds the lock, and a killed training resumes from its last save point."""
+    from filelock import FileLock
+
     torch.manual_seed(spec.seed)
     tokenizer = load_tokenizer(store.tokenizer_dir)
     model = build_policy(spec.policy, tokenizer, spec.tokenizer.max_length)
+    precision = resolve_precision(spec.bc.precision, next(model.parameters()).device)
+    key = bc_key(spec, store, precision)
+    work_dir = store.bc_policies_root / key
+    store.bc_policies_root.mkdir(parents=True, exist_ok=True)
     train, valid = store.split("train"), store.split("valid")
-    fingerprint = f"{spec.section_hash('data', 'tokenizer', 'policy', 'bc')}-{spec.seed}"
-    result = train_bc(
-        model,
-        tokenizer,
-        (list(train.source), list(train.target)),
-        (list(valid.source), list(valid.target)),
-        spec.bc,
-        store.bc_work_dir,
-        seed=spec.seed,
-        max_length=spec.tokenizer.max_length,
-        fingerprint=fingerprint,
-        log=log,
-        decode_backend=spec.evaluation.backend,
-    )
+    with FileLock(str(store.bc_policies_root / f".{key}.lock")):
+        result = train_bc(
+            model,
+            tokenizer,
+            (list(train.source), list(train.target)),
+            (list(valid.source), list(valid.target)),
+            spec.bc.model_copy(update={"precision": precision}),
+            work_dir,
+            seed=spec.seed,
+            max_length=spec.tokenizer.max_length,
+            fingerprint=key,
+            log=log,
+            decode_backend=spec.evaluation.backend,
+        )
     with atomic_dir(store.base_policy_dir) as tmp:
         shutil.copytree(result.best_dir, tmp, dirs_exist_ok=True)
+    store.link_bc_policy(
+        BCPolicyLink(
+            key=key,
+            path=store.rel(work_dir),
+            steps=result.steps,
+            epochs=result.epochs,
+            stopped_because=result.stopped_because,
+            clock_cut=result.clock_cut,
+            precision=result.precision,
+            train_seconds=result.train_seconds,
+            keep_best_by=result.keep_best_by,
+            best_metric=round(result.best_metric, 4),
+            plateau=result.plateau((spec.bc.patience or 2) + 1),
+        )
+    )
+    if result.clock_cut:
+        log(f"bc: WARNING stopped by its time budget ({spec.bc.time_budget_minutes} min), not by its validation rule")
     return result
 
 

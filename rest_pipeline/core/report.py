@@ -91,10 +91,47 @@ def significance(
     ]
 
 
+def control_finding(sig: list[dict], metric: str, test: str, independent: str | None, max_bleu_gap: float) -> dict:
+    """ReST's own gain: the final policy against the originals-only control, which trained as long on
+    the original pairs alone. It holds only if the training reward's interval on test lies above zero,
+    the independent reward's interval does not lie below zero (a gain the training reward alone sees is
+    not a gain), and test BLEU is not below the control's by more than `max_bleu_gap`."""
+    mine = [r for r in sig if r["final minus"] == "control"]
+    name = f"ReST's samples add to training longer: the final policy beats the originals-only control on {test}"
+    if not mine:
+        return {"finding": name, "holds": False, "evidence": "no control ran (improve.control: false)"}
+
+    def on(split: str, m: str) -> dict | None:
+        return next((r for r in mine if r["split"] == split and r["metric"] == m), None)
+
+    reward, bleu = on(test, metric), on(test, "bleu")
+    other = on(test, f"reward_{independent}") if independent else None
+    holds = (
+        reward is not None
+        and reward["delta"] > 0
+        and reward["significant"]
+        and (other is None or not (other["significant"] and other["delta"] < 0))
+        and (bleu is None or bleu["delta"] >= -max_bleu_gap)
+    )
+    evidence = "; ".join(
+        f"{r['split']} {r['metric'].removeprefix('reward_')} {r['delta']:+.4f} {r['ci95']}"
+        for r in mine
+        if r["split"] == test or r["metric"] == metric
+    )
+    return {"finding": name, "holds": holds, "evidence": evidence}
+
+
 def findings(
-    rows: list[dict], sig: list[dict], bon: BestOfN, train_reward: str, max_bleu_drop: float = 1.0
+    rows: list[dict],
+    sig: list[dict],
+    bon: BestOfN,
+    train_reward: str,
+    max_bleu_drop: float = 1.0,
+    independent: str | None = None,
+    max_control_bleu_gap: float = 0.5,
 ) -> list[Finding]:
-    """The paper's headline findings, each checked against this run's numbers.
+    """The paper's headline findings, each checked against this run's numbers; ReST against the
+    originals-only control first, since a gain over BC alone may be owed to training longer.
 
     Deliberately strict, so a "yes" means something: a rise must hold on the full valid split
     along the chain of kept checkpoints (at least two trained steps; across grows, so that a schedule
@@ -104,7 +141,7 @@ def findings(
     metric = f"reward_{train_reward}"
     splits = list(dict.fromkeys(r["split"] for r in sig))
     test = "test" if "test" in splits else splits[-1]
-    out = []
+    out = [control_finding(sig, metric, test, independent, max_control_bleu_gap)]
 
     steps = [r for r in rows[1:] if r.get("status") in ("improved", "not_improved")]  # trained, not skipped
     chain = [rows[0]] + [r for r in steps if r["status"] == "improved"]
@@ -155,6 +192,51 @@ def findings(
         }
     )
     return [Finding(**f) for f in out]
+
+
+def run_header(spec: ExperimentSpec, store: ExperimentStore) -> list[str]:
+    """What this run was, from its spec and records (not fixed text): the policy's size, how BC ended,
+    the ReST schedule and the minutes each phase took. A BC cut by the clock is flagged here, since every
+    gain measured against it may be owed to training longer."""
+    from rest_pipeline.core.online_rl.compute import rest_compute
+    from rest_pipeline.core.policy.model import count_parameters, load_policy
+
+    params = count_parameters(load_policy(store.base_policy_dir))
+    g = spec.grow
+    sources = f"{g.max_sources:,}" if g.max_sources else "all"
+    train = spec.improve.train
+    length = f"{train.max_steps} updates" if train.max_steps else f"{train.epochs} epoch(s)"
+    cap = f", capped at {train.time_budget_minutes} min" if train.time_budget_minutes else ""
+    lines = [
+        f"Policy: `{spec.policy.kind}`, {params / 1e6:.1f}M parameters. ReST: {spec.improve.grows} grows of "
+        f"{g.samples_per_source} samples per source on {sources} training sources, {spec.improve.steps} Improve "
+        f"step(s) per grow ({spec.improve.filter.kind} {spec.improve.filter.values}), each step {length}{cap}."
+    ]
+    bc = store.bc_policy_link()
+    if bc is not None:
+        plateau = f"; validation {bc.keep_best_by} spread over its last validations {bc.plateau}" if bc.plateau else ""
+        lines.append(
+            f"BC (`{bc.key}`, shared by content): {bc.epochs:g} epochs, {bc.steps:,} updates, "
+            f"{bc.train_seconds / 60:.1f} min of training in {bc.precision}; stopped by {bc.stopped_because}; "
+            f"best validation {bc.keep_best_by} {bc.best_metric:g}{plateau}."
+        )
+        if bc.clock_cut:
+            lines.append(
+                "**BC was cut by its time budget, not by its validation rule**: it is another model on another "
+                "machine, and gains over it (and the control's) may be owed to training longer."
+            )
+    compute = rest_compute(store)
+    if compute:
+        last = compute.get(policy_name(*final_step(spec)), list(compute.values())[-1])
+        lines.append(
+            f"ReST's sampling, scoring and Improve training up to the final checkpoint: {last.seconds / 60:.1f} min "
+            f"({last.candidates:,} candidates, {last.target_tokens:,} trained target tokens)."
+        )
+    control = store.control()
+    if control is not None:
+        updates = sum(s.train_steps for s in control.steps)
+        lines.append(f"Originals-only control: {updates:,} updates in {len(control.steps)} step(s).")
+    return [" ".join(lines) + "\n"]
 
 
 def _control_section(store: ExperimentStore, rows: list[dict]) -> list[str]:
@@ -382,12 +464,13 @@ def build_report(spec: ExperimentSpec, store: ExperimentStore, train_reward: str
         "SELECT grow, count(*) AS candidates, count(DISTINCT source_id) AS sources, "
         "avg(CASE WHEN origin = 'sample' THEN 1 ELSE 0 END) AS sample_share FROM candidates GROUP BY grow ORDER BY grow"
     )
-    checked = findings(rows, sig, bon, train_reward)
+    checked = findings(rows, sig, bon, train_reward, independent=independent)
     n_judged = spec.improve.train.validate_pairs
     judged_on = f"the first {n_judged} valid sentences" if n_judged else "all of valid"
     text = [
         f"# ReST report: experiment `{spec.name}`\n",
         f"{spec.description}\n",
+        *run_header(spec, store),
         f"Training reward: `{train_reward}`; independent reward: `{independent}`. All rewards are means over the "
         "split of greedy outputs, on [0, 1]. BLEU/chrF: sacrebleu corpus scores of the same outputs.\n",
         "## The paper's findings, checked on this run\n",

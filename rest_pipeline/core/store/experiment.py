@@ -8,7 +8,8 @@ their DuckDB views come from `CandidateTables`.
 
     <experiment>/corpus/{train,valid,test}.parquet, corpus.json
     <experiment>/tokenizer/
-    <experiment>/policies/base/ (HF checkpoint), base_training/ (BC resume point)
+    <experiment>/policies/base/ (HF checkpoint), bc_policy.json -> <home>/bc_policies/<key>/ (BC training,
+        shared by content: resume point, best/, snapshots/, history.json)
     <experiment>/policies/grow_G/improve_I/{training/, step.json}
     <experiment>/policies/control/{grow_G_improve_I/, eval/, summary.json}, valid_rewards.json
     <experiment>/evaluations/{base/, base_rewards/, grow_G/improve_I/, best_of_n/}
@@ -36,6 +37,7 @@ from rest_pipeline.core.store.candidates import CandidateTables, lock_down, read
 from rest_pipeline.core.store.location import TablePath, is_remote, is_url, read_table, tables_root, url_path
 from rest_pipeline.core.store.records import (
     SCHEMA_VERSION,
+    BCPolicyLink,
     BestOfN,
     BranchRecord,
     ControlRecord,
@@ -159,8 +161,19 @@ class ExperimentStore(CandidateTables):
         return self.parent.tokenizer_dir if self.parent else self.root / "tokenizer"
 
     @property
-    def bc_work_dir(self) -> Path:
-        return self.parent.bc_work_dir if self.parent else self.root / "policies" / "base_training"
+    def bc_policies_root(self) -> Path:
+        """BC trainings by content address, shared by every experiment of this home (like reward models)."""
+        return self.root.parent.parent / "bc_policies"
+
+    def link_bc_policy(self, link: BCPolicyLink) -> Path:
+        return self._write(self.root / "bc_policy.json", link)
+
+    def bc_policy_link(self) -> BCPolicyLink | None:
+        """How the BC policy was trained (key, stop rule); None for stores made before BC was shared."""
+        if self.parent:
+            return self.parent.bc_policy_link()
+        path = self.root / "bc_policy.json"
+        return self._read(path, BCPolicyLink, "the BC policy link") if path.is_file() else None
 
     @property
     def base_policy_dir(self) -> Path:

@@ -68,6 +68,23 @@ class RewardModelLink(Record):
     path: str  # relative to the experiment folder: <home>/reward_models/<key>
 
 
+class BCPolicyLink(Record):
+    """Which shared, content-addressed BC training an experiment's base policy is, and how it ended:
+    stopped by its validation rule or counts (reproducible), or cut by the opt-in clock (not)."""
+
+    key: str  # content address: corpus, tokenizer, policy, bc settings, seed, precision
+    path: str  # relative to the experiment folder: <home>/bc_policies/<key>
+    steps: int
+    epochs: float
+    stopped_because: str
+    clock_cut: bool
+    precision: str
+    train_seconds: float
+    keep_best_by: str
+    best_metric: float
+    plateau: float | None  # spread of the selection metric over the last patience + 1 validations
+
+
 class BranchRecord(Record):
     """What a branch read from its parent when it was made: content hashes by relative path."""
 

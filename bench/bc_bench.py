@@ -1,0 +1,155 @@
+"""BC training speed: the old path (fp32, AdamW as a loop over tensors) against the new one (fp32,
+fused AdamW) and bf16 autocast where the CPU computes it natively, side by side in one run, with
+quality parity after the same number of updates.
+
+    python bench/bc_bench.py --experiment default --updates 200 --repeats 2
+
+Needs an experiment whose corpus and tokenizer exist (`./scripts/rest main default --until
+default/tokenizer`). Each run trains the spec's policy from the same seed on the same batches for
+`--updates` updates with the spec's BC settings (real `train_bc`, validation only at the end), then
+reports target tokens/s over the training time and the validation loss and greedy BLEU after it.
+Runs alternate old/new so machine drift hits both. Also prints the padding share of the batches
+(how much of each padded batch is real tokens). Writes bench/results/bc.json (no absolute paths).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from rest_pipeline.core.policy.family import family_of
+from rest_pipeline.core.policy.model import build_policy
+from rest_pipeline.core.policy.tokenizer import load_tokenizer
+from rest_pipeline.core.store.experiment import ExperimentStore
+from rest_pipeline.core.training import bc as bc_module
+from rest_pipeline.core.training.batching import make_batches
+from rest_pipeline.core.training.bc import resolve_precision, train_bc
+from rest_pipeline.spec import find_spec, load_spec
+
+
+def padding_share(store: ExperimentStore, max_tokens: int, max_length: int) -> dict:
+    """Real (source + target) tokens over padded tokens in one epoch of batches."""
+    tok = load_tokenizer(store.tokenizer_dir)
+    train = store.split("train")
+    model = build_policy(store_spec(store).policy, tok, max_length)
+    family = family_of(model, tok)
+    src = family.encode_sources(list(train.source), max_length)
+    tgt = family.encode_targets(list(train.target), max_length)
+    real = padded = 0
+    batches = make_batches(src, tgt, max_tokens, seed=0, epoch=0)
+    for idx in batches:
+        real += sum(len(src[i]) + len(tgt[i]) for i in idx)
+        padded += len(idx) * (max(len(src[i]) for i in idx) + max(len(tgt[i]) for i in idx))
+    return {"batches_per_epoch": len(batches), "real_over_padded": round(real / padded, 4)}
+
+
+def store_spec(store: ExperimentStore):
+    return load_spec(find_spec(store.experiment))
+
+
+PATHS = {"old": ("fp32", False), "new": ("fp32", True), "bf16": ("bf16", True)}  # (precision, fused AdamW)
+
+
+def one_run(store: ExperimentStore, path: str, updates: int, valid_pairs: int, seed: int) -> dict:
+    spec = store_spec(store)
+    precision, bc_module.FUSED_OPTIMIZER = PATHS[path]
+    torch.manual_seed(seed)
+    tok = load_tokenizer(store.tokenizer_dir)
+    model = build_policy(spec.policy, tok, spec.tokenizer.max_length)
+    train, valid = store.split("train"), store.split("valid")
+    bc = spec.bc.model_copy(
+        update={
+            "precision": precision,
+            "max_steps": updates,
+            "time_budget_minutes": None,
+            "validate_every_steps": updates,
+            "validate_pairs": valid_pairs,
+            "save_every_steps": 10**9,
+            "average_last": 1,
+            "patience": None,
+        }
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train_bc(
+            model,
+            tok,
+            (list(train.source), list(train.target)),
+            (list(valid.source), list(valid.target)),
+            bc,
+            Path(tmp),
+            seed=seed,
+            max_length=spec.tokenizer.max_length,
+            fingerprint=f"bench-{precision}",
+            log=lambda _m: None,
+            decode_backend=spec.evaluation.backend,
+        )
+    last = result.history[-1]
+    return {
+        "path": path,
+        "precision": result.precision,
+        "fused_adamw": PATHS[path][1],
+        "updates": result.steps,
+        "train_seconds": result.train_seconds,
+        "target_tokens": last["target_tokens"],
+        "tgt_tok_per_s": round(last["target_tokens"] / result.train_seconds, 1),
+        "valid_loss": last["valid_loss"],
+        "valid_bleu": last["valid_bleu"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--experiment", default="default", help="experiment whose corpus and tokenizer exist (under REST_HOME)"
+    )
+    ap.add_argument("--updates", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--valid-pairs", type=int, default=500)
+    ap.add_argument("--out", default="bench/results/bc.json")
+    args = ap.parse_args()
+    store = ExperimentStore.open(args.experiment)
+    spec = store_spec(store)
+    paths = ["old", "new"] + (["bf16"] if resolve_precision("auto", torch.device("cpu")) == "bf16" else [])
+    runs: dict[str, list[dict]] = {p: [] for p in paths}
+    for r in range(args.repeats):
+        for path in paths:
+            row = one_run(store, path, args.updates, args.valid_pairs, spec.seed)
+            runs[path].append(row)
+            print(f"repeat {r + 1} {path}: {row}", flush=True)
+
+    def summary(rows: list[dict]) -> dict:
+        return {
+            "tgt_tok_per_s_median": statistics.median(r["tgt_tok_per_s"] for r in rows),
+            "valid_loss": [r["valid_loss"] for r in rows],
+            "valid_bleu": [r["valid_bleu"] for r in rows],
+            "runs": rows,
+        }
+
+    out: dict = {
+        "what": f"BC training, {args.updates} updates of spec '{spec.name}' (bc.max_tokens {spec.bc.max_tokens}), "
+        "same seed and batches; tokens/s over training time (validation excluded)",
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        "batches": padding_share(store, spec.bc.max_tokens, spec.tokenizer.max_length),
+    }  # fmt: skip
+    old = summary(runs["old"])
+    for path in paths:
+        s = summary(runs[path])
+        out[path] = {"precision": PATHS[path][0], "fused_adamw": PATHS[path][1], **s}
+        if path != "old":
+            out[f"{path}_over_old_tok_per_s"] = round(s["tgt_tok_per_s_median"] / old["tgt_tok_per_s_median"], 3)
+            loss_delta = statistics.mean(s["valid_loss"]) - statistics.mean(old["valid_loss"])
+            out[f"{path}_minus_old_valid_loss"] = round(loss_delta, 4)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in out.items() if k not in paths}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
