@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rest_pipeline.core.paths import home
 from rest_pipeline.core.store.experiment import ExperimentStore, StaleRecordError
+from rest_pipeline.core.store.records import BCPolicyLink
 from rest_pipeline.spec import ExperimentSpec, SpecError, all_specs, find_spec, load_spec
 
 
@@ -248,7 +249,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
-def render_lineage(chain: list, base_checkpoint: Path, base_hash: str) -> str:
+def render_lineage(chain: list, base_checkpoint: Path, base_hash: str, bc: BCPolicyLink | None = None) -> str:
     """A chain of step records (newest first) for people, ending at the BC policy."""
     lines = []
     for r in chain:
@@ -264,6 +265,11 @@ def render_lineage(chain: list, base_checkpoint: Path, base_hash: str) -> str:
         lines.append(f"    grow {r.grow}: sampled by {r.grow_policy} with {r.grow_decoding}")
         lines.append(f"    reward: {r.reward_model} ({r.reward_version}); corpus {r.corpus_hash}")
     lines.append(f"base (BC policy)  checkpoint {base_hash}  {base_checkpoint}")
+    if bc is not None:
+        lines.append(
+            f"    BC training {bc.key} (shared by content: {bc.path}): {bc.epochs:g} epochs, {bc.steps} updates, "
+            f"{bc.precision}; stopped by {bc.stopped_because}" + ("  [CUT BY ITS CLOCK]" if bc.clock_cut else "")
+        )
     return "\n".join(lines)
 
 
@@ -338,7 +344,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         print(json.dumps([r.model_dump(exclude={"history"}) for r in chain], indent=1))
     else:
         base = store.policy(BASE)
-        print(render_lineage(chain, store.rel(base), weights_hash(base)))
+        print(render_lineage(chain, store.rel(base), weights_hash(base), store.bc_policy_link()))
     if args.dagster:
         from rest_pipeline.orchestration.instance import open_instance
         from rest_pipeline.orchestration.lineage import dagster_chain

@@ -71,3 +71,26 @@ def test_second_run_reuses_finished_training_and_evaluation(tmp_path, data_dir, 
     rows_again = core.evaluate_base_policy(spec, store, log=logs.append)
     assert any("already trained" in m for m in logs) and any("already evaluated" in m for m in logs)
     assert again.steps == first.steps and rows_again == rows
+
+
+def test_bc_is_trained_once_per_content_address_and_shared(tmp_path, data_dir, monkeypatch):
+    """Two experiments asking for the same BC (same corpus, tokenizer, policy, bc settings, seed) share one
+    training under <home>/bc_policies/<key>; a changed BC setting is another key, trained apart."""
+    monkeypatch.setenv("REST_DATA_DIR", str(data_dir))
+    spec = load_spec(__import__("rest_pipeline.spec", fromlist=["find_spec"]).find_spec("smoke"))
+    home = tmp_path / "home" / "experiments"
+    first, second = ExperimentStore(home / "a"), ExperimentStore(home / "b")
+    for store in (first, second):
+        core.build_corpus(spec, store)
+        core.build_tokenizer(spec, store)
+    core.train_base_policy(spec, first, log=lambda m: None)
+    logs: list[str] = []
+    core.train_base_policy(spec, second, log=logs.append)
+    assert any("already trained" in m for m in logs)
+    a, b = first.bc_policy_link(), second.bc_policy_link()
+    assert a == b and not a.clock_cut and a.stopped_because == "max_steps"
+    assert [p.name for p in first.bc_policies_root.iterdir() if p.is_dir()] == [a.key]
+    assert (first.root / a.path).resolve() == first.bc_policies_root / a.key
+    other = spec.model_copy(update={"bc": spec.bc.model_copy(update={"lr": spec.bc.lr / 2})})
+    assert core.bc_key(other, first, "fp32") != a.key
+    assert core.bc_key(spec, first, "bf16") != a.key  # another precision is another model

@@ -163,3 +163,48 @@ def test_empty_training_set_is_a_clear_error(tmp_path):
     model, tok = tiny_model(tokenizer_dir(tmp_path))
     with pytest.raises(ValueError, match="training set is empty"):
         train_bc(model, tok, ([], []), pairs(5), SPEC, tmp_path / "w", seed=1, max_length=32, fingerprint="x")
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "best" / "model.safetensors"))
+
+
+def test_same_spec_and_seed_give_the_same_weights_on_a_loaded_machine(tmp_path):
+    """Nothing that decides the weights reads a clock: a run beside two busy processes equals a quiet one."""
+    tok = str(tokenizer_dir(tmp_path))
+    spec = SPEC.model_copy(update={"max_steps": 60, "validate_every_steps": 20}).model_dump_json()
+    quiet = run_tiny(str(tmp_path / "quiet"), tok, spec)
+    burn = "import time\nt = time.time()\nwhile time.time() - t < 120: pass"
+    burners = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(2)]
+    try:
+        loaded = run_tiny(str(tmp_path / "loaded"), tok, spec)
+    finally:
+        for p in burners:
+            p.kill()
+            p.wait()
+    a, b = _weights(tmp_path / "quiet"), _weights(tmp_path / "loaded")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["valid_bleu"] for r in quiet["history"]] == [r["valid_bleu"] for r in loaded["history"]]
+
+
+def test_a_time_budget_is_opt_in_and_recorded_when_it_fires(tmp_path):
+    model, tok = tiny_model(tokenizer_dir(tmp_path))
+    capped = SPEC.model_copy(update={"time_budget_minutes": 0.0005, "validate_every_steps": 1000})
+    res = train_bc(model, tok, pairs(300, seed=1), pairs(40, seed=2), capped, tmp_path / "w", seed=5, max_length=32,
+                   fingerprint="cap", log=lambda m: None)  # fmt: skip
+    assert res.clock_cut and res.stopped_because.startswith("time budget") and res.steps < SPEC.max_steps
+    assert json.loads((tmp_path / "w" / "history.json").read_text())["clock_cut"] is True
+    model, tok = tiny_model(tokenizer_dir(tmp_path))
+    counted = train_bc(model, tok, pairs(300, seed=1), pairs(40, seed=2), SPEC.model_copy(update={"max_steps": 20}),
+                       tmp_path / "n", seed=5, max_length=32, fingerprint="n", log=lambda m: None)  # fmt: skip
+    assert not counted.clock_cut and counted.stopped_because == "max_steps"
+
+
+def test_patience_stops_training_on_a_validation_plateau(tmp_path):
+    model, tok = tiny_model(tokenizer_dir(tmp_path))
+    # lr 0: validation never improves after the first, so patience 2 stops at the third validation
+    flat = SPEC.model_copy(update={"lr": 1e-12, "warmup_steps": 0, "validate_every_steps": 10, "patience": 2})
+    res = train_bc(model, tok, pairs(300, seed=1), pairs(40, seed=2), flat, tmp_path / "w", seed=5, max_length=32,
+                   fingerprint="flat", log=lambda m: None)  # fmt: skip
+    assert res.stopped_because.startswith("patience") and res.steps == 30
+    assert res.plateau(3) == 0.0 and res.plateau(99) is None

@@ -21,9 +21,11 @@ def _rows(valid: list[float], statuses: list[str], bleu: tuple[float, float], st
     return rows
 
 
-def _sig(against: str, valid: tuple[float, bool], test: tuple[float, bool]) -> list[dict]:
+def _sig(
+    against: str, valid: tuple[float, bool], test: tuple[float, bool], metric: str = "reward_learned"
+) -> list[dict]:
     return [
-        {"final minus": against, "split": split, "metric": "reward_learned", "delta": d, "ci95": "[]", "significant": s}
+        {"final minus": against, "split": split, "metric": metric, "delta": d, "ci95": "[]", "significant": s}
         for split, (d, s) in (("valid", valid), ("test", test))
     ]
 
@@ -44,9 +46,10 @@ def _bon(reaches: bool) -> BestOfN:
 
 
 def _verdicts(rows, sig, bon) -> dict[str, bool]:
-    return {f.finding: f.holds for f in findings(rows, sig, bon, "learned")}
+    return {f.finding: f.holds for f in findings(rows, sig, bon, "learned", independent="chrf")}
 
 
+CONTROL = "ReST's samples add to training longer: the final policy beats the originals-only control on test"
 RISES = "valid reward rises with successive Improve steps"
 ADDS = "the last grow adds to grow 1"
 BEATS = "the final policy beats BC on test reward, test BLEU within 1 point"
@@ -56,7 +59,30 @@ BON = "Best-of-N: ReST at a small N reaches BC at a larger N"
 def test_all_findings_hold_on_supporting_numbers() -> None:
     rows = _rows([0.57, 0.58, 0.59, 0.59], ["improved", "improved", "not_improved"], (34.0, 33.5))
     sig = _sig("BC", (0.01, True), (0.01, True)) + _sig("grow 1", (0.002, False), (0.006, True))
-    assert _verdicts(rows, sig, _bon(True)) == {RISES: True, ADDS: True, BEATS: True, BON: True}
+    sig += _sig("control", (0.004, False), (0.006, True)) + _sig("control", (0.0, False), (-0.001, False), "bleu")
+    sig += _sig("control", (0.001, False), (0.002, False), "reward_chrf")
+    verdicts = _verdicts(rows, sig, _bon(True))
+    assert verdicts == {CONTROL: True, RISES: True, ADDS: True, BEATS: True, BON: True}
+    assert list(verdicts)[0] == CONTROL  # ReST against the control comes first
+
+
+def test_beating_the_control_needs_the_independent_reward_and_bleu_to_hold_too() -> None:
+    rows = _rows([0.57, 0.58, 0.59], ["improved", "improved"], (34.0, 34.0))
+    base = _sig("BC", (0.01, True), (0.01, True))
+    learned = _sig("control", (0.004, False), (0.006, True))
+    chrf_ok = _sig("control", (0.0, False), (0.001, False), "reward_chrf")
+    assert _verdicts(rows, base + learned + chrf_ok, _bon(True))[CONTROL]
+    # the training reward alone sees the gain: the independent reward falls with an interval below zero
+    chrf_falls = _sig("control", (0.0, False), (-0.004, True), "reward_chrf")
+    assert not _verdicts(rows, base + learned + chrf_falls, _bon(True))[CONTROL]
+    # test BLEU more than half a point below the control's
+    bleu_falls = _sig("control", (0.0, False), (-0.6, True), "bleu")
+    assert not _verdicts(rows, base + learned + chrf_ok + bleu_falls, _bon(True))[CONTROL]
+    # a test gain within noise, or no control at all
+    noise = _sig("control", (0.004, True), (0.003, False))
+    assert not _verdicts(rows, base + noise + chrf_ok, _bon(True))[CONTROL]
+    (none,) = [f for f in findings(rows, base, _bon(True), "learned") if f.finding == CONTROL]
+    assert not none.holds and "no control ran" in none.evidence
 
 
 def test_a_fall_on_full_valid_or_a_single_trained_step_is_no_rise() -> None:

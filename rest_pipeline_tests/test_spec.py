@@ -216,3 +216,17 @@ def test_paper_scale_specs_validate_as_gpu_cluster_experiments(name):
     assert (spec.grow.samples_per_source, spec.improve.filter.values) == paper
     assert spec.grow.temperature == 0.8 and spec.tokenizer.vocab_size == 32000
     assert json.loads(out.stdout[out.stdout.index("{") :])["name"] == name
+
+
+@pytest.mark.parametrize("name", [p.stem for p in Path(find_spec("default")).parent.glob("*.yaml")])
+def test_no_packaged_spec_lets_a_clock_decide_weights(name):
+    """BC and Improve steps stop on epochs, updates or patience: the same spec and seed give the same model
+    on a quiet or a loaded machine (a time budget is an opt-in cap, never in a shipped spec)."""
+    spec = load_spec(find_spec(name))
+    assert spec.bc.time_budget_minutes is None and spec.improve.train.time_budget_minutes is None
+
+
+def test_the_default_trains_bc_to_convergence_and_runs_the_control():
+    spec = load_spec(find_spec("default"))
+    assert spec.bc.patience is not None and spec.bc.decay in ("cosine", "linear")
+    assert spec.improve.train.max_steps is not None and spec.improve.control

@@ -62,19 +62,32 @@ def build_tokenizer(spec: ExperimentSpec, store: ExperimentStore) -> Path:
 
 def bc_key(spec: ExperimentSpec, store: ExperimentStore, precision: str) -> str:
     """Content address of a BC training: what decides its weights and nothing else. The corpus and
-    tokenizer enter by the bytes of their files, so two experiments on the same data share one BC."""
-    tokenizer = [p for p in sorted(store.tokenizer_dir.iterdir()) if p.is_file() and p.name != "tokenizer_config.json"]
-    files = [store.split_file("train"), store.split_file("valid"), *tokenizer]  # the config may hold a path
+    tokenizer enter by their content, so two experiments on the same data share one BC."""
     payload = {
-        "files": [sha256_of(p) for p in files],
-        "policy": spec.model_dump(mode="json")["policy"],
-        "bc": spec.model_dump(mode="json")["bc"],
-        "max_length": spec.tokenizer.max_length,
+        "corpus": [sha256_of(store.split_file("train")), sha256_of(store.split_file("valid"))],
+        "tokenizer": tokenizer_hash(store.tokenizer_dir),
+        "sections": {k: spec.model_dump(mode="json")[k] for k in ("tokenizer", "policy", "bc")},
         "validation_decoding": spec.evaluation.backend,
         "seed": spec.seed,
         "precision": precision,  # 'auto' resolves per machine: a bf16 BC is another model than an fp32 one
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def tokenizer_hash(folder: Path) -> str:
+    """A tokenizer folder by what it does: a SentencePiece model by its pieces and scores (its file also
+    records the path it was trained from), other files by their bytes; the config (a path) left out."""
+    import sentencepiece as spm
+
+    h = hashlib.sha256()
+    for p in sorted(q for q in folder.iterdir() if q.is_file() and q.name != "tokenizer_config.json"):
+        h.update(p.name.encode())
+        if p.suffix in (".spm", ".model"):
+            sp = spm.SentencePieceProcessor(model_file=str(p))
+            h.update(json.dumps([(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]).encode())
+        else:
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def train_base_policy(spec: ExperimentSpec, store: ExperimentStore, log: Log = print) -> BCResult:
