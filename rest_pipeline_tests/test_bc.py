@@ -82,7 +82,7 @@ def test_lr_schedule_warms_up_then_decays():
 
 
 def test_linear_decay_follows_the_time_budget_when_it_ends_first():
-    # An Improve step stops on its budget long before its planned steps: the schedule must still anneal.
+    # A run with the opt-in time budget may stop long before its planned steps: the schedule must still anneal.
     lin = BCSpec(lr=1e-3, warmup_steps=10, decay="linear", min_lr_ratio=0.1)
     assert lr_at(200, lin, 1000, budget_used=0.0) == pytest.approx(1e-3 * (1 - 190 / 990))
     assert lr_at(200, lin, 1000, budget_used=0.5) == pytest.approx(0.5e-3)

@@ -148,3 +148,18 @@ def test_grow_sample_curves_place_a_sharper_grow_on_grow_1s_best_of_k() -> None:
     assert g1["best_of_1"] == 2.5 and g1["best_of_6"] == 5.0
     assert g2["best_of_1"] == pytest.approx(4.6667, abs=1e-4)
     assert g1["best_of_4"] == 4.6 and 4 < g2["at_grow1_k"] < 6
+
+
+def test_reward_agreement_scores_the_training_rewards_pick_by_the_independent_reward() -> None:
+    from rest_pipeline.core.evaluation.best_of_k import reward_agreement
+
+    # source a: the two rewards agree (tau 1); source b: they disagree (tau -1), the learned pick is chrF's worst
+    rows = [(1, "a", "sample", r, c) for r, c in ((0.1, 0.2), (0.5, 0.4), (0.9, 0.8))]
+    rows += [(1, "b", "sample", r, c) for r, c in ((0.1, 0.9), (0.5, 0.5), (0.9, 0.1))]
+    rows += [(1, "a", "reference", 0.0, 1.0)]  # originals are not samples
+    table = pd.DataFrame(rows, columns=["grow", "source_id", "origin", "learned", "chrf"])
+    (row,) = reward_agreement(table, "learned", "chrf")
+    assert row["sources"] == 2 and row["kendall_tau_learned_vs_chrf"] == pytest.approx(0.0)
+    assert row["chrf_of_learned_top1"] == pytest.approx((0.8 + 0.1) / 2)
+    assert row["chrf_one_sample"] == pytest.approx(((0.2 + 0.4 + 0.8) / 3 + 0.5) / 2, abs=1e-4)
+    assert row["chrf_own_top1"] == pytest.approx((0.8 + 0.9) / 2)

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from rest_pipeline.core.evaluation.best_of_k import grow_sample_curves  # noqa: E402
+from rest_pipeline.core.evaluation.best_of_k import grow_sample_curves, reward_agreement  # noqa: E402
 from rest_pipeline.core.evaluation.significance import eval_deltas  # noqa: E402
 from rest_pipeline.core.improve.chain import all_steps, final_step  # noqa: E402
 from rest_pipeline.core.paths import atomic_path  # noqa: E402
@@ -239,6 +239,20 @@ def run_header(spec: ExperimentSpec, store: ExperimentStore) -> list[str]:
     return [" ".join(lines) + "\n"]
 
 
+def _agreement_section(rows: list[dict], train_reward: str, independent: str | None) -> list[str]:
+    """How the training reward ranks each grow's samples, seen through the independent reward."""
+    if not rows:
+        return []
+    return [
+        f"\nDoes the training reward pick what the independent reward calls better? Per grow: the mean "
+        f"per-source Kendall tau between `{train_reward}` and `{independent}` over each source's samples, and "
+        f"the `{independent}` reward of the sample `{train_reward}` ranks first, beside one sample's (what a "
+        f"random pick earns) and `{independent}`'s own best. ReST keeps `{train_reward}`'s top samples: where "
+        "that pick earns no more than a random one, a gain only the training reward sees is what to expect.\n",
+        md_table(rows),
+    ]
+
+
 def _control_section(store: ExperimentStore, rows: list[dict]) -> list[str]:
     """BC vs the originals-only control vs the final ReST checkpoint, when the control ran."""
     control = store.control()
@@ -435,8 +449,11 @@ def build_report(spec: ExperimentSpec, store: ExperimentStore, train_reward: str
     ax.set_title("BLEU per checkpoint")
     _save(fig, out / "bleu_per_checkpoint.png")
 
-    hist = store.query(f"SELECT grow, source_id, origin, reward_{train_reward} AS r FROM scored")
+    extra = f", reward_{independent} AS ind" if independent else ""
+    hist = store.query(f"SELECT grow, source_id, origin, reward_{train_reward} AS r{extra} FROM scored")
     grow_samples = grow_sample_curves(hist, "r")
+    named = hist.rename(columns={"r": train_reward, "ind": independent})
+    agreement = reward_agreement(named, train_reward, independent) if independent else []
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for (g, origin), part in hist.groupby(["grow", "origin"]):
         ax.hist(part.r, bins=40, range=(0, 1), histtype="step", density=True, label=f"grow {g} {origin}")
@@ -493,6 +510,7 @@ def build_report(spec: ExperimentSpec, store: ExperimentStore, train_reward: str
         "also differ in how hard their sources are, which shifts a whole row; the gap between k=N and k=1 "
         "within a row does not depend on that.\n",
         md_table(grow_samples),
+        *_agreement_section(agreement, train_reward, independent),
         "\n## Best-of-N on valid\n",
         md_table([{"N": n, "BC": bon.curves["bc"].curve[n], "ReST": bon.curves["rest"].curve[n]} for n in bon.ns]),
         f"\nReST at small N reaches BC at a larger N: **{bon.rest_small_n_reaches_bc_larger_n}** "
@@ -523,5 +541,6 @@ def build_report(spec: ExperimentSpec, store: ExperimentStore, train_reward: str
         significance=sig,
         findings=checked,
         grow_samples=grow_samples,
+        reward_agreement=agreement,
     )
     return store.write_report(record, "\n".join(text))

@@ -57,3 +57,35 @@ def _k_reaching(curve: dict[int, float], value: float) -> float | str:
             frac = (value - curve[lo]) / max(curve[hi] - curve[lo], 1e-12)
             return round(float(np.exp(np.log(lo) + frac * (np.log(hi) - np.log(lo)))), 2)
     return f">{ks[-1]}"
+
+
+def reward_agreement(table: pd.DataFrame, train: str, independent: str) -> list[dict]:
+    """Per grow, how the training reward ranks each source's samples against an independent reward:
+    the mean per-source Kendall tau between the two, and the independent reward of the sample the
+    training reward ranks first, beside one sample's (k=1) and the independent reward's own best.
+
+    ReST keeps what the training reward ranks highest; where that choice scores no better than a
+    random sample by the independent reward, a gain seen only by the training reward is expected."""
+    from scipy.stats import kendalltau
+
+    rows: list[dict] = []
+    for grow, part in table[table.origin == "sample"].groupby("grow", sort=True):
+        taus, picked, one, best = [], [], [], []
+        for _, g in part.groupby("source_id"):
+            a, b = g[train].to_numpy(dtype=float), g[independent].to_numpy(dtype=float)
+            if len(a) > 1 and np.ptp(a) > 0 and np.ptp(b) > 0:
+                taus.append(kendalltau(a, b).statistic)
+            picked.append(b[np.argmax(a)])
+            one.append(b.mean())
+            best.append(b.max())
+        rows.append(
+            {
+                "grow": int(grow),
+                "sources": len(one),
+                f"kendall_tau_{train}_vs_{independent}": round(float(np.mean(taus)), 4) if taus else None,
+                f"{independent}_of_{train}_top1": round(float(np.mean(picked)), 4),
+                f"{independent}_one_sample": round(float(np.mean(one)), 4),
+                f"{independent}_own_top1": round(float(np.mean(best)), 4),
+            }
+        )
+    return rows

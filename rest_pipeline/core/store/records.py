@@ -278,6 +278,7 @@ class Report(Record):
     significance: list[dict[str, Any]]
     findings: list[Finding]
     grow_samples: list[dict[str, Any]] = []  # per grow, the expected Best-of-k of its samples (report.py)
+    reward_agreement: list[dict[str, Any]] = []  # per grow, the training reward's picks by the independent one
 
 
 # -- human ratings ------------------------------------------------------------------------------
