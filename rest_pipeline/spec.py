@@ -342,7 +342,7 @@ class ImproveSpec(_Strict):
     the filter (`filter.values`).
     """
 
-    grows: int = Field(2, ge=0)
+    grows: int = Field(2, ge=1)
     filter: FilterSpec = ThresholdFilter(kind="threshold")
     # The original (reference) pairs of the grown sources join every slice, whatever their reward.
     mix_originals: bool = True
@@ -480,8 +480,8 @@ _REPLACED_WHOLE = {"filter"}  # merged as a whole, not field by field (a differe
 
 
 class ExperimentSpec(_Strict):
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    description: str = ""
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=100)
+    description: str = Field("", max_length=2000)  # one paragraph; `rest list` prints it on one line
     branch: BranchSpec | None = None
     seed: int = 1234
     data: DataSpec
@@ -573,9 +573,22 @@ def _with_parent(path: Path, raw: dict) -> dict:
         )
     if parent_name == raw["name"]:
         raise SpecError(f"{path}: field 'branch.from': an experiment cannot branch from itself")
-    parent = load_spec(find_spec(parent_name))
-    if parent.branch is not None:
-        raise SpecError(f"{path}: field 'branch.from': '{parent_name}' is itself a branch; branch from its parent")
+    try:
+        parent_path = find_spec(parent_name)
+    except SpecError as e:
+        raise SpecError(f"{path}: field 'branch.from': {e}") from None
+    # Looked at before the parent is resolved: two specs that branch from each other never recurse.
+    try:
+        parent_raw = yaml.load(parent_path.read_text(encoding="utf-8"), Loader=_SpecLoader)  # noqa: S506
+    except (OSError, yaml.YAMLError) as e:
+        raise SpecError(f"{path}: field 'branch.from': the parent spec {parent_path} cannot be read: {e}") from None
+    grand = parent_raw.get("branch") if isinstance(parent_raw, dict) else None
+    if grand is not None:
+        chain = f"{raw['name']} → {parent_name} → {grand.get('from') if isinstance(grand, dict) else grand}"
+        raise SpecError(
+            f"{path}: field 'branch.from': '{parent_name}' is itself a branch ({chain}); branch from its parent"
+        )
+    parent = load_spec(parent_path)
     merged = _merge(parent.model_dump(mode="json", by_alias=True, exclude={"name", "description"}), raw)
     at = str(branch.get("at", ""))
     if at.startswith("grow_") and at[5:].isdigit():

@@ -97,3 +97,16 @@ def test_each_record_file_is_named_in_one_module():
     for name in names:
         where = [p for p in PACKAGE.rglob("*.py") if re.search(re.escape(f'"{name}"'), p.read_text())]
         assert [p.relative_to(PACKAGE).as_posix() for p in where] == ["core/store/experiment.py"], name
+
+
+def test_every_torch_load_refuses_pickled_code() -> None:
+    """Whoever can write the store must not run code in the next training: each torch.load in the package
+    says weights_only=True (tensors and plain data only)."""
+    loose = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+                safe = any(k.arg == "weights_only" and ast.unparse(k.value) == "True" for k in node.keywords)
+                if not safe:
+                    loose.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert not loose, f"torch.load without weights_only=True: {loose}"

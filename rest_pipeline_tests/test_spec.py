@@ -198,6 +198,30 @@ def test_one_resolution_order_and_a_bad_file_hides_nothing(tmp_path, monkeypatch
     assert len(errors) == 1 and "broken.yaml" in str(errors[0]) and "bc.epochs" in str(errors[0])
 
 
+def test_each_bad_file_is_its_own_error_and_hides_no_other(tmp_path, monkeypatch):
+    """Two specs branching from each other, a relative or broken reward module, a missing parent: each is a
+    one-line error naming its file and field, and every other experiment still lists."""
+    monkeypatch.setenv("REST_EXPERIMENTS_DIR", str(tmp_path))
+    _write(tmp_path, "ping", "branch: {from: pong, at: grow_1}\n")
+    _write(tmp_path, "pong", "branch: {from: ping, at: grow_1}\n")
+    _write(tmp_path, "relative", BASE + "reward: {model: '.x:y'}\n")
+    _write(tmp_path, "broken_module", BASE + "reward: {model: 'rest_pipeline_tests.no_such_module:f'}\n")
+    _write(tmp_path, "orphan", "branch: {from: nosuchparent, at: grow_1}\n")
+    _write(tmp_path, "huge", BASE + f"description: {'x' * 5_000_000}\n")
+    _write(tmp_path, "nogrows", BASE + "improve: {grows: 0}\n")
+    errors: list[SpecError] = []
+    specs = {s.name for s in all_specs(errors)}
+    assert {"default", "smoke"} <= specs and not specs & {"ping", "pong", "relative", "orphan", "huge", "nogrows"}
+    text = {Path(str(e).split(":")[0]).stem: str(e) for e in errors}
+    assert "field 'branch.from'" in text["ping"] and "ping → pong → ping" in text["ping"]
+    assert "pong → ping → pong" in text["pong"]
+    assert "reward.model" in text["relative"] and "absolute import path" in text["relative"]
+    assert "reward.model" in text["broken_module"] and "could not be imported" in text["broken_module"]
+    assert "field 'branch.from'" in text["orphan"] and "unknown experiment 'nosuchparent'" in text["orphan"]
+    assert "description" in text["huge"] and len(text["huge"]) < 1000
+    assert "improve.grows" in text["nogrows"]
+
+
 @pytest.mark.parametrize("name", ["iwslt14_de_en", "wmt20_zh_en"])
 def test_paper_scale_specs_validate_as_gpu_cluster_experiments(name):
     """The paper's settings, checked by `rest check-spec` as a user would (they run once data are present)."""

@@ -220,7 +220,7 @@ def run_ppo(
     state = {"fingerprint": key, "iteration": 0, "compute": asdict(Compute()), "history": [], "marks": []}
     if saved is not None:
         state = saved[0]
-        extra = torch.load(saved[1] / "optimizer.pt")
+        extra = torch.load(saved[1] / "optimizer.pt", weights_only=True)  # no pickle from the store
         optimizer.load_state_dict(extra["optimizer"])
         done = state["compute"]["candidates"]
         log(f"ppo: resuming at iteration {state['iteration']} of {iterations} ({done} candidates sampled)")

@@ -113,10 +113,12 @@ def check_reward_name(name: str, also: Sequence[str] = ()) -> str | None:
         return None
     if ":" in name:
         module_name, attr = name.split(":", 1)
+        if not module_name or module_name.startswith("."):
+            return f"reward model '{name}': give the module's absolute import path ('package.module:factory')"
         try:
             getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            return f"reward model '{name}' could not be imported: {e}"
+        except Exception as e:  # noqa: BLE001 - any failure of a user's module is that module's error, named
+            return f"reward model '{name}' could not be imported: {type(e).__name__}: {e}"
         return None
     return (
         f"unknown reward model '{name}': use one of {sorted({*BUILTIN, *also})}, an installed "
