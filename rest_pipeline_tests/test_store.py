@@ -1,5 +1,7 @@
 """Candidate store on real Parquet + DuckDB: atomic shards, cached scoring, canned queries."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -153,3 +155,21 @@ def test_user_sql_is_exactly_one_read_only_statement_on_a_locked_connection(tmp_
         store.user_query(f"SELECT * FROM read_csv('{outside}')")
     assert shard.read_bytes() == before
     assert not (tmp_path / "copied.parquet").exists() and not (tmp_path / "new.duckdb").exists()
+
+
+def test_user_sql_reads_only_the_experiments_folders_not_duckdbs_spill_folder(tmp_path, monkeypatch):
+    """DuckDB's temp folder is readable whatever allowed_directories say: it lives inside the experiment."""
+    import duckdb
+
+    store = ExperimentStore(tmp_path / "exp")
+    _write(store)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".tmp").mkdir()
+    (tmp_path / ".tmp" / "secret.txt").write_text("SECRET")
+    with pytest.raises(duckdb.Error, match="Permission|disabled"):
+        store.user_query("SELECT content FROM read_text('.tmp/*')")
+    con = store.connect(read_only=True)
+    temp = con.execute("SELECT current_setting('temp_directory')").fetchone()[0]
+    allowed = con.execute("SELECT current_setting('allowed_directories')").fetchone()[0]
+    assert Path(temp).parent == store.root and store.root in [Path(d) for d in allowed]
+    assert all(Path(d) == store.root or store.root in Path(d).parents for d in allowed), allowed

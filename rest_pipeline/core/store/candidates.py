@@ -260,7 +260,10 @@ CANNED: dict[str, str] = {
 
 def lock_down(con: duckdb.DuckDBPyConnection, readable: Sequence[Path]) -> duckdb.DuckDBPyConnection:
     """Make a connection safe for SQL from users: files only under `readable` (the views keep working),
-    no other file access, no extension installs or loads, and a configuration nobody can change back."""
+    no other file access, no extension installs or loads, and a configuration nobody can change back.
+    DuckDB's spill folder is always readable, so it moves inside the first readable folder (by default
+    it is `.tmp/` of the working directory, which would open that folder to the query)."""
+    con.execute("SET temp_directory = ?", [f"{readable[0]}/.duckdb_tmp"])
     con.execute("SET allowed_directories = ?", [[f"{d}/" for d in readable]])
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
