@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -199,8 +200,15 @@ class RateServer:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
 
-    def post(self, body: bytes) -> tuple[int, dict]:
-        req = urllib.request.Request(f"{self.url}/api/rate", body, {"Content-Type": "application/json"})
+    def token(self) -> str:
+        """The write token the server put in its page (what only the page itself can read)."""
+        with urllib.request.urlopen(f"{self.url}/", timeout=10) as r:
+            return re.search(r'name="rest-write-token" content="([^"]+)"', r.read().decode()).group(1)
+
+    def post(self, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+        if headers is None:
+            headers = {"Content-Type": "application/json", "X-Rest-Token": self.token()}
+        req = urllib.request.Request(f"{self.url}/api/rate", body, headers)
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
                 return r.status, json.loads(r.read())
@@ -281,3 +289,37 @@ def test_rating_page_in_headless_chromium_keeps_every_rating(smoke_store, rest_h
     it = int(commented.item.iat[0])
     shown = [record.systems[i] for i in json.loads(items.order.iat[it])]  # A, B as that item showed them
     assert dict(zip(commented.system, commented.score, strict=True)) == {shown[0]: 4, shown[1]: 6}
+
+
+def test_rating_api_refuses_cross_site_writes_and_answers_bad_bodies_with_400(smoke_store, rest_home):
+    """A write needs the page's token, application/json and a loopback Host; no client input gives a 500."""
+    env = {**os.environ, "REST_HOME": str(rest_home)}
+    server = RateServer(env, free_port()).start()
+    good = json.dumps({"rater": "bob", "item": 0, "scores": {"A": 1, "B": 2}}).encode()
+    token = server.token()
+    try:
+        forged = [
+            ({"Content-Type": "text/plain"}, 403),  # a cross-site form or fetch: no token
+            ({"Content-Type": "application/json", "X-Rest-Token": "guess"}, 403),
+            ({"Content-Type": "text/plain", "X-Rest-Token": token}, 415),
+            ({"Content-Type": "application/json", "X-Rest-Token": token, "Host": "evil.example"}, 403),
+        ]
+        for headers, status in forged:
+            code, answer = server.post(good, headers)
+            assert code == status and answer["error"], (headers, code, answer)
+        bad = [
+            (b"\xff\xfe{", 400),
+            (json.dumps({"rater": "bob", "item": True, "scores": {"A": 1, "B": 2}}).encode(), 404),
+            (json.dumps({"rater": "bob", "item": 0, "scores": {"A": [1], "B": 2}}).encode(), 400),
+            (json.dumps([1, 2]).encode(), 400),
+            (json.dumps({"rater": {"x": 1}, "item": 0, "scores": {"A": 1, "B": 2}}).encode(), 400),
+        ]
+        for body, status in bad:
+            code, answer = server.post(body)
+            assert code == status and answer["error"] and "\n" not in answer["error"], (body, code, answer)
+        assert server.post(good)[0] == 200
+    finally:
+        server.kill()
+    log = server.proc.stdout.read()
+    assert "Traceback" not in log, log
+    assert len(all_ratings(smoke_store)) == 2  # the one good write (one row per system); nothing forged stored

@@ -99,7 +99,7 @@ class RatingBook:
     def rate(self, rater: str, item: int, scores: dict[str, object], comment: str = "") -> pd.DataFrame:
         """Store one item's ratings (label -> 0..6), all systems at once; the rows stored."""
         rater = self.check_rater(rater)
-        if not isinstance(item, int) or not 0 <= item < self.round.items:
+        if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < self.round.items:
             raise RatingError(
                 f"unknown item {item!r}: round {self.round.round_id} has items 0-{self.round.items - 1}", 404
             )
