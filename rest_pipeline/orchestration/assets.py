@@ -118,6 +118,9 @@ def experiment_assets(spec: ExperimentSpec) -> list[dg.AssetsDefinition]:
                 f"best_valid_{result.keep_best_by}_greedy": round(result.best_metric, 3),
                 "averaged_checkpoint": result.averaged,
                 "stopped_because": result.stopped_because,
+                "clock_cut": result.clock_cut,  # True: stopped by the opt-in time budget, not reproducible
+                "precision": result.precision,
+                "bc_key": store.bc_policy_link().key,  # the shared training under <home>/bc_policies/
                 "validation_history": md_table(history),
             }
         )
