@@ -132,7 +132,7 @@ def train_base_policy(spec: ExperimentSpec, store: ExperimentStore, log: Log = p
             train_seconds=result.train_seconds,
             keep_best_by=result.keep_best_by,
             best_metric=round(result.best_metric, 4),
-            plateau=result.plateau((spec.bc.patience or 2) + 1),
+            plateau=result.plateau(spec.bc.patience or 3),  # the last patience window
         )
     )
     if result.clock_cut:

@@ -214,7 +214,8 @@ def run_header(spec: ExperimentSpec, store: ExperimentStore) -> list[str]:
     ]
     bc = store.bc_policy_link()
     if bc is not None:
-        plateau = f"; validation {bc.keep_best_by} spread over its last validations {bc.plateau}" if bc.plateau else ""
+        window = f"; spread of validation {bc.keep_best_by} over its last patience window {bc.plateau}"
+        plateau = window if bc.plateau is not None else ""
         lines.append(
             f"BC (`{bc.key}`, shared by content): {bc.epochs:g} epochs, {bc.steps:,} updates, "
             f"{bc.train_seconds / 60:.1f} min of training in {bc.precision}; stopped by {bc.stopped_because}; "

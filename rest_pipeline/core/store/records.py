@@ -82,7 +82,7 @@ class BCPolicyLink(Record):
     train_seconds: float
     keep_best_by: str
     best_metric: float
-    plateau: float | None  # spread of the selection metric over the last patience + 1 validations
+    plateau: float | None  # spread (max - min) of the selection metric over the last `patience` validations
 
 
 class BranchRecord(Record):
