@@ -405,6 +405,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     ]
     print(f"rest: Dagster UI on http://127.0.0.1:{args.port} (DAGSTER_HOME={dh})", flush=True)
     os.chdir(root)
+    # Started in the background by a non-interactive shell, this process inherits SIGINT ignored, and an
+    # ignored signal stays ignored across exec: dagster dev maps SIGTERM onto SIGINT, so it would never stop.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.execv(sys.executable, cmd)  # replace this process: signals reach dagster dev directly
 
 

@@ -197,3 +197,37 @@ def test_headless_chromium_renders_graph_and_lineage(server):
         assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000, name
         dom = subprocess.run([*common, "--dump-dom", url], check=True, capture_output=True, text=True, timeout=180)
         assert expected in dom.stdout and "reward_model" in dom.stdout, f"{name}: the page does not show the assets"
+
+
+def test_rest_ui_started_in_the_background_stops_on_sigterm(tmp_path, data_dir):
+    """A non-interactive shell starts background jobs with SIGINT ignored, and dagster dev turns SIGTERM into
+    SIGINT: `rest ui` must stop on SIGTERM all the same (it resets both before handing over to dagster dev)."""
+    port = free_port()
+    env = dict(os.environ, REST_HOME=str(tmp_path / "home"), REST_DATA_DIR=str(data_dir))
+    env.pop("DAGSTER_HOME", None)
+    log = open(tmp_path / "ui.log", "w")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "rest"), "ui", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509 (a test of exactly that)
+    )
+    try:
+        deadline = time.time() + 240
+        while True:
+            try:
+                Server(port).gql("{ version }")
+                break
+            except (OSError, AssertionError):
+                assert proc.poll() is None and time.time() < deadline, (tmp_path / "ui.log").read_text()[-3000:]
+                time.sleep(2)
+        os.kill(proc.pid, signal.SIGTERM)  # the process `rest ui` became, as a shell's `kill %1` would
+        proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    assert proc.returncode is not None
