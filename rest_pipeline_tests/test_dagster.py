@@ -174,12 +174,20 @@ def _assert_rest_chain(instance: dg.DagsterInstance, store: ExperimentStore, spe
         report.checkpoints[-1]["test_bleu"] - report.checkpoints[0]["test_bleu"], abs=0.02
     )
     assert [f.finding for f in report.findings] == [
+        "ReST's samples add to training longer: the final policy beats the originals-only control on test",
         "valid reward rises with successive Improve steps",
         "the last grow adds to grow 1",
         "the final policy beats BC on test reward, test BLEU within 1 point",
         "Best-of-N: ReST at a small N reaches BC at a larger N",
     ]
     assert report.findings[-1].holds == report.best_of_n.rest_small_n_reaches_bc_larger_n
+    # The control's finding reads the final-minus-control rows of the significance table (test split).
+    test_rows = [r for r in report.significance if r["final minus"] == "control" and r["split"] == "test"]
+    assert {r["metric"] for r in test_rows} == {"reward_learned", "reward_chrf", "bleu"}
+    assert report.findings[0].evidence.count("test ") == 3
+    # The header says what ran, from the spec and the records (no fixed text).
+    assert "Policy: `marian_scratch`" in markdown and "stopped by max_steps" in markdown
+    assert len(report.reward_agreement) == spec.improve.grows
     assert "## The paper's findings, checked on this run" in markdown
     # Each grow's stored samples as Best-of-k, straight from the candidate store.
     per_grow = store.query("SELECT grow, count(DISTINCT source_id) AS n FROM candidates WHERE origin = 'sample' "
