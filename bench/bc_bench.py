@@ -15,6 +15,7 @@ Runs alternate old/new so machine drift hits both. Also prints the padding share
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import statistics
@@ -29,7 +30,7 @@ from rest_pipeline.core.policy.tokenizer import load_tokenizer
 from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.core.training import bc as bc_module
 from rest_pipeline.core.training.batching import make_batches
-from rest_pipeline.core.training.bc import resolve_precision, train_bc
+from rest_pipeline.core.training.bc import BCResult, resolve_precision, train_bc
 from rest_pipeline.spec import find_spec, load_spec
 
 
@@ -56,25 +57,19 @@ def store_spec(store: ExperimentStore):
 PATHS = {"old": ("fp32", False), "new": ("fp32", True), "bf16": ("bf16", True)}  # (precision, fused AdamW)
 
 
-def one_run(store: ExperimentStore, path: str, updates: int, valid_pairs: int, seed: int) -> dict:
+def train_spec_bc(store: ExperimentStore, **overrides: object) -> tuple[BCResult, str]:
+    """The experiment's BC from its seed with `overrides` on its bc settings (one validation, at the end),
+    in a scratch folder; the result and the sha256 of the weights it kept. bc_repro.py uses it too."""
     spec = store_spec(store)
-    precision, bc_module.FUSED_OPTIMIZER = PATHS[path]
-    torch.manual_seed(seed)
+    torch.manual_seed(spec.seed)
     tok = load_tokenizer(store.tokenizer_dir)
     model = build_policy(spec.policy, tok, spec.tokenizer.max_length)
     train, valid = store.split("train"), store.split("valid")
+    updates = overrides["max_steps"]
     bc = spec.bc.model_copy(
-        update={
-            "precision": precision,
-            "max_steps": updates,
-            "time_budget_minutes": None,
-            "validate_every_steps": updates,
-            "validate_pairs": valid_pairs,
-            "save_every_steps": 10**9,
-            "average_last": 1,
-            "patience": None,
-        }
-    )
+        update={"time_budget_minutes": None, "validate_every_steps": updates, "save_every_steps": 10**9,
+                "average_last": 1, "patience": None, **overrides}
+    )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         result = train_bc(
             model,
@@ -83,12 +78,19 @@ def one_run(store: ExperimentStore, path: str, updates: int, valid_pairs: int, s
             (list(valid.source), list(valid.target)),
             bc,
             Path(tmp),
-            seed=seed,
+            seed=spec.seed,
             max_length=spec.tokenizer.max_length,
-            fingerprint=f"bench-{precision}",
+            fingerprint="bench",
             log=lambda _m: None,
             decode_backend=spec.evaluation.backend,
         )
+        weights = hashlib.sha256((Path(tmp) / "best" / "model.safetensors").read_bytes()).hexdigest()[:16]
+    return result, weights
+
+
+def one_run(store: ExperimentStore, path: str, updates: int, valid_pairs: int) -> dict:
+    precision, bc_module.FUSED_OPTIMIZER = PATHS[path]
+    result, _ = train_spec_bc(store, precision=precision, max_steps=updates, validate_pairs=valid_pairs)
     last = result.history[-1]
     return {
         "path": path,
@@ -119,7 +121,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {p: [] for p in paths}
     for r in range(args.repeats):
         for path in paths:
-            row = one_run(store, path, args.updates, args.valid_pairs, spec.seed)
+            row = one_run(store, path, args.updates, args.valid_pairs)
             runs[path].append(row)
             print(f"repeat {r + 1} {path}: {row}", flush=True)
 

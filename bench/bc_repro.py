@@ -11,47 +11,21 @@ their seconds differ. Writes bench/results/bc_repro.json (no absolute paths).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-import torch
+from bc_bench import train_spec_bc  # bench/ is the script's folder, first on sys.path
 
-from rest_pipeline.core.policy.model import build_policy
-from rest_pipeline.core.policy.tokenizer import load_tokenizer
 from rest_pipeline.core.store.experiment import ExperimentStore
-from rest_pipeline.core.training.bc import train_bc
-from rest_pipeline.spec import find_spec, load_spec
 
 BURN = "import time\nt = time.time()\nwhile time.time() - t < 3600: pass"
 
 
 def one_run(store: ExperimentStore, updates: int) -> dict:
-    spec = load_spec(find_spec(store.experiment))
-    torch.manual_seed(spec.seed)
-    tok = load_tokenizer(store.tokenizer_dir)
-    model = build_policy(spec.policy, tok, spec.tokenizer.max_length)
-    train, valid = store.split("train"), store.split("valid")
-    bc = spec.bc.model_copy(update={"max_steps": updates, "validate_every_steps": updates, "average_last": 1})
-    with tempfile.TemporaryDirectory() as tmp:
-        result = train_bc(
-            model,
-            tok,
-            (list(train.source), list(train.target)),
-            (list(valid.source), list(valid.target)),
-            bc,
-            Path(tmp),
-            seed=spec.seed,
-            max_length=spec.tokenizer.max_length,
-            fingerprint="repro",
-            log=lambda _m: None,
-            decode_backend=spec.evaluation.backend,
-        )
-        weights = hashlib.sha256((Path(tmp) / "best" / "model.safetensors").read_bytes()).hexdigest()[:16]
+    result, weights = train_spec_bc(store, max_steps=updates)
     row = result.history[-1]
     return {"weights_sha256": weights, "train_seconds": result.train_seconds,
             **{k: row[k] for k in ("step", "valid_loss", "valid_bleu", "valid_chrf")}}  # fmt: skip
