@@ -18,7 +18,7 @@ from rest_pipeline.core.corpus.fetch import sha256_of
 from rest_pipeline.core.corpus.splits import SplitInfo, prepare_splits
 from rest_pipeline.core.evaluation.checkpoint import evaluate_decodings
 from rest_pipeline.core.paths import atomic_dir
-from rest_pipeline.core.policy.model import build_policy
+from rest_pipeline.core.policy.model import build_policy, weights_hash
 from rest_pipeline.core.policy.tokenizer import load_tokenizer, train_sentencepiece
 from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.core.store.records import BCPolicyLink, CorpusRecord, DecodingEval, SplitRecord
@@ -67,11 +67,17 @@ def bc_key(spec: ExperimentSpec, store: ExperimentStore, precision: str) -> str:
         "corpus": [sha256_of(store.split_file("train")), sha256_of(store.split_file("valid"))],
         "tokenizer": tokenizer_hash(store.tokenizer_dir),
         "sections": {k: spec.model_dump(mode="json")[k] for k in ("tokenizer", "policy", "bc")},
+        # a pretrained starting point by its weights: the same folder name with other weights is another BC
+        "pretrained": weights_hash(spec.policy.pretrained_path) if _local_dir(spec.policy.pretrained_path) else None,
         "validation_decoding": spec.evaluation.backend,
         "seed": spec.seed,
         "precision": precision,  # 'auto' resolves per machine: a bf16 BC is another model than an fp32 one
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _local_dir(path: str | None) -> bool:
+    return bool(path) and Path(path).is_dir()
 
 
 def tokenizer_hash(folder: Path) -> str:

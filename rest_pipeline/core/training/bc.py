@@ -222,7 +222,7 @@ def train_bc(
         betas=spec.betas,
         weight_decay=spec.weight_decay,
         eps=1e-8,
-        # One fused kernel per step instead of a loop over tensors: ~10 % more tokens/s on a 2-core CPU
+        # One fused kernel per step instead of a loop over tensors: 4-10 % more tokens/s on a 2-core CPU
         # for the default Marian (bench/bc_bench.py); the same update rule.
         fused=FUSED_OPTIMIZER and device.type in ("cpu", "cuda"),
     )
