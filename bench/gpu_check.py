@@ -25,6 +25,7 @@ from rest_pipeline.core.policy.generate import translate
 from rest_pipeline.core.policy.model import build_marian, load_policy, save_policy
 from rest_pipeline.core.policy.tokenizer import load_tokenizer, train_sentencepiece
 from rest_pipeline.core.rewards.base import ChrFReward
+from rest_pipeline.core.rewards.scoring import score_candidates
 from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.core.training.bc import train_bc
 from rest_pipeline.spec import (
@@ -161,7 +162,7 @@ def main() -> None:
         decoding="hf:n=8,t=0.8",
     )
     reward = ChrFReward()
-    store.score_shard(reward, 1, 0)
+    score_candidates(store, reward, 1, 0)
     stats = build_slice(store, 1, 1, "chrf", "threshold", 0.6, mix_originals=True)
     spec = ExperimentSpec(
         name="gpu",

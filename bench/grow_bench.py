@@ -70,7 +70,7 @@ def bench_sampling(policy: Path, sources: list[str], n: int, repeats: int) -> di
 
 
 def bench_scoring(model, name: str, sources, hyps, refs, repeats: int) -> dict:
-    """Ours: store.score_shard (dedup + cache, cold cache each repeat). Baseline: score every row."""
+    """Ours: score_candidates (dedup + cache, cold cache each repeat). Baseline: score every row."""
     n = len(hyps)
 
     def ours():

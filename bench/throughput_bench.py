@@ -34,6 +34,7 @@ from rest_pipeline.core.grow.sampling import CT2Sampler, SamplingSettings, sampl
 from rest_pipeline.core.policy.generate import translate, translate_model
 from rest_pipeline.core.policy.model import load_policy
 from rest_pipeline.core.policy.tokenizer import load_tokenizer
+from rest_pipeline.core.rewards.scoring import score_candidates
 from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.spec import DecodingSpec
 
@@ -68,7 +69,7 @@ def score_with_store(reward, sources, refs, samples) -> np.ndarray:
             policy="p",
             decoding="d",
         )
-        store.score_shard(reward, 1, 0)
+        score_candidates(store, reward, 1, 0)
         return pd.read_parquet(store.scores_file(reward.name, 1, 0)).score.to_numpy()
 
 

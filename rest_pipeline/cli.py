@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 from rest_pipeline.core.paths import home
+from rest_pipeline.core.spec_check import checked_specs, load_checked_spec
 from rest_pipeline.core.store.experiment import ExperimentStore, StaleRecordError
 from rest_pipeline.core.store.records import BCPolicyLink
-from rest_pipeline.spec import ExperimentSpec, SpecError, all_specs, find_spec, load_spec
+from rest_pipeline.spec import ExperimentSpec, SpecError, find_spec, load_spec
 
 
 def open_store(spec: ExperimentSpec) -> ExperimentStore:
@@ -76,7 +77,7 @@ def _main_one(name: str, args: argparse.Namespace) -> int:
         reap_dead_runs,
     )
 
-    spec = load_spec(find_spec(name))
+    spec = load_checked_spec(name)
     if args.control:
         spec = spec.model_copy(update={"improve": spec.improve.model_copy(update={"control": True})})
     instance = open_instance()
@@ -174,14 +175,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_check_spec(args: argparse.Namespace) -> int:
-    spec = load_spec(find_spec(args.spec))
+    spec = load_checked_spec(args.spec)
     print(json.dumps(spec.model_dump(mode="json"), indent=1))
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     errors: list[SpecError] = []
-    for spec in all_specs(errors):
+    for spec in checked_specs(errors):
         print(f"{spec.name:<15} {spec.description}")
     for e in errors:
         print(f"rest: skipped: {e}", file=sys.stderr)

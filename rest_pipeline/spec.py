@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
@@ -70,26 +71,6 @@ class DataSpec(_Strict):
     max_train_pairs: int | None = Field(None, gt=0)
     max_eval_pairs: int | None = Field(None, gt=0)
     lines: LinePolicy = LinePolicy()
-
-    @model_validator(mode="after")
-    def _registered(self) -> DataSpec:
-        """The dataset, its language pair and its splits exist in the registry (checked before anything runs)."""
-        from rest_pipeline.core.corpus.registry import DATASETS
-
-        ds = DATASETS.get(self.dataset)
-        if ds is None:
-            raise ValueError(f"data.dataset: unknown dataset '{self.dataset}'; known: {', '.join(sorted(DATASETS))}")
-        if (ds.source_lang, ds.target_lang) != (self.source_lang, self.target_lang):
-            raise ValueError(
-                f"data.source_lang/target_lang: {self.source_lang}->{self.target_lang}, but '{ds.name}' is "
-                f"{ds.source_lang}->{ds.target_lang}"
-            )
-        for role in ("train", "valid", "test"):
-            if getattr(self, role) not in ds.splits:
-                raise ValueError(
-                    f"data.{role}: '{ds.name}' has no split '{getattr(self, role)}' ({', '.join(ds.splits)})"
-                )
-        return self
 
 
 class TokenizerSpec(_Strict):
@@ -243,16 +224,8 @@ class RewardSpec(_Strict):
     compute_type: ComputeType = "int8"
 
     @model_validator(mode="after")
-    def _known(self) -> RewardSpec:
-        """Every reward name resolves (built-in, installed entry point or importable factory) before anything runs."""
-        from rest_pipeline.core.rewards.base import check_reward_name
-
-        for where, name in [("reward.model", self.model)] + [
-            (f"reward.extra[{i}]", n) for i, n in enumerate(self.extra)
-        ]:
-            problem = check_reward_name(name, also=("learned", "comet"))
-            if problem:
-                raise ValueError(f"{where}: {problem}")
+    def _comet_path(self) -> RewardSpec:
+        """Whether each reward name resolves is checked by core/spec_check.py (it needs the plugins)."""
         if "comet" in (self.model, *self.extra) and not self.comet_path:
             raise ValueError("reward.comet_path must name a local COMET checkpoint folder for reward 'comet'")
         return self
@@ -632,14 +605,21 @@ def find_spec(name_or_path: str) -> Path:
     raise SpecError(f"unknown experiment '{name_or_path}'; known: {', '.join(known)}")
 
 
-def all_specs(errors: list[SpecError] | None = None) -> list[ExperimentSpec]:
-    """Every experiment, resolved as `find_spec` resolves names. A file that does not validate is left
-    out (and reported in `errors`, when given) instead of hiding every other experiment."""
+def all_specs(
+    errors: list[SpecError] | None = None, check: Callable[[ExperimentSpec, Path], object] | None = None
+) -> list[ExperimentSpec]:
+    """Every experiment, resolved as `find_spec` resolves names, each passed to `check` (which raises
+    SpecError) when given. A file that does not validate is left out (and reported in `errors`, when
+    given) instead of hiding every other experiment."""
     names = sorted({q.stem for d in spec_dirs() for q in d.glob("*.yaml")})
     specs = []
     for name in names:
         try:
-            specs.append(load_spec(find_spec(name)))
+            path = find_spec(name)
+            spec = load_spec(path)
+            if check is not None:
+                check(spec, path)
+            specs.append(spec)
         except SpecError as e:
             if errors is None:
                 warnings.warn(str(e), stacklevel=2)

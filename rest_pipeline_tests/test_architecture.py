@@ -91,6 +91,47 @@ def test_core_never_imports_orchestration_and_keys_imports_no_asset_file():
     assert not [d for d in graph["rest_pipeline.orchestration.keys"] if d.startswith("rest_pipeline.orchestration")]
 
 
+# Layers, lowest first: a module may import its own layer's modules and lower layers' only. The spec is a
+# pure schema (its checks against the installation live in core/spec_check.py); paths know no store;
+# the store knows no reward (rewards score and cache through the store's tables, core/rewards/scoring.py).
+LOWER_THAN = {
+    "rest_pipeline.spec": ["rest_pipeline.core", "rest_pipeline.orchestration", "rest_pipeline.cli"],
+    "rest_pipeline.core.paths": ["rest_pipeline.core.store", "rest_pipeline.core.rewards"],
+    "rest_pipeline.core.store": ["rest_pipeline.core.rewards", "rest_pipeline.core.grow", "rest_pipeline.core.improve"],
+}
+
+
+def arrows_against_layers(graph: dict[str, set[str]]) -> list[str]:
+    """'a -> b' for each import of a higher layer from a lower one (LOWER_THAN)."""
+    bad = []
+    for low, highs in LOWER_THAN.items():
+        for mod, deps in graph.items():
+            if mod == low or mod.startswith(low + "."):
+                bad += [f"{mod} -> {d}" for d in sorted(deps) if any(d == h or d.startswith(h + ".") for h in highs)]
+    return bad
+
+
+def test_layer_rules_catch_a_back_arrow(tmp_path):
+    pkg = tmp_path / "rest_pipeline"
+    (pkg / "core" / "store").mkdir(parents=True)
+    (pkg / "core" / "rewards").mkdir()
+    for d in (pkg, pkg / "core", pkg / "core" / "store", pkg / "core" / "rewards"):
+        (d / "__init__.py").write_text("")
+    (pkg / "spec.py").write_text("def f():\n    from rest_pipeline.core.rewards import base\n")
+    (pkg / "core" / "rewards" / "base.py").write_text("from rest_pipeline.core.store import tables\n")
+    (pkg / "core" / "store" / "tables.py").write_text("import json\n")
+    assert "rest_pipeline.spec -> rest_pipeline.core.rewards.base" in arrows_against_layers(import_graph(pkg))
+    assert not [a for a in arrows_against_layers(import_graph(pkg)) if a.startswith("rest_pipeline.core")]
+    (pkg / "core" / "store" / "tables.py").write_text("from rest_pipeline.core.rewards.base import x\n")
+    assert "rest_pipeline.core.store.tables -> rest_pipeline.core.rewards.base" in arrows_against_layers(
+        import_graph(pkg)
+    )
+
+
+def test_no_back_arrow_between_layers():
+    assert arrows_against_layers(import_graph()) == []
+
+
 def test_each_record_file_is_named_in_one_module():
     names = ["summary.json", "step.json", "slice.json", "curves.json", "scores.json", "report.json", "corpus.json",
              "valid_rewards.json"]  # fmt: skip

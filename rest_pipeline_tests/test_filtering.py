@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from rest_pipeline.core.improve.filtering import FilterError, build_slice, select
+from rest_pipeline.core.rewards.scoring import score_candidates
 from rest_pipeline.core.store.experiment import ExperimentStore
 
 # Per source: four samples and the reference, each hypothesis spelling its own reward.
@@ -43,7 +44,7 @@ def scored_grow(store: ExperimentStore, references: dict[str, str], samples: dic
         policy="p",
         decoding="d",
     )
-    store.score_shard(SpelledReward(), 1, 0)
+    score_candidates(store, SpelledReward(), 1, 0)
     return store
 
 

@@ -14,6 +14,7 @@ import pytest
 from rest_pipeline.core.grow.sampling import CT2Sampler, HFSampler, SamplingSettings, sample_candidates
 from rest_pipeline.core.policy.model import save_policy
 from rest_pipeline.core.rewards.base import ChrFReward
+from rest_pipeline.core.rewards.scoring import score_candidates
 from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline_tests.synthetic import pairs, tiny_model, tokenizer_dir
 
@@ -63,7 +64,7 @@ def build_store(root: Path) -> ExperimentStore:
 
 
 def score_in_child(root: str) -> None:
-    ExperimentStore(Path(root)).score_shard(SlowChrF(), 1, 0, chunk=16, log=lambda m: print(m, flush=True))
+    score_candidates(ExperimentStore(Path(root)), SlowChrF(), 1, 0, chunk=16, log=lambda m: print(m, flush=True))
 
 
 def test_killed_scoring_resumes_without_loss_or_rescoring(tmp_path):
@@ -91,7 +92,7 @@ def test_killed_scoring_resumes_without_loss_or_rescoring(tmp_path):
             counting.append(len(hypotheses))
             return super().score(sources, hypotheses, references)
 
-    report = store.score_shard(Counting(), 1, 0, chunk=16)
+    report = score_candidates(store, Counting(), 1, 0, chunk=16)
     assert report.newly_scored == report.unique_inputs - already  # nothing scored twice
     assert sum(counting) == report.newly_scored
     scores = pd.read_parquet(store.scores_file("chrf", 1, 0))

@@ -11,6 +11,7 @@ from rest_pipeline.core.improve.filtering import build_slice
 from rest_pipeline.core.improve.step import run_improve_step
 from rest_pipeline.core.policy.model import save_policy
 from rest_pipeline.core.rewards.base import ChrFReward
+from rest_pipeline.core.rewards.scoring import score_candidates
 from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.spec import (
     EvaluationSpec,
@@ -75,7 +76,7 @@ def make_experiment(
         include_references=include_references,
     )
     reward = ChrFReward()
-    store.score_shard(reward, 1, 0)
+    score_candidates(store, reward, 1, 0)
     return spec, store, reward
 
 

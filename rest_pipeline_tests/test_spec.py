@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from rest_pipeline.core.spec_check import checked_specs, load_checked_spec
 from rest_pipeline.spec import SpecError, all_specs, find_spec, load_spec
 
 
@@ -155,7 +156,7 @@ def test_a_branch_at_grow_0_shares_bc_and_samples_its_own_grows(tmp_path, monkey
     ("body", "field", "why"),
     [
         ("reward: {model: nosuchreward}\n", "reward", "unknown reward model 'nosuchreward'"),
-        ("reward: {model: chrf, extra: [nosuch]}\n", "reward", r"reward\.extra\[0\]: unknown reward model"),
+        ("reward: {model: chrf, extra: [nosuch]}\n", "reward", r"reward\.extra\[0\]': unknown reward model"),
         ("reward: {model: 'nosuchpkg.mod:make'}\n", "reward", "could not be imported"),
         ("bc: {lr: .inf}\n", "bc.lr", "finite"),
         ("bc: {max_steps: true}\n", "bc.max_steps", "integer"),
@@ -165,7 +166,7 @@ def test_a_branch_at_grow_0_shares_bc_and_samples_its_own_grows(tmp_path, monkey
 )
 def test_check_spec_refuses_what_would_fail_later(tmp_path, body, field, why):
     with pytest.raises(SpecError) as e:
-        load_spec(_write(tmp_path, "late", BASE + body))
+        load_checked_spec(str(_write(tmp_path, "late", BASE + body)))
     assert f"field '{field}" in str(e.value) and re.search(why, str(e.value)), str(e.value)
 
 
@@ -176,9 +177,9 @@ def test_unknown_dataset_language_pair_and_split_are_refused_at_check_time(tmp_p
     ]:
         text = f"data: {{{data}, train: train, valid: val, test: test_2016_flickr}}\n"
         with pytest.raises(SpecError, match=why):
-            load_spec(_write(tmp_path, "data", text))
-    with pytest.raises(SpecError, match=r"data\.valid: 'multi30k_de_en' has no split 'dev'"):
-        load_spec(_write(tmp_path, "split", BASE.replace("valid: val", "valid: dev")))
+            load_checked_spec(str(_write(tmp_path, "data", text)))
+    with pytest.raises(SpecError, match=r"field 'data\.valid': 'multi30k_de_en' has no split 'dev'"):
+        load_checked_spec(str(_write(tmp_path, "split", BASE.replace("valid: val", "valid: dev"))))
 
 
 def test_duplicate_keys_are_refused_and_exponents_are_numbers(tmp_path):
@@ -210,7 +211,7 @@ def test_each_bad_file_is_its_own_error_and_hides_no_other(tmp_path, monkeypatch
     _write(tmp_path, "huge", BASE + f"description: {'x' * 5_000_000}\n")
     _write(tmp_path, "nogrows", BASE + "improve: {grows: 0}\n")
     errors: list[SpecError] = []
-    specs = {s.name for s in all_specs(errors)}
+    specs = {s.name for s in checked_specs(errors)}
     assert {"default", "smoke"} <= specs and not specs & {"ping", "pong", "relative", "orphan", "huge", "nogrows"}
     text = {Path(str(e).split(":")[0]).stem: str(e) for e in errors}
     assert "field 'branch.from'" in text["ping"] and "ping → pong → ping" in text["ping"]

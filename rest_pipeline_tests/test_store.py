@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from rest_pipeline.core.rewards.base import BleuReward, ChrFReward, RewardError, load_reward
+from rest_pipeline.core.rewards.scoring import score_candidates
 from rest_pipeline.core.store.candidates import CANNED, canned_query
 from rest_pipeline.core.store.experiment import ExperimentStore
 
@@ -50,13 +51,13 @@ def test_scoring_dedups_and_caches_across_grows(tmp_path):
     store = ExperimentStore(tmp_path)
     _write(store, grow=1)
     model = CountingChrF()
-    rep = store.score_shard(model, 1, 0)
+    rep = score_candidates(store, model, 1, 0)
     # 8 candidates, but "a dog" appears 3x for s1 (2 samples + reference) and "a cat" 2x for s2.
     assert rep.candidates == 8 and rep.unique_inputs == 5 and model.calls == 5
-    rep2 = store.score_shard(model, 1, 0)  # re-materialization: nothing new to score
+    rep2 = score_candidates(store, model, 1, 0)  # re-materialization: nothing new to score
     assert rep2.newly_scored == 0 and model.calls == 5
     _write(store, grow=2)  # the same pairs again in a later grow: served from the cache
-    assert store.score_shard(model, 2, 0).newly_scored == 0 and model.calls == 5
+    assert score_candidates(store, model, 2, 0).newly_scored == 0 and model.calls == 5
     scores = pd.read_parquet(store.scores_file("chrf", 1, 0))
     ref_score = scores[scores.candidate_id == "s1#g1#ref"].score.item()
     assert ref_score == pytest.approx(1.0)
@@ -77,8 +78,8 @@ def test_views_and_canned_queries(tmp_path):
         decoding="d",
     )
     for shard in (0, 1):
-        store.score_shard(ChrFReward(), 1, shard)
-        store.score_shard(BleuReward(), 1, shard)
+        score_candidates(store, ChrFReward(), 1, shard)
+        score_candidates(store, BleuReward(), 1, shard)
     n = store.query("SELECT count(*) AS n, count(reward_chrf) AS c, count(reward_bleu) AS b FROM scored")
     assert n.n.item() == n.c.item() == n.b.item() == 12
     assert set(store.query("SELECT DISTINCT shard FROM candidates").shard.astype(int)) == {0, 1}
@@ -101,7 +102,7 @@ def test_bad_scores_never_reach_the_store(tmp_path):
             return np.full(len(hypotheses), np.nan)
 
     with pytest.raises(RewardError, match="NaN"):
-        store.score_shard(NaNReward(), 1, 0)
+        score_candidates(store, NaNReward(), 1, 0)
     assert not store.scores_file("broken", 1, 0).exists()
     assert not list(store.cache_dir("broken").glob("*.parquet")) if store.cache_dir("broken").exists() else True
 

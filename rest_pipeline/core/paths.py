@@ -25,12 +25,23 @@ def home() -> Path:
     return Path(os.environ.get("REST_HOME", Path.cwd() / "data")).resolve()
 
 
+def is_remote(path: object) -> bool:
+    """A path on object storage (a universal_pathlib UPath with a protocol other than the local
+    filesystem; core/store/location.py makes them)."""
+    protocol = getattr(path, "protocol", "")
+    return bool(protocol) and protocol not in ("file", "local")
+
+
+def put(local: Path, final: object) -> None:
+    """One object from a finished local file: the only way a file reaches object storage."""
+    final.fs.put_file(str(local), final.path)  # type: ignore[attr-defined]
+    final.fs.invalidate_cache()  # type: ignore[attr-defined]
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temp path beside `final`; rename it into place only if the block succeeds. On object
     storage (core/store/location.py) the finished temp file is put as one object instead."""
-    from rest_pipeline.core.store.location import is_remote, put
-
     if is_remote(final):
         with tempfile.TemporaryDirectory(prefix="rest-put-") as d:
             tmp_file = Path(d) / final.name

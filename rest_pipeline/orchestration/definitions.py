@@ -6,6 +6,7 @@ import dagster as dg
 
 from rest_pipeline.core.improve.chain import own_grows
 from rest_pipeline.core.rewards.factory import reward_names
+from rest_pipeline.core.spec_check import checked_specs
 from rest_pipeline.orchestration.assets import experiment_assets
 from rest_pipeline.orchestration.automation import automation_sensor, round_schedule
 from rest_pipeline.orchestration.branch_assets import branch_point_asset
@@ -16,11 +17,11 @@ from rest_pipeline.orchestration.improve_assets import all_improve_assets
 from rest_pipeline.orchestration.online_rl_assets import online_rl_asset, online_rl_checks
 from rest_pipeline.orchestration.placement import executor
 from rest_pipeline.orchestration.resources import RestStorage
-from rest_pipeline.spec import ExperimentSpec, all_specs
+from rest_pipeline.spec import ExperimentSpec
 
 
 def build_definitions(specs: list[ExperimentSpec] | None = None) -> dg.Definitions:
-    specs = all_specs() if specs is None else specs
+    specs = checked_specs() if specs is None else specs
     assets: list[dg.AssetsDefinition] = []
     checks: list[dg.AssetChecksDefinition] = []
     sensors: list[dg.SensorDefinition] = []

@@ -3,9 +3,10 @@ default.yaml's filter (docs/results.md, "One-step filter ablation"). Needs a fin
 experiment folder (BC policy, reward model, grow 1 scored); writes nothing into it but the
 validation-reward cache, and trains into --work.
 
-    python docs/results/default_a9268c6_20261128/one_step_ablation.py data/experiments/default percentile:100
-    python docs/results/default_a9268c6_20261128/one_step_ablation.py data/experiments/default threshold:0.7 '{"average_last": 3}'
-    python docs/results/default_a9268c6_20261128/one_step_ablation.py data/experiments/default originals
+    cd docs/results/default_a9268c6_20261128
+    python one_step_ablation.py ../../../data/experiments/default percentile:100
+    python one_step_ablation.py ../../../data/experiments/default threshold:0.7 '{"average_last": 3}'
+    python one_step_ablation.py ../../../data/experiments/default originals
 
 Prints one JSON line: the selection reward of the best checkpoint (on default.yaml's
 `validate_pairs` validation sentences, what an Improve step keeps by) and greedy reward on the

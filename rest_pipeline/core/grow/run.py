@@ -10,7 +10,7 @@ import pandas as pd
 
 from rest_pipeline.core.grow.sampling import SamplingSettings, make_sampler, sample_candidates
 from rest_pipeline.core.rewards.base import RewardModel
-from rest_pipeline.core.store.candidates import ScoreReport
+from rest_pipeline.core.rewards.scoring import ScoreReport, score_candidates
 from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.core.store.records import ShardCost
 from rest_pipeline.core.types import Log
@@ -112,7 +112,7 @@ def score_shard(
     a re-run answered from the score cache adds nothing to it (nor erases it), one that scores new
     inputs (another model) adds its time."""
     t0 = time.perf_counter()
-    reports = [store.score_shard(m, grow, shard, log=log) for m in models]
+    reports = [score_candidates(store, m, grow, shard, log=log) for m in models]
     seconds, scored = time.perf_counter() - t0, sum(r.newly_scored for r in reports)
     before = store.shard_cost(grow, shard, "score")
     if before is not None and scored == 0:

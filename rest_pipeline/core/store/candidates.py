@@ -11,19 +11,15 @@ nothing. Parallel shards never write the same file, so no locking is needed; Duc
 from __future__ import annotations
 
 import hashlib
-import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rest_pipeline.core.paths import atomic_path
-from rest_pipeline.core.rewards.base import RewardModel, cache_key, check_scores
 from rest_pipeline.core.store.location import TablePath, connect_for, glob, read_table
 
 CANDIDATE_SCHEMA = pa.schema(
@@ -118,69 +114,6 @@ class CandidateTables:
             raise FileNotFoundError(f"{path}: candidates of grow {grow} shard {shard} not materialized")
         return read_table(path)
 
-    # -- scoring with a content-hash cache ---------------------------------------------------
-    def cached_scores(self, reward: str, keys: Sequence[str]) -> dict[str, float]:
-        files = glob(self.cache_dir(reward), "*.parquet")
-        if not files:
-            return {}
-        con = connect_for(files)
-        con.register("wanted", pd.DataFrame({"key": list(set(keys))}))
-        con.read_parquet([str(f) for f in files]).create_view("cache")
-        df = con.execute(
-            "SELECT c.key, any_value(c.score) AS score FROM cache c JOIN wanted USING (key) GROUP BY c.key"
-        ).df()
-        return dict(zip(df.key, df.score, strict=True))
-
-    def _append_cache(self, reward: str, keys: Sequence[str], scores: np.ndarray) -> None:
-        path = self.cache_dir(reward) / f"{uuid.uuid4().hex}.parquet"
-        with atomic_path(path) as tmp:
-            pq.write_table(pa.table({"key": list(keys), "score": scores.astype(np.float64)}), tmp)
-
-    def score_shard(
-        self,
-        model: RewardModel,
-        grow: int,
-        shard: int,
-        *,
-        chunk: int = 2048,
-        log: Callable[[str], None] | None = None,
-    ) -> ScoreReport:
-        """Score a shard's candidates; identical inputs are scored once and cached across runs."""
-        cand = self.read_candidates(grow, shard)
-        self.check_writable(self.scores_file(model.name, grow, shard))
-        refs = cand.reference.tolist()
-        keys = [cache_key(model, s, h, r) for s, h, r in zip(cand.source, cand.hypothesis, refs, strict=True)]
-        known = self.cached_scores(model.name, keys)
-        todo: dict[str, int] = {}
-        for i, k in enumerate(keys):
-            if k not in known and k not in todo:
-                todo[k] = i
-        todo_items = list(todo.items())
-        for start in range(0, len(todo_items), chunk):
-            part = todo_items[start : start + chunk]
-            idx = [i for _, i in part]
-            scores = model.score(
-                [cand.source.iat[i] for i in idx],
-                [cand.hypothesis.iat[i] for i in idx],
-                [refs[i] for i in idx] if model.needs_reference else None,
-            )
-            scores = check_scores(model, scores, len(idx))
-            self._append_cache(model.name, [k for k, _ in part], scores)
-            known.update({k: float(s) for (k, _), s in zip(part, scores, strict=True)})
-            if log:
-                log(f"scored {min(start + chunk, len(todo_items))}/{len(todo_items)} new inputs with {model.name}")
-        out = pd.DataFrame(
-            {
-                "candidate_id": cand.candidate_id,
-                "score": [known[k] for k in keys],
-                "reward_version": model.version,
-            }
-        )
-        path = self.scores_file(model.name, grow, shard)
-        with atomic_path(path) as tmp:
-            out.to_parquet(tmp, index=False)
-        return ScoreReport(candidates=len(keys), unique_inputs=len(set(keys)), newly_scored=len(todo_items), path=path)
-
     # -- queries -----------------------------------------------------------------------------
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with views `candidates`, `scores`, `scored` and `slices`.
@@ -219,14 +152,6 @@ class CandidateTables:
 
     def query(self, sql: str) -> pd.DataFrame:
         return self.connect().execute(sql).df()
-
-
-@dataclass(frozen=True)
-class ScoreReport:
-    candidates: int
-    unique_inputs: int
-    newly_scored: int
-    path: Path
 
 
 CANNED: dict[str, str] = {

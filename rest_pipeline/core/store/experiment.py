@@ -32,9 +32,9 @@ import duckdb
 import pandas as pd
 from pydantic import ValidationError
 
-from rest_pipeline.core.paths import atomic_path, home
+from rest_pipeline.core.paths import atomic_path, home, is_remote
 from rest_pipeline.core.store.candidates import CandidateTables, lock_down, read_only_statement
-from rest_pipeline.core.store.location import TablePath, is_remote, is_url, read_table, tables_root, url_path
+from rest_pipeline.core.store.location import TablePath, is_url, read_table, tables_root, url_path
 from rest_pipeline.core.store.records import (
     SCHEMA_VERSION,
     BCPolicyLink,

@@ -16,6 +16,8 @@ from pathlib import Path, PurePath
 import duckdb
 import pandas as pd
 
+from rest_pipeline.core.paths import is_remote
+
 TablePath = Path | PurePath  # a local Path, or a universal_pathlib UPath for a URL
 
 
@@ -30,12 +32,6 @@ def url_path(url: str) -> TablePath:
     return UPath(url)
 
 
-def is_remote(path: object) -> bool:
-    """A path on object storage (a UPath with a protocol other than the local filesystem)."""
-    protocol = getattr(path, "protocol", "")
-    return bool(protocol) and protocol not in ("file", "local")
-
-
 def is_url(text: str) -> bool:
     return "://" in text
 
@@ -47,12 +43,6 @@ def tables_root(experiment: str, local_root: Path) -> TablePath:
     if not is_url(url):
         raise ValueError(f"REST_TABLES_URL must be an fsspec URL such as s3://bucket/prefix, got '{url}'")
     return url_path(f"{url}/experiments/{experiment}/store")
-
-
-def put(local: Path, final: TablePath) -> None:
-    """One object from a finished local file: the only way a table reaches object storage."""
-    final.fs.put_file(str(local), final.path)  # type: ignore[attr-defined]
-    final.fs.invalidate_cache()  # type: ignore[attr-defined]
 
 
 def glob(root: TablePath, pattern: str) -> list[TablePath]:
