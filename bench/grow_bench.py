@@ -22,8 +22,8 @@ from throughput_bench import score_with_store  # noqa: E402 - bench/ is on sys.p
 
 from rest_pipeline.core.grow.sampling import CT2Sampler, HFSampler, SamplingSettings, sample_candidates
 from rest_pipeline.core.rewards.base import ChrFReward
-from rest_pipeline.core.store.candidates import canned_query
 from rest_pipeline.core.store.experiment import ExperimentStore
+from rest_pipeline.core.store.queries import canned_query
 
 
 def timed(fn, repeats: int) -> list[float]:

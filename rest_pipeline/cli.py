@@ -227,7 +227,8 @@ def cmd_query(args: argparse.Namespace) -> int:
     import duckdb
     import pandas as pd
 
-    from rest_pipeline.core.store.candidates import CANNED, QueryError, canned_query
+    from rest_pipeline.core.store.candidates import QueryError
+    from rest_pipeline.core.store.queries import CANNED, canned_query
 
     spec = load_spec(find_spec(args.experiment))
     store = open_store(spec)
@@ -361,25 +362,14 @@ def cmd_explore(args: argparse.Namespace) -> int:
     """Candidate explorer: every candidate of one source, its rewards, and the slices that kept it."""
     import pandas as pd
 
-    spec = load_spec(find_spec(args.experiment))
-    con = open_store(spec).connect()
-    has_slices = "slices" in {r[0] for r in con.execute("SHOW TABLES").fetchall()}
-    kept = (
-        ", (SELECT string_agg(DISTINCT 'g' || s.grow || 'i' || s.step, ' ' ORDER BY 'g' || s.grow || 'i' || s.step) "
-        "FROM slices s WHERE s.candidate_id = c.candidate_id) AS kept_in"
-        if has_slices
-        else ""
-    )
-    df = con.execute(
-        f"SELECT c.* EXCLUDE (experiment, source, reference, pair_hash, policy, decoding, shard){kept} "
-        "FROM scored c WHERE c.source_id = ? OR c.source ILIKE ? ORDER BY grow, origin, candidate_id",
-        [args.source, f"%{args.source}%"],
-    ).df()
-    if df.empty:
+    from rest_pipeline.core.store.queries import source_candidates
+
+    found = source_candidates(open_store(load_spec(find_spec(args.experiment))), args.source)
+    if found is None:
         print(f"rest: no candidates for source '{args.source}'", file=sys.stderr)
         return 2
-    src = con.execute("SELECT any_value(source) FROM candidates WHERE source_id = ?", [df.source_id.iloc[0]]).fetchone()
-    print(f"source {df.source_id.iloc[0]}: {src[0]}")
+    source_id, source, df = found
+    print(f"source {source_id}: {source}")
     with pd.option_context("display.max_rows", 500, "display.width", 220, "display.max_colwidth", 70):
         print(df.head(args.limit).to_string(index=False))
     return 0

@@ -151,3 +151,15 @@ def test_every_torch_load_refuses_pickled_code() -> None:
                 if not safe:
                     loose.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
     assert not loose, f"torch.load without weights_only=True: {loose}"
+
+
+def test_sql_against_the_store_views_lives_in_the_store():
+    """Named queries (core/store/queries.py) are the code's only SQL over the candidate views; people
+    write theirs through `rest query` (cli.py passes it on, it writes none)."""
+    view = re.compile(r"\b(FROM|JOIN)\s+(candidates|scores|scored|slices|lineage)\b", re.IGNORECASE)
+    outside = [
+        p.relative_to(PACKAGE).as_posix()
+        for p in PACKAGE.rglob("*.py")
+        if view.search(p.read_text()) and not p.relative_to(PACKAGE).as_posix().startswith("core/store/")
+    ]
+    assert outside == []

@@ -11,8 +11,8 @@ import pytest
 from transformers import AutoModelForSeq2SeqLM
 
 from rest_pipeline.core.improve.chain import all_steps
-from rest_pipeline.core.store.candidates import canned_query
 from rest_pipeline.core.store.experiment import ExperimentStore, StaleRecordError, policy_name
+from rest_pipeline.core.store.queries import canned_query
 from rest_pipeline.orchestration.definitions import build_definitions
 from rest_pipeline.orchestration.headless import materialize_experiment
 from rest_pipeline.orchestration.resources import RestStorage

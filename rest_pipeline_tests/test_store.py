@@ -8,8 +8,8 @@ import pytest
 
 from rest_pipeline.core.rewards.base import BleuReward, ChrFReward, RewardError, load_reward
 from rest_pipeline.core.rewards.scoring import score_candidates
-from rest_pipeline.core.store.candidates import CANNED, canned_query
 from rest_pipeline.core.store.experiment import ExperimentStore
+from rest_pipeline.core.store.queries import CANNED, canned_query
 
 
 class CountingChrF(ChrFReward):

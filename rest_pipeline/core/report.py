@@ -16,6 +16,7 @@ from rest_pipeline.core.improve.chain import all_steps, final_step  # noqa: E402
 from rest_pipeline.core.paths import atomic_path  # noqa: E402
 from rest_pipeline.core.rewards.factory import independent_reward  # noqa: E402
 from rest_pipeline.core.store.experiment import BASE, CONTROL, ExperimentStore, policy_name  # noqa: E402
+from rest_pipeline.core.store.queries import grow_rewards, grow_sizes  # noqa: E402
 from rest_pipeline.core.store.records import PHASES, BestOfN, Evaluation, Finding, Report  # noqa: E402
 from rest_pipeline.core.tables import md_table  # noqa: E402
 from rest_pipeline.spec import ExperimentSpec  # noqa: E402
@@ -450,8 +451,9 @@ def build_report(spec: ExperimentSpec, store: ExperimentStore, train_reward: str
     ax.set_title("BLEU per checkpoint")
     _save(fig, out / "bleu_per_checkpoint.png")
 
-    extra = f", reward_{independent} AS ind" if independent else ""
-    hist = store.query(f"SELECT grow, source_id, origin, reward_{train_reward} AS r{extra} FROM scored")
+    hist = grow_rewards(store, train_reward, independent=independent)
+    hist = hist.rename(columns={"reward": "r", "independent": "ind"})
+    hist = hist[["grow", "source_id", "origin", "r", *(["ind"] if independent else [])]]
     grow_samples = grow_sample_curves(hist, "r")
     named = hist.rename(columns={"r": train_reward, "ind": independent})
     agreement = reward_agreement(named, train_reward, independent) if independent else []
@@ -478,10 +480,7 @@ def build_report(spec: ExperimentSpec, store: ExperimentStore, train_reward: str
 
     bc_eval = store.decoding_eval()
     sig = significance(spec, store, train_reward, independent)
-    kept = store.query(
-        "SELECT grow, count(*) AS candidates, count(DISTINCT source_id) AS sources, "
-        "avg(CASE WHEN origin = 'sample' THEN 1 ELSE 0 END) AS sample_share FROM candidates GROUP BY grow ORDER BY grow"
-    )
+    kept = grow_sizes(store)
     checked = findings(rows, sig, bon, train_reward, independent=independent)
     n_judged = spec.improve.train.validate_pairs
     judged_on = f"the first {n_judged} valid sentences" if n_judged else "all of valid"

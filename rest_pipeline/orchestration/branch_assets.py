@@ -5,6 +5,7 @@ show where the branch left its parent, and a later change of the parent is refus
 import dagster as dg
 
 from rest_pipeline.core.improve.chain import all_steps
+from rest_pipeline.core.store.queries import grow_sizes
 from rest_pipeline.orchestration import keys
 from rest_pipeline.orchestration.metadata import md_table
 from rest_pipeline.orchestration.resources import RestStorage
@@ -36,9 +37,7 @@ def branch_point_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
     def branch_point(context: dg.AssetExecutionContext, storage: RestStorage) -> dg.MaterializeResult:
         store = storage.store(spec)
         pin = store.pin_parent()
-        counts = store.query(
-            f"SELECT grow, count(*) AS candidates FROM candidates WHERE grow <= {b.grow} GROUP BY grow ORDER BY grow"
-        )
+        counts = grow_sizes(store, up_to_grow=b.grow)[["grow", "candidates"]]
         context.log.info(f"branch {spec.name}: {len(pin.hashes)} files of {pin.parent} pinned at {b.at}")
         return dg.MaterializeResult(
             metadata={

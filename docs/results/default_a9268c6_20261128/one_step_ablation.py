@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from rest_pipeline.core.improve import finetune as ft
-from rest_pipeline.core.improve.filtering import select
+from rest_pipeline.core.improve.filtering import read_grow, select
 from rest_pipeline.core.policy.model import load_policy
 from rest_pipeline.core.policy.tokenizer import load_tokenizer
 from rest_pipeline.core.rewards.factory import make_reward
@@ -46,10 +46,10 @@ def main() -> None:
     store = ExperimentStore(args.experiment_dir)
     reward = make_reward(spec.reward.model, spec, store.reward_model_dir)
     if args.rule == "originals":
-        rows = select(store, 1, spec.reward.model, "threshold", 2.0, mix_originals=True)
+        rows = select(read_grow(store, 1, spec.reward.model), "threshold", 2.0, mix_originals=True)
     else:
         rule, parameter = args.rule.split(":")
-        rows = select(store, 1, spec.reward.model, rule, float(parameter), mix_originals=True, dedupe=True)
+        rows = select(read_grow(store, 1, spec.reward.model), rule, float(parameter), mix_originals=True, dedupe=True)
     train = spec.improve.train.model_copy(update={"lr": args.lr, **json.loads(args.train)})
     shutil.rmtree(args.work, ignore_errors=True)
     parent = store.base_policy_dir

@@ -13,6 +13,7 @@ from rest_pipeline.core.improve.chain import final_step, step_number
 from rest_pipeline.core.improve.finetune import finetune
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import BASE, CONTROL, ExperimentStore, policy_name
+from rest_pipeline.core.store.queries import reference_pairs
 from rest_pipeline.core.store.records import ControlRecord, ControlStep, Evaluation
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import ExperimentSpec
@@ -33,13 +34,10 @@ def mirrored_steps(spec: ExperimentSpec, store: ExperimentStore) -> list[tuple[i
 
 def originals(store: ExperimentStore, grow: int) -> tuple[list[str], list[str]]:
     """The reference pairs of the sources grow `grow` sampled: the data ReST mixes into every slice."""
-    df = store.query(
-        f"SELECT source, hypothesis FROM candidates WHERE grow = {int(grow)} AND origin = 'reference' "
-        "ORDER BY candidate_id"
-    )
+    df = reference_pairs(store, grow)
     if df.empty:
         raise ControlError(f"{store.tables_root}: grow {grow} holds no original pairs (grow.include_references off?)")
-    return list(df.source), list(df.hypothesis)
+    return list(df.source), list(df.reference)
 
 
 def run_control(

@@ -10,9 +10,11 @@ candidates) with a `SliceRecord` of what was kept.
 
 from __future__ import annotations
 
+import duckdb
 import pandas as pd
 
 from rest_pipeline.core.store.experiment import ExperimentStore
+from rest_pipeline.core.store.queries import MissingScores, grow_rewards
 from rest_pipeline.core.store.records import SliceRecord
 from rest_pipeline.spec import ExperimentSpec
 
@@ -33,35 +35,25 @@ def _bar_expression(rule: str, parameter: float) -> str:
     raise FilterError(f"improve.filter: unknown rule '{rule}' (threshold, percentile, interpolated)")
 
 
-def select(
-    store: ExperimentStore,
-    grow: int,
-    reward: str,
-    rule: str,
-    parameter: float,
-    mix_originals: bool,
-    *,
-    dedupe: bool = False,
-) -> pd.DataFrame:
-    """The rows of D_g that clear the bar (`kept_by`='filter') plus, if asked, the originals ('original')."""
-    if not reward.isidentifier():
-        raise FilterError(f"reward name '{reward}' cannot be used as a column")
-    con = store.connect()
-    cols = set(con.execute("SELECT * FROM scored LIMIT 0").df().columns)
-    if f"reward_{reward}" not in cols:
-        raise FilterError(
-            f"{store.tables_root}: no '{reward}' scores in the store; materialize grow_{grow}/rewards first"
-        )
-    dg = con.execute(
-        f"SELECT candidate_id, source_id, source, hypothesis, origin, reward_{reward} AS reward "
-        f"FROM scored WHERE grow = {int(grow)}"
-    ).df()
+def read_grow(store: ExperimentStore, grow: int, reward: str) -> pd.DataFrame:
+    """D_g with its training reward, read once per step; every candidate must have a score."""
+    try:
+        dg = grow_rewards(store, reward, grow)
+    except MissingScores as e:
+        raise FilterError(f"{e} (grow_{grow}/rewards)") from None
     if dg.empty:
         raise FilterError(f"{store.tables_root}: grow {grow} has no candidates")
     missing = int(dg.reward.isna().sum())
     if missing:
         raise FilterError(f"{store.tables_root}: {missing} candidates of grow {grow} have no '{reward}' score")
-    con.register("dg", dg)
+    return dg
+
+
+def select(dg: pd.DataFrame, rule: str, parameter: float, mix_originals: bool, *, dedupe: bool = False) -> pd.DataFrame:
+    """The rows of D_g that clear the bar (`kept_by`='filter') plus, if asked, the originals ('original').
+    SQL over the rows in hand (an in-memory connection), not over the store."""
+    con = duckdb.connect()
+    con.register("dg", dg.drop(columns=["grow"], errors="ignore"))
     bar = _bar_expression(rule, parameter)
     q = min(max(float(parameter) / 100.0, 0.0), 1.0) if rule == "percentile" else 0.5
     # Per-source bars come from the samples alone: the reference (whose reward against itself is
@@ -99,8 +91,8 @@ def build_slice(
     dedupe: bool = False,
 ) -> SliceRecord:
     """Select, persist (atomically) and summarise the training slice of Improve step `step` of `grow`."""
-    rows = select(store, grow, reward, rule, parameter, mix_originals, dedupe=dedupe)  # validates the reward name
-    dg = store.query(f"SELECT origin, source_id, reward_{reward} AS reward FROM scored WHERE grow = {int(grow)}")
+    dg = read_grow(store, grow, reward)
+    rows = select(dg, rule, parameter, mix_originals, dedupe=dedupe)
     mean = float(dg.reward.mean())
     skip = None
     if require_above_mean and rule == "threshold" and parameter <= mean:

@@ -20,6 +20,7 @@ from rest_pipeline.core.improve.finetune import finetune, valid_reward
 from rest_pipeline.core.policy.model import adapter_lineage, weights_hash
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import ExperimentStore, policy_name
+from rest_pipeline.core.store.queries import grow_sampler
 from rest_pipeline.core.store.records import StepRecord
 from rest_pipeline.core.training.bc import ExampleSignals
 from rest_pipeline.core.types import Log
@@ -41,9 +42,7 @@ def run_improve_step(
     parent_ckpt = store.policy(parent)
     imp = spec.improve
     lr = step_lr(imp, grow, step)
-    decoding = store.query(
-        f"SELECT any_value(decoding) AS d FROM candidates WHERE grow = {int(grow)} AND origin = 'sample'"
-    ).d.iloc[0]
+    decoding = grow_sampler(store, grow)
     parent_valid = valid_reward(spec, store, parent_ckpt, reward)
     fields = dict(
         experiment=spec.name,

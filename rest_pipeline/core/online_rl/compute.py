@@ -10,17 +10,13 @@ step up to (g, i), whether or not the step improved: it was paid for.
 from __future__ import annotations
 
 from rest_pipeline.core.store.experiment import ExperimentStore, policy_name
+from rest_pipeline.core.store.queries import samples_and_new_pairs
 from rest_pipeline.core.store.records import ComputeUsed
 
 
 def rest_compute(store: ExperimentStore) -> dict[str, ComputeUsed]:
     """Cumulative compute at each ReST checkpoint, by policy name, in the order they were made."""
-    per_grow = store.query(
-        "WITH firsts AS (SELECT pair_hash, min(grow) AS grow FROM candidates GROUP BY pair_hash) "
-        "SELECT g.grow, g.samples, coalesce(f.new_pairs, 0) AS new_pairs FROM "
-        "(SELECT grow, count(*) FILTER (WHERE origin = 'sample') AS samples FROM candidates GROUP BY grow) g "
-        "LEFT JOIN (SELECT grow, count(*) AS new_pairs FROM firsts GROUP BY grow) f USING (grow) ORDER BY g.grow"
-    )
+    per_grow = samples_and_new_pairs(store)
     grows = {int(r.grow): (int(r.samples), int(r.new_pairs)) for r in per_grow.itertuples()}
     grow_seconds = {g: sum(c.seconds for c in store.shard_costs(g)) for g in grows}
     out: dict[str, ComputeUsed] = {}

@@ -115,7 +115,7 @@ class CandidateTables:
         return read_table(path)
 
     # -- queries -----------------------------------------------------------------------------
-    def connect(self) -> duckdb.DuckDBPyConnection:
+    def views(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with views `candidates`, `scores`, `scored` and `slices`.
         Paths reach DuckDB as values (relations), never pasted into SQL."""
         candidates, scores = self.candidate_files(), self.score_files()
@@ -150,37 +150,13 @@ class CandidateTables:
             con.execute("CREATE VIEW slices AS SELECT * EXCLUDE (improve) FROM slice_files")
         return con
 
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """The views a person queries (`rest query`); the store adds its records to them."""
+        return self.views()
+
     def query(self, sql: str) -> pd.DataFrame:
+        """SQL over `connect()`'s views, for people and tests; the code asks core/store/queries.py."""
         return self.connect().execute(sql).df()
-
-
-CANNED: dict[str, str] = {
-    "reward_distribution": (
-        "SELECT grow, origin, count(*) AS n, avg({r}) AS mean, quantile_cont({r}, 0.1) AS p10, "
-        "median({r}) AS p50, quantile_cont({r}, 0.9) AS p90 FROM scored GROUP BY ALL ORDER BY ALL"
-    ),
-    "yield_per_threshold": (
-        "SELECT grow, t AS threshold, avg(CASE WHEN {r} > t THEN 1 ELSE 0 END) AS kept_fraction, "
-        "count(DISTINCT CASE WHEN {r} > t THEN source_id END) AS sources_covered "
-        "FROM scored, (SELECT unnest([0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]) AS t) "
-        "WHERE origin = 'sample' GROUP BY ALL ORDER BY ALL"
-    ),
-    "top_k_per_source": (
-        "SELECT * FROM (SELECT source_id, grow, hypothesis, {r}, "
-        "row_number() OVER (PARTITION BY grow, source_id ORDER BY {r} DESC) AS rank FROM scored "
-        "WHERE origin = 'sample') WHERE rank <= 3 ORDER BY grow, source_id, rank LIMIT 300"
-    ),
-    "duplicate_rate": (
-        "SELECT grow, count(*) AS samples, count(DISTINCT pair_hash) AS distinct_pairs, "
-        "1 - count(DISTINCT pair_hash) / count(*) AS duplicate_rate FROM candidates "
-        "WHERE origin = 'sample' GROUP BY grow ORDER BY grow"
-    ),
-    "distinct_per_source": (
-        "SELECT grow, avg(d) AS mean_distinct, min(d) AS min_distinct, max(d) AS max_distinct FROM "
-        "(SELECT grow, source_id, count(DISTINCT hypothesis) AS d FROM candidates WHERE origin = 'sample' "
-        "GROUP BY ALL) GROUP BY grow ORDER BY grow"
-    ),
-}
 
 
 def lock_down(con: duckdb.DuckDBPyConnection, readable: Sequence[Path]) -> duckdb.DuckDBPyConnection:
@@ -213,9 +189,3 @@ def read_only_statement(sql: str) -> str:
             f"only read-only queries (SELECT, FROM, WITH, DESCRIBE, SHOW, SUMMARIZE) are allowed, got {kind.name}"
         )
     return statements[0].query
-
-
-def canned_query(store: CandidateTables, name: str, reward: str) -> pd.DataFrame:
-    if name not in CANNED:
-        raise KeyError(f"unknown canned query '{name}'; known: {', '.join(CANNED)}")
-    return store.query(CANNED[name].format(r=f"reward_{reward}"))
