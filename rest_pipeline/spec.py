@@ -17,7 +17,7 @@ from typing import Annotated, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-SPEC_DIR = Path(__file__).parent / "experiments"
+SPEC_DIR = Path(__file__).parent / "specs"
 
 
 class SpecError(ValueError):

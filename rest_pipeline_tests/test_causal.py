@@ -215,7 +215,7 @@ def test_the_documented_llm_spec_validates(monkeypatch):
 
     from rest_pipeline.spec import find_spec, load_spec
 
-    monkeypatch.setenv("REST_EXPERIMENTS_DIR", str(Path(__file__).resolve().parent.parent / "experiments" / "llm"))
+    monkeypatch.setenv("REST_EXPERIMENTS_DIR", str(Path(__file__).resolve().parent.parent / "research" / "llm"))
     spec = load_spec(find_spec("llm_de_en"))
     assert spec.policy.kind == "causal_lm" and spec.policy.lora is not None and spec.compute.device == "cuda"
     assert (spec.grow.backend, spec.evaluation.backend, spec.tokenizer.kind) == ("hf", "hf", "pretrained")

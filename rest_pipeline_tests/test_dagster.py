@@ -450,7 +450,7 @@ def test_cli_rejects_bad_spec_with_field_and_file(tmp_path):
 
 def test_a_new_spec_file_becomes_its_own_group(tmp_path, monkeypatch):
     """No Python to edit: a YAML in REST_EXPERIMENTS_DIR is picked up with its own keys and folder."""
-    text = (ROOT / "rest_pipeline" / "experiments" / "smoke.yaml").read_text()
+    text = (ROOT / "rest_pipeline" / "specs" / "smoke.yaml").read_text()
     (tmp_path / "mine.yaml").write_text(text.replace("seed: 7", "seed: 8"))
     monkeypatch.setenv("REST_EXPERIMENTS_DIR", str(tmp_path))
     defs = build_definitions()

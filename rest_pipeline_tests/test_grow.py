@@ -230,7 +230,7 @@ def test_rotating_sources_gives_each_grow_its_own_block(tmp_path):
     pd.DataFrame(
         {"source_id": [f"s{i}" for i in range(10)], "source": list("abcdefghij"), "target": list("ABCDEFGHIJ")}
     ).to_parquet(store.split_file("train"))
-    spec = load_spec(Path(__file__).parents[1] / "rest_pipeline" / "experiments" / "smoke.yaml")
+    spec = load_spec(Path(__file__).parents[1] / "rest_pipeline" / "specs" / "smoke.yaml")
     same = spec.model_copy(update={"grow": spec.grow.model_copy(update={"max_sources": 4})})
     rotate = spec.model_copy(update={"grow": same.grow.model_copy(update={"rotate_sources": True})})
 

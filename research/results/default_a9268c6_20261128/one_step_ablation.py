@@ -1,16 +1,16 @@
 """One Improve step from the BC policy on grow 1's candidates, per slice rule: the ablation behind
-default.yaml's filter (docs/results.md, "One-step filter ablation"). Needs a finished default run's
+default.yaml's filter (research/log.md, "One-step filter ablation"). Needs a finished default run's
 experiment folder (BC policy, reward model, grow 1 scored); writes nothing into it but the
 validation-reward cache, and trains into --work.
 
-    cd docs/results/default_a9268c6_20261128
+    cd research/results/default_a9268c6_20261128
     python one_step_ablation.py ../../../data/experiments/default percentile:100
     python one_step_ablation.py ../../../data/experiments/default threshold:0.7 '{"average_last": 3}'
     python one_step_ablation.py ../../../data/experiments/default originals
 
 Prints one JSON line: the selection reward of the best checkpoint (on default.yaml's
 `validate_pairs` validation sentences, what an Improve step keeps by) and greedy reward on the
-full validation set. The slice table in docs/results.md was measured before Improve steps annealed over
+full validation set. The slice table in research/log.md was measured before Improve steps annealed over
 their budget and when default.yaml judged steps on the first 400 sentences; pass
 '{"validate_pairs": 400}' to judge the same way (the schedule now always anneals).
 """

@@ -1,7 +1,7 @@
 """The what-buys-reward curve: each variant's last kept checkpoint against the shared BC policy, with cost.
 
-    REST_EXPERIMENTS_DIR=experiments/curve python experiments/curve/curve.py \
-        --times logs/times.txt --out docs/results/curve_20261129
+    REST_EXPERIMENTS_DIR=research/curve python research/curve/curve.py \
+        --times logs/times.txt --out research/results/curve_20261129
 
 `--times` holds one `<experiment> <seconds> rc=<code>` line per `rest main`. `--axis` (repeatable)
 names one knob's variants in order, e.g. `--axis "N=c2_n8,c2_n16,c2_n32"`: the plot joins them, so
