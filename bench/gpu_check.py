@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from rest_pipeline.core.evaluation.metrics import corpus_scores
-from rest_pipeline.core.grow.sampling import HFSampler, SamplingSettings, sample_candidates
+from rest_pipeline.core.grow.sampling import HFSampler, sample_candidates
 from rest_pipeline.core.improve.filtering import build_slice
 from rest_pipeline.core.improve.step import run_improve_step
 from rest_pipeline.core.policy.generate import translate
@@ -36,6 +36,7 @@ from rest_pipeline.spec import (
     ImproveSpec,
     ImproveTrainSpec,
     PolicySpec,
+    SamplingSpec,
     ThresholdFilter,
     TokenizerSpec,
 )
@@ -90,7 +91,7 @@ def bc_throughput(tok, train, valid, device: str, steps: int, work: Path, max_to
 def sampling_rate(ckpt: Path, sources: list[str], device: str) -> dict:
     sampler = HFSampler(ckpt)
     sampler.model.to(device)
-    settings = SamplingSettings(samples_per_source=8, temperature=0.8, max_new_tokens=128, seed=1)
+    settings = SamplingSpec(n=8, temperature=0.8, max_new_tokens=128, seed=1)
     sample_candidates(sampler, sources[:32], settings)  # warm-up
     t0 = time.perf_counter()
     out = sample_candidates(sampler, sources, settings, batch_tokens=16000 if device == "cuda" else 4000)
@@ -148,7 +149,7 @@ def main() -> None:
     valid.to_parquet(store.split_file("valid"))
     sampler = HFSampler(store.base_policy_dir)
     samples = sample_candidates(
-        sampler, sources, SamplingSettings(8, 0.8, max_new_tokens=128, seed=2), batch_tokens=16000
+        sampler, sources, SamplingSpec(n=8, temperature=0.8, max_new_tokens=128, seed=2), batch_tokens=16000
     )
     store.write_candidates(
         experiment="gpu",

@@ -20,10 +20,11 @@ import pandas as pd
 import torch
 from throughput_bench import score_with_store  # noqa: E402 - bench/ is on sys.path when run as a script
 
-from rest_pipeline.core.grow.sampling import CT2Sampler, HFSampler, SamplingSettings, sample_candidates
+from rest_pipeline.core.grow.sampling import CT2Sampler, HFSampler, sample_candidates
 from rest_pipeline.core.rewards.base import ChrFReward
 from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.core.store.queries import canned_query
+from rest_pipeline.spec import SamplingSpec
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -35,7 +36,7 @@ def timed(fn, repeats: int) -> list[float]:
     return out
 
 
-def naive_hf(sampler: HFSampler, sources: list[str], settings: SamplingSettings, batch: int = 32) -> None:
+def naive_hf(sampler: HFSampler, sources: list[str], settings: SamplingSpec, batch: int = 32) -> None:
     """Baseline: fixed-size batches in corpus order (no length bucketing)."""
     for i in range(0, len(sources), batch):
         chunk = sources[i : i + batch]
@@ -45,14 +46,14 @@ def naive_hf(sampler: HFSampler, sources: list[str], settings: SamplingSettings,
                 sampler.family.encode_sources(chunk, 128),
                 do_sample=True,
                 temperature=settings.temperature,
-                num_return_sequences=settings.samples_per_source,
+                num_return_sequences=settings.n,
                 max_new_tokens=settings.max_new_tokens,
             )
 
 
 def bench_sampling(policy: Path, sources: list[str], n: int, repeats: int) -> dict:
     sampler = HFSampler(policy)
-    settings = SamplingSettings(samples_per_source=n, temperature=0.8, max_new_tokens=128, seed=1)
+    settings = SamplingSpec(n=n, temperature=0.8, max_new_tokens=128, seed=1)
     ours = timed(lambda: sample_candidates(sampler, sources, settings, batch_tokens=4000), repeats)
     base = timed(lambda: naive_hf(sampler, sources, settings), repeats)
     ct2 = CT2Sampler(policy)
@@ -156,7 +157,9 @@ def main() -> None:
     results: dict[str, object] = {"sampling": bench_sampling(args.policy, sources, args.n, args.repeats)}
     print("sampling", json.dumps(results["sampling"], indent=1), flush=True)
     hyps = sum(
-        sample_candidates(HFSampler(args.policy), sources, SamplingSettings(args.n, 0.8, max_new_tokens=128, seed=2)),
+        sample_candidates(
+            HFSampler(args.policy), sources, SamplingSpec(n=args.n, temperature=0.8, max_new_tokens=128, seed=2)
+        ),
         [],
     )
     results["scoring"] = [bench_scoring(ChrFReward(), "chrf", sources, hyps, refs, args.repeats)]

@@ -30,13 +30,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rest_pipeline.core.grow.sampling import CT2Sampler, SamplingSettings, sample_candidates
+from rest_pipeline.core.grow.sampling import CT2Sampler, sample_candidates
 from rest_pipeline.core.policy.generate import translate, translate_model
 from rest_pipeline.core.policy.model import load_policy
 from rest_pipeline.core.policy.tokenizer import load_tokenizer
 from rest_pipeline.core.rewards.scoring import score_candidates
 from rest_pipeline.core.store.experiment import ExperimentStore
-from rest_pipeline.spec import DecodingSpec
+from rest_pipeline.spec import DecodingSpec, SamplingSpec
 
 
 def timed(fn, repeats: int) -> tuple[list[float], object]:
@@ -73,7 +73,7 @@ def score_with_store(reward, sources, refs, samples) -> np.ndarray:
         return pd.read_parquet(store.scores_file(reward.name, 1, 0)).score.to_numpy()
 
 
-def old_ct2_sampling(sampler: CT2Sampler, sources: list[str], settings: SamplingSettings) -> list[list[str]]:
+def old_ct2_sampling(sampler: CT2Sampler, sources: list[str], settings: SamplingSpec) -> list[list[str]]:
     """The path before lanes: float32, a fresh translator per batch on all cores, batches one after another."""
     import ctranslate2
 
@@ -83,7 +83,7 @@ def old_ct2_sampling(sampler: CT2Sampler, sources: list[str], settings: Sampling
     pol = sampler.policy
     lengths = [len(s.split()) + 2 for s in sources]
     out: list[list[str]] = [[] for _ in sources]
-    budget = max(4000 // settings.samples_per_source, 16)
+    budget = max(4000 // settings.n, 16)
     for b, batch in enumerate(length_batches(lengths, budget, max_batch=256)):
         ctranslate2.set_random_seed((settings.seed * 1_000_003 + b) % (2**31))
         tr = ctranslate2.Translator(
@@ -92,7 +92,7 @@ def old_ct2_sampling(sampler: CT2Sampler, sources: list[str], settings: Sampling
         res = tr.translate_batch(
             pol.tokens([sources[i] for i in batch]),
             beam_size=1,
-            num_hypotheses=settings.samples_per_source,
+            num_hypotheses=settings.n,
             sampling_topk=0,
             sampling_temperature=settings.temperature,
             max_decoding_length=settings.max_new_tokens,
@@ -104,7 +104,7 @@ def old_ct2_sampling(sampler: CT2Sampler, sources: list[str], settings: Sampling
 
 
 def bench_sampling(policy: Path, sources: list[str], refs: list[str], n: int, repeats: int, reward) -> dict:
-    settings = SamplingSettings(samples_per_source=n, temperature=0.8, max_new_tokens=128, seed=11)
+    settings = SamplingSpec(n=n, temperature=0.8, max_new_tokens=128, seed=11)
     before_sampler = CT2Sampler(policy, compute_type="float32")
     now_sampler = CT2Sampler(policy, compute_type="int8")
     t_before, before = timed(lambda: old_ct2_sampling(before_sampler, sources, settings), repeats)
@@ -227,7 +227,7 @@ def main() -> None:
     reward = CometReward(reward_dir, "learned", engine="torch")
     results["sampling"] = bench_sampling(policy, sources, refs, args.n, args.repeats, reward)
     print("sampling", json.dumps(results["sampling"], indent=1), flush=True)
-    samples = sample_candidates(CT2Sampler(policy), sources, SamplingSettings(args.n, 0.8, seed=2))
+    samples = sample_candidates(CT2Sampler(policy), sources, SamplingSpec(n=args.n, temperature=0.8, seed=2))
     results["scoring"] = bench_scoring(reward_dir, sources, refs, samples, args.repeats, args.judgements, args.seed)
     print("scoring", json.dumps(results["scoring"], indent=1), flush=True)
     results["step_overhead"] = bench_step_overhead(policy, reward_dir, store.split("valid"), args.repeats)

@@ -101,6 +101,7 @@ def test_bc_learns_the_task(tmp_path):
     assert json.loads((tmp_path / "run" / "history.json").read_text())["steps"] == SPEC.max_steps
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(tmp_path):
     tok = str(tokenizer_dir(tmp_path))
     spec = SPEC.model_dump_json()

@@ -8,7 +8,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from rest_pipeline.core.grow.sampling import HFSampler, SamplingSettings
+from rest_pipeline.core.grow.sampling import HFSampler
 from rest_pipeline.core.policy.family import IGNORE, CausalLM, PromptFormat, family_of
 from rest_pipeline.core.policy.generate import translate
 from rest_pipeline.core.policy.model import (
@@ -22,7 +22,7 @@ from rest_pipeline.core.policy.model import (
 )
 from rest_pipeline.core.training.bc import train_bc
 from rest_pipeline.core.training.losses import token_logprobs
-from rest_pipeline.spec import BCSpec, DecodingSpec, LoraSpec
+from rest_pipeline.spec import BCSpec, DecodingSpec, LoraSpec, SamplingSpec
 from rest_pipeline_tests.synthetic import pairs, tiny_causal, tokenizer_dir
 
 GREEDY = DecodingSpec(name="greedy", num_beams=1, max_new_tokens=12)
@@ -136,7 +136,7 @@ def test_completion_ends_at_eos_for_sentencepiece_and_at_newline_for_a_byte_leve
 
 def test_a_seeded_sampler_gives_the_same_candidates_twice(trained):
     _, result = trained
-    settings = SamplingSettings(samples_per_source=4, temperature=1.0, max_new_tokens=12, seed=3)
+    settings = SamplingSpec(n=4, temperature=1.0, max_new_tokens=12, seed=3)
     sources = ["haus baum", "katze rot hund", "blau"]
     first = HFSampler(result.best_dir, 32).sample(sources, settings, batch_seed=11)
     again = HFSampler(result.best_dir, 32).sample(sources, settings, batch_seed=11)

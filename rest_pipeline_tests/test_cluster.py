@@ -33,6 +33,8 @@ BUCKET = "rest"
 FULL = os.environ.get("REST_TEST_RAY_FULL") == "1"
 SCORED = "SELECT candidate_id, hypothesis, reward_learned, reward_chrf FROM scored WHERE grow = 1 ORDER BY candidate_id"
 
+pytestmark = pytest.mark.slow  # a local Ray cluster, PostgreSQL and S3: minutes
+
 
 def free_port() -> int:
     with socket.socket() as s:

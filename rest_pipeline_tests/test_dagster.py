@@ -24,6 +24,7 @@ GROW_KEYS = [[f"grow_{g}", a] for g in (1, 2) for a in ("candidates", "rewards")
 IMPROVE_KEYS = [[f"grow_{g}", f"improve_{i}", a] for g in (1, 2) for i in (1, 2) for a in ("slice", "policy", "eval")]
 
 
+@pytest.mark.slow
 def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir, monkeypatch):
     spec = load_spec(find_spec("smoke"))
     storage = RestStorage(home=str(tmp_path / "home"), data_dir=str(data_dir))
@@ -82,7 +83,7 @@ def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir, monkeyp
     # The store answers the canned queries over what Grow wrote.
     store = ExperimentStore(tmp_path / "home" / "experiments" / "smoke")
     _assert_every_artifact_reads_back_typed(store, spec, tmp_path / "moved" / "smoke")
-    n = spec.improve.grows * spec.grow.max_sources * (spec.grow.samples_per_source + 1)
+    n = spec.improve.grows * spec.grow.max_sources * (spec.grow.sampling.n + 1)
     counts = store.query("SELECT count(*) AS n, count(reward_learned) AS l, count(reward_chrf) AS c FROM scored")
     assert counts.n.item() == counts.l.item() == counts.c.item() == n
     dist = canned_query(store, "reward_distribution", "learned")
@@ -114,14 +115,14 @@ def _assert_online_rl(instance: dg.DagsterInstance, store: ExperimentStore, spec
     assert meta.metadata["candidates"].value == 32
     markdown = store.report_markdown.read_text()
     assert "## ReST against online RL (PPO) at equal compute" in markdown
-    samples = spec.grow.max_sources * spec.grow.samples_per_source * spec.improve.grows
+    samples = spec.grow.max_sources * spec.grow.sampling.n * spec.improve.grows
     assert f"- candidates: PPO's budget ended at 32, below ReST's {samples}; no match" in markdown
     assert (store.report_dir / "rest_vs_ppo_compute.png").read_bytes()[:4] == b"\x89PNG"
     from rest_pipeline.core.online_rl.compute import rest_compute
 
     rest = rest_compute(store)
     assert list(rest) == ["grow_1/improve_1", "grow_1/improve_2", "grow_2/improve_1", "grow_2/improve_2"]
-    samples = spec.grow.max_sources * spec.grow.samples_per_source
+    samples = spec.grow.max_sources * spec.grow.sampling.n
     assert [c.candidates for c in rest.values()] == [samples, samples, 2 * samples, 2 * samples]
     tokens = [c.target_tokens for c in rest.values()]
     assert all(b >= a for a, b in zip(tokens, tokens[1:], strict=False)) and tokens[0] > 0
@@ -463,6 +464,7 @@ def test_a_new_spec_file_becomes_its_own_group(tmp_path, monkeypatch):
     assert storage.store(load_spec(tmp_path / "mine.yaml")).root != storage.store(load_spec(find_spec("smoke"))).root
 
 
+@pytest.mark.slow
 def test_llm_smoke_graph_materializes_with_a_causal_lm_and_lora_lineage(tmp_path, data_dir, monkeypatch):
     """The whole graph with a decoder-only policy (prompted tiny Llama, LoRA Improve steps) in a real
     instance: every asset, the checks, and lineage as for Marian, adapters named by parent and hash."""

@@ -11,11 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rest_pipeline.core.grow.sampling import CT2Sampler, HFSampler, SamplingSettings, sample_candidates
+from rest_pipeline.core.grow.sampling import CT2Sampler, HFSampler, sample_candidates
 from rest_pipeline.core.policy.model import save_policy
 from rest_pipeline.core.rewards.base import ChrFReward
 from rest_pipeline.core.rewards.scoring import score_candidates
 from rest_pipeline.core.store.experiment import ExperimentStore
+from rest_pipeline.spec import SamplingSpec
 from rest_pipeline_tests.synthetic import pairs, tiny_model, tokenizer_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,12 +27,14 @@ def test_sampling_is_seeded_and_complete(tmp_path):
     ckpt = save_policy(model, tok, tmp_path / "policy")
     sampler = HFSampler(ckpt)
     src, _ = pairs(25, seed=4)
-    settings = SamplingSettings(samples_per_source=4, temperature=0.8, max_new_tokens=10, seed=3)
+    settings = SamplingSpec(n=4, temperature=0.8, max_new_tokens=10, seed=3)
     a = sample_candidates(sampler, src, settings, batch_tokens=200)
     b = sample_candidates(sampler, src, settings, batch_tokens=200)
     assert a == b
     assert all(len(c) == 4 for c in a)
-    other = sample_candidates(sampler, src, SamplingSettings(4, 0.8, max_new_tokens=10, seed=4), batch_tokens=200)
+    other = sample_candidates(
+        sampler, src, SamplingSpec(n=4, temperature=0.8, max_new_tokens=10, seed=4), batch_tokens=200
+    )
     assert other != a
     flat = [h for c in a for h in c]
     assert len(set(flat)) > len(src)  # temperature sampling, not greedy copies
@@ -179,7 +182,9 @@ def test_ctranslate2_decodes_exactly_like_hf(trained_policy):
         assert translate_model(model, tok, src, dec, backend="ctranslate2") == hf
         for lanes in (1, 2):
             assert CT2Policy.from_checkpoint(ckpt, lanes=lanes).translate(src, dec) == hf
-    ct2 = sample_candidates(CT2Sampler(ckpt), src, SamplingSettings(1, 1.0, top_k=1, max_new_tokens=16, seed=0))
+    ct2 = sample_candidates(
+        CT2Sampler(ckpt), src, SamplingSpec(n=1, temperature=1.0, top_k=1, max_new_tokens=16, seed=0)
+    )
     assert [c[0] for c in ct2] == translate(model, tok, src, DecodingSpec(name="greedy", max_new_tokens=16))
 
 
@@ -201,12 +206,13 @@ def test_ctranslate2_leaves_torch_on_all_its_threads(trained_policy):
     assert torch.get_num_threads() == 2  # the one-lane path samples in this process
 
 
+@pytest.mark.slow
 def test_ctranslate2_sampling_depends_on_the_seed_only(trained_policy):
     """Batches sampled concurrently on lane processes give the same candidates as one lane, run after run,
     at float32 and int8; another seed gives other candidates."""
     _, _, ckpt = trained_policy
     src, _ = pairs(120, seed=4)
-    settings = SamplingSettings(4, 0.8, max_new_tokens=16, seed=5)
+    settings = SamplingSpec(n=4, temperature=0.8, max_new_tokens=16, seed=5)
     for compute_type in ("float32", "int8"):
         runs = []
         for lanes in (1, 2, 2):
@@ -215,7 +221,7 @@ def test_ctranslate2_sampling_depends_on_the_seed_only(trained_policy):
             runs.append(sample_candidates(sampler, src, settings, batch_tokens=120))
         assert runs[0] == runs[1] == runs[2], compute_type
         assert len({h for hs in runs[0] for h in hs}) > len(src)  # real samples, not N greedy copies
-    other = sample_candidates(CT2Sampler(ckpt), src, SamplingSettings(4, 0.8, max_new_tokens=16, seed=6))
+    other = sample_candidates(CT2Sampler(ckpt), src, SamplingSpec(n=4, temperature=0.8, max_new_tokens=16, seed=6))
     assert other != runs[0]
     assert CT2Sampler(ckpt, compute_type="int8").name != CT2Sampler(ckpt).name  # stored shards know the precision
 

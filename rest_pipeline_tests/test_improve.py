@@ -20,6 +20,7 @@ from rest_pipeline.spec import (
     ImproveSpec,
     ImproveTrainSpec,
     RewardSpec,
+    SamplingSpec,
     ThresholdFilter,
     TokenizerSpec,
 )
@@ -80,6 +81,7 @@ def make_experiment(
     return spec, store, reward
 
 
+@pytest.mark.slow
 def test_improve_chain_keeps_improvements_and_stops_when_they_end(tmp_path):
     # Step 1 learns (lr 5e-3); step 2 has a vanishing lr (decay 1e-6) so it cannot beat its parent.
     spec, store, reward = make_experiment(tmp_path, [0.5, 0.6, 0.7], lr_decay=1e-6)
@@ -140,13 +142,14 @@ def test_learning_rate_falls_within_a_grow_and_restarts_with_the_next():
     assert [step_lr(imp, 2, i) for i in (1, 2, 3)] == pytest.approx([lr / 10, lr / 20, lr / 40])
 
 
+@pytest.mark.slow
 def test_control_mirrors_the_rest_chain_on_originals_only(tmp_path):
     spec, store, reward = make_experiment(tmp_path, [0.5])
     spec = spec.model_copy(
         update={
             "reward": RewardSpec(model="chrf"),
             "evaluation": EvaluationSpec(splits=["valid"]),
-            "grow": GrowSpec(backend="hf", samples_per_source=2),
+            "grow": GrowSpec(backend="hf", sampling=SamplingSpec(n=2)),
             "improve": spec.improve.model_copy(update={"diversity_sources": 5, "diversity_samples": 2}),
         }
     )
@@ -184,3 +187,54 @@ def test_each_offline_rl_loss_trains_a_real_improve_step(tmp_path, loss):
     assert rec.status in {"improved", "not_improved"}
     assert all(r["valid_loss"] == r["valid_loss"] for r in rec.history)  # no NaN
     assert any("behaviour policy" in m for m in logs) == (loss == "oac")  # only OAC weighs against pi_b
+
+
+@pytest.mark.slow
+def test_one_sampling_setting_reaches_the_engine_and_a_sample_reaches_the_trainer(tmp_path, monkeypatch):
+    """grow.sampling as written arrives at the engine call (with the seed rule's seed), its signature is
+    stored with the candidates, and a kept sample is among the pairs the Improve trainer trains on."""
+    import rest_pipeline.core.grow.run as grow_run
+    import rest_pipeline.core.improve.finetune as finetune
+    from rest_pipeline.core.grow.sampling import sampling_for
+
+    spec, store, reward = make_experiment(tmp_path, [0.0])
+    sampling = SamplingSpec(n=3, temperature=0.7, top_k=5, max_new_tokens=9)
+    spec = spec.model_copy(update={"grow": GrowSpec(backend="hf", shards=1, max_sources=12, sampling=sampling)})
+
+    engine_calls = []
+    real_make_sampler = grow_run.make_sampler
+
+    def recording_sampler(*args, **kwargs):
+        sampler = real_make_sampler(*args, **kwargs)  # the real HF engine, its calls recorded
+        real_sample = sampler.sample
+
+        def sample(sources, settings, batch_seed):
+            engine_calls.append(settings)
+            return real_sample(sources, settings, batch_seed)
+
+        sampler.sample = sample
+        return sampler
+
+    monkeypatch.setattr(grow_run, "make_sampler", recording_sampler)
+    grow_run.grow_shard(spec, store, 1, 0, store.base_policy_dir, "base@walk", log=lambda m: None)
+    assert engine_calls and all(c == sampling_for(spec, "grow", 1, 0) for c in engine_calls)
+    assert all(c.model_dump() == sampling.model_dump() for c in engine_calls)  # nothing but the seed is derived
+    stored = store.read_candidates(1, 0)
+    samples = stored[stored.origin == "sample"]
+    assert len(samples) == 12 * 3 and set(samples.decoding) == {f"hf:{sampling_for(spec, 'grow', 1, 0).signature()}"}
+
+    score_candidates(store, reward, 1, 0)
+    build_slice(store, 1, 1, "chrf", "threshold", 0.0, mix_originals=False)
+    trained_on = []
+    real_train = finetune.train_bc
+
+    def recording_train(model, tokenizer, train, *args, **kwargs):
+        trained_on.extend(zip(*train, strict=True))
+        return real_train(model, tokenizer, train, *args, **kwargs)
+
+    monkeypatch.setattr(finetune, "train_bc", recording_train)
+    run_improve_step(spec, store, 1, 1, reward, log=lambda m: None)
+    kept = store.slice_rows(1, 1)
+    kept_samples = kept[kept.origin == "sample"]
+    assert len(kept_samples) and set(kept_samples.candidate_id) <= set(samples.candidate_id)
+    assert set(zip(kept.source, kept.hypothesis, strict=True)) <= set(trained_on) and len(trained_on) == len(kept)

@@ -26,7 +26,7 @@ from rest_pipeline.core.policy.family import family_of, left_or_right_pad
 from rest_pipeline.core.policy.model import load_policy, save_policy, weights_hash
 from rest_pipeline.core.policy.tokenizer import load_tokenizer
 from rest_pipeline.core.rewards.base import load_reward
-from rest_pipeline.spec import OnlineRLSpec
+from rest_pipeline.spec import OnlineRLSpec, SamplingSpec
 from rest_pipeline_tests.synthetic import pairs, tiny_model, tokenizer_dir
 
 SETTINGS = OnlineRLSpec(
@@ -80,8 +80,8 @@ def _run(bc: Path, work: Path, settings: OnlineRLSpec = SETTINGS, log=lambda m: 
     chrf = load_reward("chrf")
     src, ref = pairs(40, seed=5)
     return run_ppo(
-        settings, bc, src, ref, lambda s, h, r: chrf.score(s, h, r), work, temperature=1.0, max_new_tokens=12,
-        max_length=32, seed=3, fingerprint="test", log=log,
+        settings, bc, src, ref, lambda s, h, r: chrf.score(s, h, r), work, max_length=32, fingerprint="test", log=log,
+        sampling=SamplingSpec(n=settings.samples_per_source, temperature=1.0, max_new_tokens=12, seed=3),
     )  # fmt: skip
 
 
@@ -128,6 +128,7 @@ _run(Path(sys.argv[1]), Path(sys.argv[2]))
 """
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_from_its_last_save_to_the_same_policy(bc_policy, straight, tmp_path):
     work = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-c", KILLED, str(bc_policy), str(work), str(torch.get_num_threads())])
@@ -147,6 +148,7 @@ def test_a_killed_run_resumes_from_its_last_save_to_the_same_policy(bc_policy, s
     assert [t["iteration"] for t in resumed.phase_seconds] == [1, 2, 3, 4, 5, 6]  # each iteration timed once
 
 
+@pytest.mark.slow
 def test_a_bigger_budget_continues_a_finished_run_and_other_settings_start_over(bc_policy, straight, tmp_path):
     work = tmp_path / "grown"
     grid = {"eval_every_candidates": 32}  # marks at 32, 64, 96; a 40-candidate budget ends off that grid, at 48
@@ -185,7 +187,7 @@ def test_ppo_scores_each_sample_under_the_distribution_that_drew_it(bc_policy):
                          return_dict_in_generate=True, output_scores=True)  # fmt: skip
     drawn = out.sequences[:, 1:]
     sampler = torch.stack(out.scores, 1).log_softmax(-1).gather(-1, drawn.unsqueeze(-1)).squeeze(-1)
-    rollout = sample_rollout(model, family, sources, 2, 0.7, max_new_tokens=4, max_length=32, seed=7)
+    rollout = sample_rollout(model, family, sources, SamplingSpec(n=2, temperature=0.7, max_new_tokens=4), 32, seed=7)
     with torch.no_grad():
         logp, m = sequence_logprobs(model, family, rollout, 0.7)
     assert logp.shape[1] <= sampler.shape[1] and bool(m.any())

@@ -217,6 +217,7 @@ class RateServer:
 
 
 @pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+@pytest.mark.slow
 def test_rating_page_in_headless_chromium_keeps_every_rating(smoke_store, rest_home):
     from playwright.sync_api import sync_playwright
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 
 from rest_pipeline.core.policy.model import load_policy
 from rest_pipeline.core.store.experiment import ExperimentStore
@@ -102,6 +103,7 @@ def _assert_store_whole(store: ExperimentStore) -> None:
         load_policy(ckpt)
 
 
+@pytest.mark.slow
 def test_killed_runs_never_block_the_next_one(tmp_path, data_dir):
     """One smoke run killed again and again: SIGKILL, then Ctrl-C, of the process group in BC, in Grow
     sampling, in scoring and in an Improve step. Each next `rest main` carries on without help: a run left
@@ -142,6 +144,7 @@ def test_killed_runs_never_block_the_next_one(tmp_path, data_dir):
     _assert_store_whole(store)
 
 
+@pytest.mark.slow
 def test_two_concurrent_mains_never_break_the_instance(tmp_path, data_dir):
     """Two `rest main` started at once on a fresh home, five times: the instance always opens afterwards
     with one schema stamp; the second refuses naming the running one, or with --wait queues behind it."""

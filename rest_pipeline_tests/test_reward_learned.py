@@ -45,6 +45,7 @@ def test_malformed_judgements_name_the_line(tmp_path, data_dir):
         load_judgements(bad)
 
 
+@pytest.mark.slow
 def test_trained_model_reloads_with_comet_and_ranks_sensibly(trained):
     out, report = trained
     assert -1 <= report.kendall_tau <= 1 and report.test_rows > 0
@@ -70,6 +71,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         CometReward(Path(tmp_path), name="learned")
 
 
+@pytest.mark.slow
 def test_ctranslate2_encoder_scores_like_comets_own(trained, data_dir):
     """The CTranslate2 encoder gives COMET's embeddings: exactly at float32, within the stated tolerance
     at int8 (docs/design.md), with the same held-out ranking quality; its scores never share a cache key."""
@@ -95,6 +97,7 @@ def test_ctranslate2_encoder_scores_like_comets_own(trained, data_dir):
     assert len({torch_r.version, exact.version, int8.version}) == 3
 
 
+@pytest.mark.slow
 def test_reward_model_is_trained_once_per_content_and_shared(tmp_path, data_dir):
     """Two experiments asking for the same reward model share one folder; other settings get their own."""
     from rest_pipeline.core.rewards.learned import train_shared_reward_model

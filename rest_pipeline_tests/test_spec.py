@@ -139,11 +139,9 @@ def test_a_branch_at_grow_0_shares_bc_and_samples_its_own_grows(tmp_path, monkey
 
     monkeypatch.setenv("REST_EXPERIMENTS_DIR", str(tmp_path))
     wide = load_spec(
-        _write(
-            tmp_path, "wide", "branch: {from: smoke, at: grow_0}\ngrow: {samples_per_source: 6}\nimprove: {grows: 1}\n"
-        )
+        _write(tmp_path, "wide", "branch: {from: smoke, at: grow_0}\ngrow: {sampling: {n: 6}}\nimprove: {grows: 1}\n")
     )
-    assert wide.branch.grow == 0 and wide.grow.samples_per_source == 6
+    assert wide.branch.grow == 0 and wide.grow.sampling.n == 6
     assert keys.policy_key(wide, 0, 0).path == ["smoke", "base_policy"]
     assert keys.reward_model_key(wide).path[0] == "smoke"
     assert keys.candidates_key(wide, 1).path[0] == keys.rewards_key(wide, 1).path[0] == "wide"
@@ -160,7 +158,8 @@ def test_a_branch_at_grow_0_shares_bc_and_samples_its_own_grows(tmp_path, monkey
         ("reward: {model: 'nosuchpkg.mod:make'}\n", "reward", "could not be imported"),
         ("bc: {lr: .inf}\n", "bc.lr", "finite"),
         ("bc: {max_steps: true}\n", "bc.max_steps", "integer"),
-        ("grow: {samples_per_source: '3'}\n", "grow.samples_per_source", "integer"),
+        ("grow: {sampling: {n: '3'}}\n", "grow.sampling.n", "integer"),
+        ("grow: {samples_per_source: 3}\n", "grow", r"sampling is one object now; write `sampling: \{n: 3\}`"),
         ("grow: {shards: 9, max_sources: 4}\n", "<root>", r"grow\.shards \(9\) exceeds"),
     ],
 )
@@ -238,8 +237,8 @@ def test_paper_scale_specs_validate_as_gpu_cluster_experiments(name):
     assert spec.compute.device == "cuda" and spec.grow.compute_type == "float16"
     assert spec.policy.encoder_layers == spec.policy.decoder_layers == 6
     paper = {"iwslt14_de_en": (100, [0.0, 0.7, 0.8, 0.9, 0.95]), "wmt20_zh_en": (25, [0.0, 0.7, 0.8, 0.9])}[name]
-    assert (spec.grow.samples_per_source, spec.improve.filter.values) == paper
-    assert spec.grow.temperature == 0.8 and spec.tokenizer.vocab_size == 32000
+    assert (spec.grow.sampling.n, spec.improve.filter.values) == paper
+    assert spec.grow.sampling.temperature == 0.8 and spec.tokenizer.vocab_size == 32000
     assert json.loads(out.stdout[out.stdout.index("{") :])["name"] == name
 
 

@@ -140,6 +140,7 @@ def server(tmp_path_factory, data_dir):
     shutil.copy(tmp / "dagster_dev.log", OUT / "dagster_dev.log")
 
 
+@pytest.mark.slow
 def test_graphql_materializes_grow_1_and_automation_takes_over(server):
     run = server.launch([["smoke", k] for k in BC_STAGE])
     assert server.wait(run) == "SUCCESS"
@@ -170,6 +171,7 @@ def chromium() -> str | None:
 
 
 @pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+@pytest.mark.slow
 def test_headless_chromium_renders_graph_and_lineage(server):
     OUT.mkdir(parents=True, exist_ok=True)
     # Dismiss Dagster's one-time community dialog the way its "Skip" button does, so it does not cover the page.
@@ -199,6 +201,7 @@ def test_headless_chromium_renders_graph_and_lineage(server):
         assert expected in dom.stdout and "reward_model" in dom.stdout, f"{name}: the page does not show the assets"
 
 
+@pytest.mark.slow
 def test_rest_ui_started_in_the_background_stops_on_sigterm(tmp_path, data_dir):
     """A non-interactive shell starts background jobs with SIGINT ignored, and dagster dev turns SIGTERM into
     SIGINT: `rest ui` must stop on SIGTERM all the same (it resets both before handing over to dagster dev)."""

@@ -210,7 +210,7 @@ def run_header(spec: ExperimentSpec, store: ExperimentStore) -> list[str]:
     cap = f", capped at {train.time_budget_minutes} min" if train.time_budget_minutes else ""
     lines = [
         f"Policy: `{spec.policy.kind}`, {params / 1e6:.1f}M parameters. ReST: {spec.improve.grows} grows of "
-        f"{g.samples_per_source} samples per source on {sources} training sources, {spec.improve.steps} Improve "
+        f"{g.sampling.n} samples per source on {sources} training sources, {spec.improve.steps} Improve "
         f"step(s) per grow ({spec.improve.filter.kind} {spec.improve.filter.values}), each step {length}{cap}."
     ]
     bc = store.bc_policy_link()

@@ -75,8 +75,8 @@ def grow_checks(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetChecksDefin
             if set(df.source_id) != expected:
                 problems.append(f"shard {shard}: sources differ from the corpus shard")
             counts = df[df.origin == "sample"].groupby("source_id").size()
-            if (counts != spec.grow.samples_per_source).any():
-                problems.append(f"shard {shard}: {(counts != spec.grow.samples_per_source).sum()} sources without N")
+            if (counts != spec.grow.sampling.n).any():
+                problems.append(f"shard {shard}: {(counts != spec.grow.sampling.n).sum()} sources without N")
             refs = df[df.origin == "reference"].source_id.nunique()
             if spec.grow.include_references and refs != len(expected):
                 problems.append(f"shard {shard}: {len(expected) - refs} reference candidates missing")

@@ -10,15 +10,14 @@ import numpy as np
 import pandas as pd
 
 from rest_pipeline.core.evaluation.checkpoint import reward_scores
-from rest_pipeline.core.grow.run import settings_for
-from rest_pipeline.core.grow.sampling import SamplingSettings, make_sampler, sample_candidates, sampler_id
+from rest_pipeline.core.grow.sampling import make_sampler, sample_candidates, sampler_id, sampling_for
 from rest_pipeline.core.paths import atomic_path
 from rest_pipeline.core.policy.model import weights_hash
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import BASE, FINAL, ExperimentStore
 from rest_pipeline.core.store.records import BestOfN, BestOfNCurve, NMatch
 from rest_pipeline.core.types import Log
-from rest_pipeline.spec import ExperimentSpec
+from rest_pipeline.spec import ExperimentSpec, SamplingSpec
 
 
 def best_of_n(
@@ -27,7 +26,7 @@ def best_of_n(
     references: Sequence[str],
     reward: RewardModel,
     ns: Sequence[int],
-    settings: SamplingSettings,
+    settings: SamplingSpec,
     out_file: Path,
     *,
     backend: str = "hf",
@@ -37,12 +36,13 @@ def best_of_n(
 ) -> dict[int, float]:
     """Mean over sources of the best reward among the first N samples, for each N.
 
-    One set of max(ns) samples per source serves every N, so the curve is monotone by
-    construction and costs a single sampling pass.
+    One set of `settings.n` (at least max(ns)) samples per source serves every N, so the curve is
+    monotone by construction and costs a single sampling pass.
     """
     n_max = max(ns)
+    if settings.n < n_max:
+        raise ValueError(f"best-of-n: {settings.n} samples per source cannot give best-of-{n_max}")
     sampler = make_sampler(backend, checkpoint, max_length, compute_type)
-    settings = SamplingSettings(**{**settings.__dict__, "samples_per_source": n_max})
     samples = sample_candidates(sampler, list(sources), settings)
     flat_src = [s for s, hyps in zip(sources, samples, strict=True) for _ in hyps]
     flat_ref = [r for r, hyps in zip(references, samples, strict=True) for _ in hyps]
@@ -74,12 +74,11 @@ def matching_n(bc: dict[int, float], rest: dict[int, float]) -> list[NMatch]:
 def best_of_n_curves(spec: ExperimentSpec, store: ExperimentStore, reward: RewardModel, log: Log = print) -> BestOfN:
     """Best-of-N on valid for the BC policy and the final ReST policy (reused when both are unchanged)."""
     valid = store.split("valid").head(spec.improve.best_of_n_sources)
-    base = settings_for(spec, grow=0, shard=0)
-    settings = SamplingSettings(**{**base.__dict__, "seed": spec.seed + 99})
+    settings = sampling_for(spec, "best_of_n")
     policies = {"bc": store.policy(BASE), "rest": store.policy(FINAL)}
     key = "|".join(
         [weights_hash(p) for p in policies.values()]
-        + [reward.version, settings.describe(), str(spec.improve.best_of_n), str(len(valid)), sampler_id(spec.grow)]
+        + [reward.version, settings.signature(), str(spec.improve.best_of_n), str(len(valid)), sampler_id(spec.grow)]
     )
     saved = store.reusable_best_of_n(key)
     if saved is not None:

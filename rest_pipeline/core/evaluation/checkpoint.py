@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from rest_pipeline.core.evaluation.metrics import corpus_scores
-from rest_pipeline.core.grow.sampling import SamplingSettings, make_sampler, sample_candidates
+from rest_pipeline.core.grow.sampling import make_sampler, sample_candidates
 from rest_pipeline.core.paths import atomic_path
 from rest_pipeline.core.policy.generate import translate_checkpoint
 from rest_pipeline.core.policy.model import weights_hash
@@ -27,7 +27,7 @@ from rest_pipeline.core.rewards.base import RewardModel, check_scores
 from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.core.store.records import DecodingEval, Diversity, EvalRow, Evaluation, SplitScores
 from rest_pipeline.core.types import Log
-from rest_pipeline.spec import DecodingSpec, EvaluationSpec
+from rest_pipeline.spec import DecodingSpec, EvaluationSpec, SamplingSpec
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
@@ -126,7 +126,7 @@ def evaluate_policy(
     rewards: list[RewardModel],
     *,
     max_length: int = 128,
-    diversity: SamplingSettings | None = None,
+    diversity: SamplingSpec | None = None,
     diversity_sources: int = 200,
     backend: str = "hf",
     decode_backend: str = "hf",
@@ -137,7 +137,8 @@ def evaluate_policy(
     greedy = DecodingSpec(name="greedy", num_beams=1, max_new_tokens=max_length)
     # The decode backend is not in the key: CTranslate2 and HF greedy give the same outputs (tested).
     sampler = backend if compute_type == "float32" else f"{backend}-{compute_type}"  # as grow.sampling.sampler_id
-    key_parts = [weights_hash(checkpoint), greedy.model_dump_json(), sampler, repr(diversity), str(diversity_sources)]
+    probe = diversity.signature() if diversity is not None else None
+    key_parts = [weights_hash(checkpoint), greedy.model_dump_json(), sampler, str(probe), str(diversity_sources)]
     key_parts += [f"{m.name}:{m.version}" for m in rewards] + [_data_hash(splits)]
     key = hashlib.sha256("|".join(key_parts).encode()).hexdigest()[:24]
     saved = store.reusable_evaluation(policy, key)
@@ -178,7 +179,7 @@ def evaluate_policy(
         sources = list(splits["valid"].source[:diversity_sources])
         samples = sample_candidates(sampler, sources, diversity)
         probe = Diversity(
-            samples_per_source=diversity.samples_per_source,
+            samples_per_source=diversity.n,
             temperature=diversity.temperature,
             sources=len(sources),
             distinct_samples_per_source=round(float(np.mean([len(set(s)) for s in samples])), 3),

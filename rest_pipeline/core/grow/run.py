@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rest_pipeline.core.grow.sampling import SamplingSettings, make_sampler, sample_candidates
+from rest_pipeline.core.grow.sampling import make_sampler, sample_candidates, sampling_for
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.rewards.scoring import ScoreReport, score_candidates
 from rest_pipeline.core.store.experiment import ExperimentStore
@@ -36,18 +36,6 @@ def shard_of(df: pd.DataFrame, shards: int, shard: int) -> pd.DataFrame:
     return df.iloc[bounds[shard] : bounds[shard + 1]]
 
 
-def settings_for(spec: ExperimentSpec, grow: int, shard: int) -> SamplingSettings:
-    g = spec.grow
-    return SamplingSettings(
-        samples_per_source=g.samples_per_source,
-        temperature=g.temperature,
-        top_k=g.top_k,
-        top_p=g.top_p,
-        max_new_tokens=g.max_new_tokens,
-        seed=spec.seed * 10_007 + grow * 101 + shard,
-    )
-
-
 def grow_shard(
     spec: ExperimentSpec,
     store: ExperimentStore,
@@ -60,9 +48,9 @@ def grow_shard(
     """Sample and store one shard. A shard already sampled by the same policy with the same settings
     from the same sources is kept (resume without re-sampling); any other is replaced."""
     df = shard_of(grow_sources(spec, store, grow), spec.grow.shards, shard)
-    settings = settings_for(spec, grow, shard)
+    settings = sampling_for(spec, "grow", grow, shard)
     sampler = make_sampler(spec.grow.backend, policy_dir, spec.tokenizer.max_length, spec.grow.compute_type)
-    decoding = f"{sampler.name}:{settings.describe()}"
+    decoding = f"{sampler.name}:{settings.signature()}"
     if store.has_candidates(grow, shard):
         old = store.read_candidates(grow, shard)
         made_by = old[old.origin == "sample"][["policy", "decoding"]].drop_duplicates()

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 
@@ -19,31 +18,34 @@ from rest_pipeline.core.policy.family import family_of
 from rest_pipeline.core.policy.generate import length_batches
 from rest_pipeline.core.policy.model import load_policy
 from rest_pipeline.core.policy.tokenizer import load_tokenizer
-from rest_pipeline.spec import GrowSpec
+from rest_pipeline.spec import ExperimentSpec, GrowSpec, SamplingSpec
+
+# What a sampling serves: Grow's candidates, the diversity probe of every evaluated checkpoint,
+# the Best-of-N curves, and the PPO baseline's rollouts.
+SamplingUse = Literal["grow", "diversity", "best_of_n", "ppo"]
 
 
-@dataclass(frozen=True)
-class SamplingSettings:
-    samples_per_source: int
-    temperature: float = 0.8
-    top_k: int | None = None
-    top_p: float | None = None
-    max_new_tokens: int = 128
-    seed: int = 0
-
-    def describe(self) -> str:
-        return (
-            f"n={self.samples_per_source},t={self.temperature},top_k={self.top_k},top_p={self.top_p},"
-            f"max_new={self.max_new_tokens},seed={self.seed}"
-        )
+def sampling_for(spec: ExperimentSpec, use: SamplingUse, grow: int = 0, shard: int = 0) -> SamplingSpec:
+    """The one place a use's sampling comes from: `grow.sampling` as written, with the use's N and the
+    seed rule (grow g, shard k: seed * 10007 + 101 g + k; every other use: from the spec's seed)."""
+    base = spec.grow.sampling
+    if use == "grow":
+        return base.model_copy(update={"seed": spec.seed * 10_007 + grow * 101 + shard})
+    if use == "diversity":
+        return base.model_copy(update={"n": spec.improve.diversity_samples, "seed": spec.seed})
+    if use == "best_of_n":
+        return base.model_copy(update={"n": max(spec.improve.best_of_n), "seed": spec.seed + 99})
+    if use == "ppo":
+        return base.model_copy(update={"n": spec.online_rl.samples_per_source, "seed": spec.seed})
+    raise ValueError(f"unknown sampling use '{use}' ({', '.join(SamplingUse.__args__)})")
 
 
 class SamplingBackend(Protocol):
     name: str
     lanes: int  # batches sampled concurrently
 
-    def sample(self, sources: Sequence[str], settings: SamplingSettings, batch_seed: int) -> list[list[str]]:
-        """Return `settings.samples_per_source` hypotheses for each source, in order."""
+    def sample(self, sources: Sequence[str], settings: SamplingSpec, batch_seed: int) -> list[list[str]]:
+        """Return `settings.n` hypotheses for each source, in order."""
         ...
 
 
@@ -59,7 +61,7 @@ class HFSampler:
         self.max_source_length = max_source_length
 
     @torch.inference_mode()
-    def sample(self, sources: Sequence[str], settings: SamplingSettings, batch_seed: int) -> list[list[str]]:
+    def sample(self, sources: Sequence[str], settings: SamplingSpec, batch_seed: int) -> list[list[str]]:
         torch.manual_seed(batch_seed)
         ids = self.family.generate(
             self.model,
@@ -69,18 +71,18 @@ class HFSampler:
             top_k=settings.top_k or 0,
             top_p=settings.top_p or 1.0,
             num_beams=1,
-            num_return_sequences=settings.samples_per_source,
+            num_return_sequences=settings.n,
             max_new_tokens=settings.max_new_tokens,
         )
         texts = self.family.decode(ids)
-        n = settings.samples_per_source
+        n = settings.n
         return [texts[i * n : (i + 1) * n] for i in range(len(sources))]
 
 
 def sample_candidates(
     backend: SamplingBackend,
     sources: Sequence[str],
-    settings: SamplingSettings,
+    settings: SamplingSpec,
     *,
     batch_tokens: int = 4000,
     progress: Callable[[int, int], None] | None = None,
@@ -88,7 +90,7 @@ def sample_candidates(
     """Candidates for every source, batched by length; order follows `sources`."""
     lengths = [len(s.split()) + 2 for s in sources]
     # Budget counts every returned sequence, so divide by N.
-    budget = max(batch_tokens // settings.samples_per_source, 16)
+    budget = max(batch_tokens // settings.n, 16)
     out: list[list[str]] = [[] for _ in sources]
     batches = length_batches(lengths, budget, max_batch=256)
 
@@ -121,10 +123,10 @@ class CT2Sampler:
         suffix = "" if self.policy.compute_type == "float32" else f"-{self.policy.compute_type}"
         self.name = f"ctranslate2-{CT2_LAYOUT}{suffix}"
 
-    def sample(self, sources: Sequence[str], settings: SamplingSettings, batch_seed: int) -> list[list[str]]:
+    def sample(self, sources: Sequence[str], settings: SamplingSpec, batch_seed: int) -> list[list[str]]:
         return self.policy.sample(
             sources,
-            settings.samples_per_source,
+            settings.n,
             temperature=settings.temperature,
             top_k=settings.top_k,
             top_p=settings.top_p,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from rest_pipeline.core.evaluation.checkpoint import evaluate_policy
-from rest_pipeline.core.grow.sampling import SamplingSettings
+from rest_pipeline.core.grow.sampling import sampling_for
 from rest_pipeline.core.improve.chain import parent_of
 from rest_pipeline.core.paths import atomic_dir
 from rest_pipeline.core.rewards.base import RewardModel
@@ -22,17 +22,6 @@ from rest_pipeline.spec import ExperimentSpec
 
 def eval_splits(spec: ExperimentSpec, store: ExperimentStore) -> dict[str, pd.DataFrame]:
     return {s: store.split(s) for s in spec.evaluation.splits}
-
-
-def diversity_settings(spec: ExperimentSpec) -> SamplingSettings:
-    return SamplingSettings(
-        samples_per_source=spec.improve.diversity_samples,
-        temperature=spec.grow.temperature,
-        top_k=spec.grow.top_k,
-        top_p=spec.grow.top_p,
-        max_new_tokens=spec.grow.max_new_tokens,
-        seed=spec.seed,
-    )
 
 
 def evaluate_step(
@@ -73,7 +62,7 @@ def evaluate_checkpoint(
         eval_splits(spec, store),
         rewards,
         max_length=spec.tokenizer.max_length,
-        diversity=diversity_settings(spec),
+        diversity=sampling_for(spec, "diversity"),
         diversity_sources=spec.improve.diversity_sources,
         backend=spec.grow.backend,
         compute_type=spec.grow.compute_type,

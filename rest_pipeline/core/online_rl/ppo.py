@@ -42,7 +42,7 @@ from rest_pipeline.core.policy.model import load_policy, save_policy
 from rest_pipeline.core.policy.tokenizer import load_tokenizer
 from rest_pipeline.core.training.losses import token_logprobs
 from rest_pipeline.core.types import Log
-from rest_pipeline.spec import OnlineRLSpec
+from rest_pipeline.spec import OnlineRLSpec, SamplingSpec
 
 
 @dataclass
@@ -122,13 +122,14 @@ class Rollout:
 
 
 @torch.no_grad()
-def sample_rollout(model, family: Family, sources: Sequence[str], n: int, temperature: float,
-                   max_new_tokens: int, max_length: int, seed: int) -> Rollout:  # fmt: skip
+def sample_rollout(model, family: Family, sources: Sequence[str], sampling: SamplingSpec, max_length: int,
+                   seed: int) -> Rollout:  # fmt: skip
     """N samples per source from the current policy, as a training batch (what the update trains on) and text."""
     src = family.encode_sources(sources, max_length)
     torch.manual_seed(seed)
-    outputs = family.generate(model, src, do_sample=True, temperature=temperature, top_k=0, num_beams=1,
-                              num_return_sequences=n, max_new_tokens=max_new_tokens,
+    n = sampling.n
+    outputs = family.generate(model, src, do_sample=True, temperature=sampling.temperature, top_k=0, num_beams=1,
+                              num_return_sequences=n, max_new_tokens=sampling.max_new_tokens,
                               forced_eos_token_id=None)  # fmt: skip
     # An output cut by max_new_tokens has no end token; an empty one still trains its end token.
     outputs = [o or [family.eos_id] for o in outputs]
@@ -194,16 +195,19 @@ def run_ppo(
     score: Callable[[list[str], list[str], list[str]], np.ndarray],
     work_dir: Path,
     *,
-    temperature: float,
-    max_new_tokens: int,
+    sampling: SamplingSpec,
     max_length: int,
-    seed: int,
     fingerprint: str,
     log: Log = print,
 ) -> PPOResult:
     """PPO until `settings.total_candidates` are sampled; a checkpoint at every `eval_every_candidates`.
-    `score(sources, hypotheses, references)` is the training reward, on [0, 1]."""
-    n, per_iter = settings.samples_per_source, settings.sources_per_iteration
+    `score(sources, hypotheses, references)` is the training reward, on [0, 1]; `sampling` is the
+    spec's sampling with PPO's group size as N and the spec's seed (grow/sampling.py `sampling_for`)."""
+    if sampling.n != settings.samples_per_source:
+        raise ValueError(
+            f"ppo: sampling.n {sampling.n} is not online_rl.samples_per_source {settings.samples_per_source}"
+        )
+    n, per_iter, seed, temperature = sampling.n, settings.sources_per_iteration, sampling.seed, sampling.temperature
     iterations = -(-settings.total_candidates // (n * per_iter))
     tokenizer = load_tokenizer(bc_checkpoint)
     reference = load_policy(bc_checkpoint).eval()
@@ -246,8 +250,7 @@ def run_ppo(
         sources = [train_sources[i] for i in pick]
         refs = [train_references[i] for i in pick]
         model.eval()  # dropout off throughout: the ratio is exactly 1 before the first update of a batch
-        rollout = sample_rollout(model, family, sources, n, temperature, max_new_tokens, max_length,
-                                 seed=seed * 1_000_003 + it)  # fmt: skip
+        rollout = sample_rollout(model, family, sources, sampling, max_length, seed=seed * 1_000_003 + it)
         t_sampled = time.perf_counter()
         repeated = [(s, r) for s, r in zip(sources, refs, strict=True) for _ in range(n)]
         triples = [(s, h, r) for (s, r), h in zip(repeated, rollout.texts, strict=True)]

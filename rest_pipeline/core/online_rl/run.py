@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rest_pipeline.core.evaluation.checkpoint import reward_scores
+from rest_pipeline.core.grow.sampling import sampling_for
 from rest_pipeline.core.improve.assess import evaluate_checkpoint
 from rest_pipeline.core.online_rl.ppo import run_ppo
 from rest_pipeline.core.policy.model import weights_hash
@@ -27,8 +28,9 @@ ADVANTAGE = (
 def ppo_fingerprint(spec: ExperimentSpec, bc: Path, train_sources: int, train_reward: RewardModel) -> str:
     """Everything outside the PPO settings that a saved run must share to be continued (run_ppo adds
     the settings that shape the trajectory, and leaves out the budget)."""
-    parts = [weights_hash(bc), train_reward.version, str(spec.seed), str(spec.grow.temperature),
-             str(spec.grow.max_new_tokens), str(train_sources)]  # fmt: skip
+    sampling = spec.grow.sampling
+    parts = [weights_hash(bc), train_reward.version, str(spec.seed), str(sampling.temperature),
+             str(sampling.max_new_tokens), str(train_sources)]  # fmt: skip
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -47,10 +49,8 @@ def run_online_rl(
         list(train.target),
         lambda s, h, r: reward_scores(train_reward, s, h, r),
         store.online_rl_dir / "ppo",
-        temperature=spec.grow.temperature,
-        max_new_tokens=spec.grow.max_new_tokens,
+        sampling=sampling_for(spec, "ppo"),
         max_length=spec.tokenizer.max_length,
-        seed=spec.seed,
         fingerprint=fingerprint,
         log=log,
     )
