@@ -94,6 +94,9 @@ def test_improve_chain_keeps_improvements_and_stops_when_they_end(tmp_path):
     assert first.parent == "base" and first.parent_checkpoint == "policies/base"  # relative to the experiment
     assert first.checkpoint == first.trained_checkpoint == "policies/grow_1/improve_1/training/best"
     assert first.slice_kept > 0 and first.train_steps == 150 and first.lr == 5e-3
+    # The validation reward says what it is: greedy on which valid sentences, which reward version.
+    assert first.validation_signature.rewards == {"chrf": reward.version}
+    assert "greedy" in first.validation_signature.decoding and "valid[:30]" in first.validation_signature.decoding
 
     second = run_improve_step(spec, store, 1, 2, reward, log=lambda m: None)
     assert second.status == "not_improved"
@@ -173,6 +176,10 @@ def test_control_mirrors_the_rest_chain_on_originals_only(tmp_path):
     ctl = store.evaluation("control").splits["valid"].reward("chrf")
     assert result.control_minus_bc["valid"]["reward_chrf"] == pytest.approx(ctl - bc, abs=1e-4)
     assert store.control() == result
+    bc_sig = store.evaluation("base").signature  # every stored score carries what produced it
+    assert bc_sig.bleu.startswith("nrefs:1") and "nc:6|nw:0" in bc_sig.chrf
+    assert bc_sig.rewards == {"chrf": reward.version}
+    assert result.validation_signature == rest.validation_signature
 
 
 @pytest.mark.parametrize("loss", ["gold", "bvmpo", "oac"])

@@ -195,6 +195,19 @@ def findings(
     return [Finding(**f) for f in out]
 
 
+def signature_lines(store: ExperimentStore) -> list[str]:
+    """What produced the numbers below (sacrebleu's habit): metric signatures, decodings, reward versions."""
+    sig = store.evaluation(BASE).signature
+    steps = [r.validation_signature for r in store.steps() if r.validation_signature is not None]
+    if sig is None:
+        return ["Signatures: not recorded (evaluations written before scores carried them).\n"]
+    rewards = ", ".join(f"`{name}` {version}" for name, version in sorted(sig.rewards.items()))
+    text = f"Signatures: BLEU `{sig.bleu}`; chrF `{sig.chrf}`; outputs `{sig.decoding}`; rewards {rewards}."
+    if steps:
+        text += f" Improve steps are judged on `{steps[0].decoding}`."
+    return [text + "\n"]
+
+
 def run_header(spec: ExperimentSpec, store: ExperimentStore) -> list[str]:
     """What this run was, from its spec and records (not fixed text): the policy's size, how BC ended,
     the ReST schedule and the minutes each phase took. A BC cut by the clock is flagged here, since every
@@ -490,6 +503,7 @@ def build_report(spec: ExperimentSpec, store: ExperimentStore, train_reward: str
         *run_header(spec, store),
         f"Training reward: `{train_reward}`; independent reward: `{independent}`. All rewards are means over the "
         "split of greedy outputs, on [0, 1]. BLEU/chrF: sacrebleu corpus scores of the same outputs.\n",
+        *signature_lines(store),
         "## The paper's findings, checked on this run\n",
         md_table([f.model_dump() for f in checked]),
         "\n## Table 1 (the paper's shape)\n",

@@ -15,7 +15,7 @@ from rest_pipeline.core.paths import atomic_path
 from rest_pipeline.core.policy.model import weights_hash
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import BASE, FINAL, ExperimentStore
-from rest_pipeline.core.store.records import BestOfN, BestOfNCurve, NMatch
+from rest_pipeline.core.store.records import BestOfN, BestOfNCurve, NMatch, ScoreSignature
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import ExperimentSpec, SamplingSpec
 
@@ -111,6 +111,9 @@ def best_of_n_curves(spec: ExperimentSpec, store: ExperimentStore, reward: Rewar
         matching=matching,
         rest_small_n_reaches_bc_larger_n=any(
             m.bc_n_reached is not None and m.bc_n_reached > m.rest_n for m in matching
+        ),
+        signature=ScoreSignature(
+            decoding=f"{sampler_id(spec.grow)}:{settings.signature()}", rewards={reward.name: reward.version}
         ),
     )
     store.write_best_of_n(record)

@@ -25,7 +25,7 @@ from rest_pipeline.core.policy.generate import translate_checkpoint
 from rest_pipeline.core.policy.model import weights_hash
 from rest_pipeline.core.rewards.base import RewardModel, check_scores
 from rest_pipeline.core.store.experiment import ExperimentStore
-from rest_pipeline.core.store.records import DecodingEval, Diversity, EvalRow, Evaluation, SplitScores
+from rest_pipeline.core.store.records import DecodingEval, Diversity, EvalRow, Evaluation, ScoreSignature, SplitScores
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import DecodingSpec, EvaluationSpec, SamplingSpec
 
@@ -109,6 +109,7 @@ def evaluate_decodings(
                 sentences=len(df),
                 seconds=round(seconds, 1),
                 bleu_signature=scores.bleu_signature,
+                chrf_signature=scores.chrf_signature,
                 hypotheses=store.rel(path),
             )
             log(f"eval: {split}/{dec.name}: BLEU {row.bleu} chrF {row.chrf} ({row.seconds}s, {len(df)} sentences)")
@@ -147,6 +148,7 @@ def evaluate_policy(
         return saved
     out_dir = store.eval_dir(policy)
     scores: dict[str, SplitScores] = {}
+    corpus = None
     for split, df in splits.items():
         hyps = translate_checkpoint(
             checkpoint, list(df.source), greedy, backend=decode_backend, max_source_length=max_length
@@ -186,8 +188,20 @@ def evaluate_policy(
             distinct_2_of_samples=round(distinct_n([h for s in samples for h in s], 2), 4),
         )
         log(f"eval {policy}: diversity {probe}")
+    signature = ScoreSignature(
+        decoding=f"greedy,max_new={greedy.max_new_tokens},{decode_backend}",
+        bleu=corpus.bleu_signature if corpus else None,
+        chrf=corpus.chrf_signature if corpus else None,
+        rewards={m.name: m.version for m in rewards},
+    )
     record = Evaluation(
-        key=key, policy=policy, checkpoint=store.rel(checkpoint), decoding=greedy, splits=scores, diversity=probe
+        key=key,
+        policy=policy,
+        checkpoint=store.rel(checkpoint),
+        decoding=greedy,
+        splits=scores,
+        diversity=probe,
+        signature=signature,
     )
     store.write_evaluation(record)
     return record

@@ -10,7 +10,7 @@ from __future__ import annotations
 from rest_pipeline.core.evaluation.checkpoint import evaluate_policy
 from rest_pipeline.core.improve.assess import eval_splits
 from rest_pipeline.core.improve.chain import final_step, step_number
-from rest_pipeline.core.improve.finetune import finetune
+from rest_pipeline.core.improve.finetune import finetune, measure_parent, validation_signature
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import BASE, CONTROL, ExperimentStore, policy_name
 from rest_pipeline.core.store.queries import reference_pairs
@@ -54,7 +54,7 @@ def run_control(
         result = finetune(
             spec,
             store,
-            parent,
+            measure_parent(spec, store, parent, train_reward),
             pairs,
             store.control_training_dir(grow, step),
             lr=lr,
@@ -95,6 +95,7 @@ def run_control(
         checkpoint=store.rel(parent),
         rest_minus_control=deltas(store.evaluation(policy_name(*final_step(spec))), control),
         control_minus_bc=deltas(control, store.evaluation(BASE)),
+        validation_signature=validation_signature(spec, store, train_reward),
     )
     store.write_control(record)
     return record

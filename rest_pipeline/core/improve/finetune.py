@@ -22,6 +22,7 @@ from rest_pipeline.core.policy.model import load_policy, weights_hash, with_lora
 from rest_pipeline.core.policy.tokenizer import load_tokenizer
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import ExperimentStore
+from rest_pipeline.core.store.records import ScoreSignature
 from rest_pipeline.core.training.batching import make_batches
 from rest_pipeline.core.training.bc import ExampleSignals, train_bc
 from rest_pipeline.core.training.losses import SequenceLoss, make_loss, token_logprobs
@@ -50,10 +51,21 @@ def make_reward_fn(model: RewardModel) -> Callable[[list[str], list[str], list[s
     return lambda src, hyp, ref: float(reward_scores(model, src, hyp, ref).mean())
 
 
-def valid_reward(spec: ExperimentSpec, store: ExperimentStore, checkpoint: Path, reward: RewardModel) -> float:
-    """Greedy validation reward of a checkpoint, with the same subset and decoding as training uses; cached."""
+def validation_signature(spec: ExperimentSpec, store: ExperimentStore, reward: RewardModel) -> ScoreSignature:
+    """What an Improve step's validation reward is: greedy decoding of which valid sentences, which reward."""
+    n = len(validation_set(spec, store)[0])
+    decoding = f"greedy,max_new={spec.tokenizer.max_length},valid[:{n}],{spec.evaluation.backend}"
+    return ScoreSignature(decoding=decoding, rewards={reward.name: reward.version})
+
+
+def valid_reward(
+    spec: ExperimentSpec, store: ExperimentStore, checkpoint: Path, reward: RewardModel, weights: str | None = None
+) -> float:
+    """Greedy validation reward of a checkpoint, with the same subset and decoding as training uses; cached.
+    `weights`: the checkpoint's weights hash when the caller has it (hashing GBs of an LLM once is enough)."""
     sources, refs = validation_set(spec, store)
-    key = f"{weights_hash(checkpoint)}:{reward.name}:{reward.version}:{len(sources)}:{spec.tokenizer.max_length}"
+    weights = weights or weights_hash(checkpoint)
+    key = f"{weights}:{reward.name}:{reward.version}:{len(sources)}:{spec.tokenizer.max_length}"
     cached = store.cached_valid_reward(key)
     if cached is not None:
         return cached
@@ -64,6 +76,20 @@ def valid_reward(spec: ExperimentSpec, store: ExperimentStore, checkpoint: Path,
     value = round(make_reward_fn(reward)(sources, hyps, refs), 5)
     store.remember_valid_reward(key, value)
     return value
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The policy a step fine-tunes, measured once per step: its folder, weights hash, validation reward."""
+
+    path: Path
+    weights_hash: str
+    valid_reward: float
+
+
+def measure_parent(spec: ExperimentSpec, store: ExperimentStore, path: Path, reward: RewardModel) -> Parent:
+    weights = weights_hash(path)
+    return Parent(path, weights, valid_reward(spec, store, path, reward, weights))
 
 
 def data_hash(sources: Sequence[str], targets: Sequence[str], signals: ExampleSignals | None = None) -> str:
@@ -104,7 +130,7 @@ def loss_for(spec: ExperimentSpec, name: str, d_model: int) -> SequenceLoss:
 def finetune(
     spec: ExperimentSpec,
     store: ExperimentStore,
-    parent: Path,
+    parent: Parent,
     pairs: tuple[Sequence[str], Sequence[str]],
     work_dir: Path,
     *,
@@ -120,18 +146,18 @@ def finetune(
 
     `signals` carry what an offline-RL loss needs per pair; `behaviour` is the policy that sampled the
     pairs (the grow policy), whose token log-probabilities a loss such as OAC weighs against."""
-    parent_valid = valid_reward(spec, store, parent, reward)
+    parent_valid = parent.valid_reward
     train_spec = spec.improve.train.model_copy(update={"lr": lr})
     options = getattr(spec.improve, loss).model_dump_json() if loss != "bc" else ""
-    key = f"{weights_hash(parent)}|{data_hash(*pairs, signals)}|{train_spec.model_dump_json()}|{loss}{options}|{seed}"
+    key = f"{parent.weights_hash}|{data_hash(*pairs, signals)}|{train_spec.model_dump_json()}|{loss}{options}|{seed}"
     if spec.policy.lora is not None:
         key += f"|lora:{spec.policy.lora.model_dump_json()}"
     fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
     torch.manual_seed(seed)
-    model = load_policy(parent)
+    model = load_policy(parent.path)
     loss_fn = loss_for(spec, loss, hidden_size(model))
     if spec.policy.lora is not None:
-        model = with_lora(model, spec.policy.lora, parent)  # the step saves only its adapter
+        model = with_lora(model, spec.policy.lora, parent.path)  # the step saves only its adapter
     if loss_fn.needs_behaviour_logprobs:
         if behaviour is None or signals is None:
             raise ValueError(f"improve.loss {loss}: needs the behaviour (grow) policy and the slice's signals")
@@ -139,7 +165,7 @@ def finetune(
         signals = replace(signals, behaviour_logprobs=behaviour_logprobs(behaviour, pairs, spec.tokenizer.max_length))
     result = train_bc(
         model,
-        load_tokenizer(parent),
+        load_tokenizer(parent.path),
         (list(pairs[0]), list(pairs[1])),
         validation_set(spec, store),
         train_spec,

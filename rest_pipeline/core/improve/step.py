@@ -16,7 +16,7 @@ import pandas as pd
 
 from rest_pipeline.core.corpus.fetch import sha256_of
 from rest_pipeline.core.improve.chain import parent_of, sampler_of, step_lr, step_number
-from rest_pipeline.core.improve.finetune import finetune, valid_reward
+from rest_pipeline.core.improve.finetune import finetune, measure_parent, validation_signature
 from rest_pipeline.core.policy.model import adapter_lineage, weights_hash
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import ExperimentStore, policy_name
@@ -43,7 +43,8 @@ def run_improve_step(
     imp = spec.improve
     lr = step_lr(imp, grow, step)
     decoding = grow_sampler(store, grow)
-    parent_valid = valid_reward(spec, store, parent_ckpt, reward)
+    measured = measure_parent(spec, store, parent_ckpt, reward)  # its weights are hashed once per step
+    parent_valid = measured.valid_reward
     fields = dict(
         experiment=spec.name,
         grow=grow,
@@ -51,11 +52,11 @@ def run_improve_step(
         status="skipped",
         skip_reason=None,
         checkpoint=store.rel(parent_ckpt),
-        checkpoint_hash=weights_hash(parent_ckpt),
+        checkpoint_hash=measured.weights_hash,
         trained_checkpoint=None,
         parent=parent,
         parent_checkpoint=store.rel(parent_ckpt),
-        parent_hash=weights_hash(parent_ckpt),
+        parent_hash=measured.weights_hash,
         grow_policy=store.rel(store.policy(policy_name(*sampler_of(spec, grow)))),
         grow_decoding=str(decoding),
         slice_rule=stats.rule,
@@ -72,6 +73,7 @@ def run_improve_step(
         hyperparameters=imp.train.model_dump(mode="json"),
         parent_valid_reward=parent_valid,
         valid_reward=parent_valid,
+        validation_signature=validation_signature(spec, store, reward),
     )
     misses = [r for r in (store.step(grow, j) for j in range(1, step)) if r.status == "not_improved"]
     if len(misses) >= imp.patience:
@@ -95,7 +97,7 @@ def run_improve_step(
     result = finetune(
         spec,
         store,
-        parent_ckpt,
+        measured,
         (list(rows.source), list(rows.hypothesis)),
         store.training_dir(grow, step),
         lr=lr,

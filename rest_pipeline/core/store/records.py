@@ -96,6 +96,17 @@ class BranchRecord(Record):
 # -- evaluations ----------------------------------------------------------------------------------
 
 
+class ScoreSignature(_Frozen):
+    """What produced a stored score (sacrebleu's habit, for every number): the decoding or sampling
+    that made the outputs, sacrebleu's BLEU and chrF signatures, and each reward's name and version.
+    None in records written before scores carried it."""
+
+    decoding: str
+    bleu: str | None = None
+    chrf: str | None = None
+    rewards: dict[str, str] = {}  # reward name -> version
+
+
 class EvalRow(_Frozen):
     """BLEU/chrF of one split under one decoding setting, with the settings that produced it."""
 
@@ -107,6 +118,7 @@ class EvalRow(_Frozen):
     seconds: float
     bleu_signature: str
     hypotheses: str  # relative path of the Parquet with every output
+    chrf_signature: str | None = None
 
 
 class DecodingEval(Record):
@@ -151,6 +163,7 @@ class Evaluation(Record):
     splits: dict[str, SplitScores]
     diversity: Diversity | None = None
     inherited_from: str | None = None  # a step without new weights repeats its parent's evaluation
+    signature: ScoreSignature | None = None
 
 
 # -- Improve --------------------------------------------------------------------------------------
@@ -216,6 +229,7 @@ class StepRecord(Record):
     # policy.lora: what the trained checkpoint's adapter applies to (store-relative path and weights
     # hash of the parent) and the adapter's own hash; None for a full fine-tune.
     lora: dict[str, Any] | None = None
+    validation_signature: ScoreSignature | None = None  # what valid_reward and parent_valid_reward are
 
     @property
     def name(self) -> str:
@@ -241,6 +255,7 @@ class ControlRecord(Record):
     checkpoint: str
     rest_minus_control: dict[str, dict[str, float]]  # per split, per metric (bleu, chrf, reward_<name>)
     control_minus_bc: dict[str, dict[str, float]]
+    validation_signature: ScoreSignature | None = None  # what the steps' valid rewards are
 
 
 class BestOfNCurve(_Frozen):
@@ -262,6 +277,7 @@ class BestOfN(Record):
     curves: dict[str, BestOfNCurve]  # bc, rest
     matching: list[NMatch]
     rest_small_n_reaches_bc_larger_n: bool
+    signature: ScoreSignature | None = None  # the sampling and the reward version of the curves
 
 
 class Finding(_Frozen):
