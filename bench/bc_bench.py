@@ -6,7 +6,7 @@ quality parity after the same number of updates.
 
 Needs an experiment whose corpus and tokenizer exist (`./scripts/rest main default --until
 default/tokenizer`). Each run trains the spec's policy from the same seed on the same batches for
-`--updates` updates with the spec's BC settings (real `train_bc`, validation only at the end), then
+`--updates` updates with the spec's BC settings (real `train_policy`, validation only at the end), then
 reports target tokens/s over the training time and the validation loss and greedy BLEU after it.
 Runs alternate old/new so machine drift hits both. Also prints the padding share of the batches
 (how much of each padded batch is real tokens). Writes bench/results/bc.json (no absolute paths).
@@ -28,9 +28,9 @@ from rest_pipeline.core.policy.family import family_of
 from rest_pipeline.core.policy.model import build_policy
 from rest_pipeline.core.policy.tokenizer import load_tokenizer
 from rest_pipeline.core.store.experiment import ExperimentStore
-from rest_pipeline.core.training import bc as bc_module
+from rest_pipeline.core.training import trainer as bc_module
 from rest_pipeline.core.training.batching import make_batches
-from rest_pipeline.core.training.bc import BCResult, resolve_precision, train_bc
+from rest_pipeline.core.training.trainer import TrainResult, resolve_precision, train_policy
 from rest_pipeline.spec import find_spec, load_spec
 
 
@@ -57,7 +57,7 @@ def store_spec(store: ExperimentStore):
 PATHS = {"old": ("fp32", False), "new": ("fp32", True), "bf16": ("bf16", True)}  # (precision, fused AdamW)
 
 
-def train_spec_bc(store: ExperimentStore, **overrides: object) -> tuple[BCResult, str]:
+def train_spec_bc(store: ExperimentStore, **overrides: object) -> tuple[TrainResult, str]:
     """The experiment's BC from its seed with `overrides` on its bc settings (one validation, at the end),
     in a scratch folder; the result and the sha256 of the weights it kept. bc_repro.py uses it too."""
     spec = store_spec(store)
@@ -71,7 +71,7 @@ def train_spec_bc(store: ExperimentStore, **overrides: object) -> tuple[BCResult
                 "average_last": 1, "patience": None, **overrides}
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        result = train_bc(
+        result = train_policy(
             model,
             tok,
             (list(train.source), list(train.target)),

@@ -27,7 +27,7 @@ from rest_pipeline.core.policy.tokenizer import load_tokenizer, train_sentencepi
 from rest_pipeline.core.rewards.base import ChrFReward
 from rest_pipeline.core.rewards.scoring import score_candidates
 from rest_pipeline.core.store.experiment import ExperimentStore
-from rest_pipeline.core.training.bc import train_bc
+from rest_pipeline.core.training.trainer import train_policy
 from rest_pipeline.spec import (
     BCSpec,
     DataSpec,
@@ -62,7 +62,7 @@ def bc_throughput(tok, train, valid, device: str, steps: int, work: Path, max_to
         save_every_steps=10_000,
     )
     t0 = time.perf_counter()
-    res = train_bc(
+    res = train_policy(
         model,
         tok,
         (list(train.source), list(train.target)),

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import yaml
 
-from rest_pipeline.core import base_policy as core
+from rest_pipeline.core import base_stage as core
 from rest_pipeline.core.policy.model import save_policy
 from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.spec import load_spec

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from rest_pipeline.core.policy.family import Seq2Seq
 from rest_pipeline.core.training.batching import make_batches
-from rest_pipeline.core.training.bc import lr_at, train_bc
+from rest_pipeline.core.training.trainer import lr_at, train_policy
 from rest_pipeline.spec import BCSpec
 from rest_pipeline_tests.synthetic import pairs, tiny_model, tokenizer_dir
 
@@ -37,7 +37,7 @@ def run_tiny(work: str, tok_dir: str, spec_json: str, fingerprint: str = "fp") -
     torch.set_num_threads(1)
     model, tok = tiny_model(Path(tok_dir))
     train, valid = pairs(300, seed=1), pairs(40, seed=2)
-    res = train_bc(
+    res = train_policy(
         model,
         tok,
         train,
@@ -127,7 +127,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     torch.set_num_threads(1)
     from rest_pipeline_tests.synthetic import pairs as p
 
-    res = train_bc(
+    res = train_policy(
         model, tk, p(300, seed=1), p(40, seed=2), SPEC, work, seed=5, max_length=32, fingerprint="fp", log=logs.append
     )
     assert any("resuming at step" in m for m in logs)
@@ -145,7 +145,7 @@ def test_changed_spec_does_not_resume(tmp_path):
     run_tiny(str(tmp_path / "w"), tok, small.model_dump_json(), fingerprint="one")
     model, tk = tiny_model(Path(tok))
     logs: list[str] = []
-    train_bc(
+    train_policy(
         model,
         tk,
         pairs(300, seed=1),
@@ -163,7 +163,7 @@ def test_changed_spec_does_not_resume(tmp_path):
 def test_empty_training_set_is_a_clear_error(tmp_path):
     model, tok = tiny_model(tokenizer_dir(tmp_path))
     with pytest.raises(ValueError, match="training set is empty"):
-        train_bc(model, tok, ([], []), pairs(5), SPEC, tmp_path / "w", seed=1, max_length=32, fingerprint="x")
+        train_policy(model, tok, ([], []), pairs(5), SPEC, tmp_path / "w", seed=1, max_length=32, fingerprint="x")
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -191,12 +191,12 @@ def test_same_spec_and_seed_give_the_same_weights_on_a_loaded_machine(tmp_path):
 def test_a_time_budget_is_opt_in_and_recorded_when_it_fires(tmp_path):
     model, tok = tiny_model(tokenizer_dir(tmp_path))
     capped = SPEC.model_copy(update={"time_budget_minutes": 0.0005, "validate_every_steps": 1000})
-    res = train_bc(model, tok, pairs(300, seed=1), pairs(40, seed=2), capped, tmp_path / "w", seed=5, max_length=32,
+    res = train_policy(model, tok, pairs(300, seed=1), pairs(40, seed=2), capped, tmp_path / "w", seed=5, max_length=32,
                    fingerprint="cap", log=lambda m: None)  # fmt: skip
     assert res.clock_cut and res.stopped_because.startswith("time budget") and res.steps < SPEC.max_steps
     assert json.loads((tmp_path / "w" / "history.json").read_text())["clock_cut"] is True
     model, tok = tiny_model(tokenizer_dir(tmp_path))
-    counted = train_bc(model, tok, pairs(300, seed=1), pairs(40, seed=2), SPEC.model_copy(update={"max_steps": 20}),
+    counted = train_policy(model, tok, pairs(300, seed=1), pairs(40, seed=2), SPEC.model_copy(update={"max_steps": 20}),
                        tmp_path / "n", seed=5, max_length=32, fingerprint="n", log=lambda m: None)  # fmt: skip
     assert not counted.clock_cut and counted.stopped_because == "max_steps"
 
@@ -205,7 +205,7 @@ def test_patience_stops_training_on_a_validation_plateau(tmp_path):
     model, tok = tiny_model(tokenizer_dir(tmp_path))
     # lr 0: validation never improves after the first, so patience 2 stops at the third validation
     flat = SPEC.model_copy(update={"lr": 1e-12, "warmup_steps": 0, "validate_every_steps": 10, "patience": 2})
-    res = train_bc(model, tok, pairs(300, seed=1), pairs(40, seed=2), flat, tmp_path / "w", seed=5, max_length=32,
+    res = train_policy(model, tok, pairs(300, seed=1), pairs(40, seed=2), flat, tmp_path / "w", seed=5, max_length=32,
                    fingerprint="flat", log=lambda m: None)  # fmt: skip
     assert res.stopped_because.startswith("patience") and res.steps == 30
     assert res.plateau(3) == 0.0 and res.plateau(99) is None

@@ -20,8 +20,8 @@ from rest_pipeline.core.policy.model import (
     weights_hash,
     with_lora,
 )
-from rest_pipeline.core.training.bc import train_bc
 from rest_pipeline.core.training.losses import token_logprobs
+from rest_pipeline.core.training.trainer import train_policy
 from rest_pipeline.spec import BCSpec, DecodingSpec, LoraSpec, SamplingSpec
 from rest_pipeline_tests.synthetic import pairs, tiny_causal, tokenizer_dir
 
@@ -35,7 +35,7 @@ def trained(tmp_path_factory):
     model, tok = tiny_causal(tokenizer_dir(root))
     spec = BCSpec(max_tokens=300, epochs=100, max_steps=300, lr=5e-3, warmup_steps=30, validate_every_steps=150,
                   validate_pairs=30, save_every_steps=100, label_smoothing=0.0)  # fmt: skip
-    result = train_bc(model, tok, pairs(300, seed=1), pairs(30, seed=2), spec, root / "bc", seed=3, max_length=32,
+    result = train_policy(model, tok, pairs(300, seed=1), pairs(30, seed=2), spec, root / "bc", seed=3, max_length=32,
                       fingerprint="causal", log=lambda m: None)  # fmt: skip
     return root, result
 
@@ -229,7 +229,7 @@ def test_an_encoder_decoder_lora_step_converts_to_ctranslate2_merged(tmp_path):
     model, tok = tiny_model(tokenizer_dir(tmp_path))
     spec = BCSpec(max_tokens=300, epochs=100, max_steps=250, lr=5e-3, warmup_steps=30, validate_every_steps=250,
                   validate_pairs=10, save_every_steps=250, label_smoothing=0.0)  # fmt: skip
-    trained = train_bc(model, tok, pairs(300, seed=1), pairs(10, seed=2), spec, tmp_path / "bc", seed=3,
+    trained = train_policy(model, tok, pairs(300, seed=1), pairs(10, seed=2), spec, tmp_path / "bc", seed=3,
                        max_length=32, fingerprint="marian", log=lambda m: None)  # fmt: skip
     parent = trained.best_dir
     wrapped = with_lora(load_policy(parent), LoraSpec(r=2, alpha=4, target_modules=["q_proj", "v_proj"]), parent)
@@ -257,8 +257,8 @@ def test_every_improve_loss_trains_a_causal_lm(trained, tmp_path, loss):
     from rest_pipeline.core.improve.finetune import behaviour_logprobs
     from rest_pipeline.core.policy.family import hidden_size
     from rest_pipeline.core.policy.tokenizer import load_tokenizer
-    from rest_pipeline.core.training.bc import ExampleSignals
     from rest_pipeline.core.training.losses import make_loss
+    from rest_pipeline.core.training.trainer import ExampleSignals
 
     _, result = trained
     model, tok = load_policy(result.best_dir), load_tokenizer(result.best_dir)
@@ -271,7 +271,7 @@ def test_every_improve_loss_trains_a_causal_lm(trained, tmp_path, loss):
     assert [len(lp) for lp in signals.behaviour_logprobs] == [len(t) for t in targets]
     spec = BCSpec(max_tokens=300, epochs=10, max_steps=6, lr=1e-3, warmup_steps=1, validate_every_steps=6,
                   validate_pairs=5, save_every_steps=6, label_smoothing=0.0)  # fmt: skip
-    out = train_bc(model, tok, (src, tgt), pairs(5, seed=2), spec, tmp_path / loss, seed=1, max_length=32,
+    out = train_policy(model, tok, (src, tgt), pairs(5, seed=2), spec, tmp_path / loss, seed=1, max_length=32,
                    fingerprint=loss, log=lambda m: None, loss_fn=make_loss(loss, d_model=hidden_size(model)),
                    signals=signals)  # fmt: skip
     assert out.steps == 6 and all(torch.isfinite(torch.tensor(r["valid_loss"])) for r in out.history)

@@ -118,7 +118,7 @@ def _assert_online_rl(instance: dg.DagsterInstance, store: ExperimentStore, spec
     samples = spec.grow.max_sources * spec.grow.sampling.n * spec.improve.grows
     assert f"- candidates: PPO's budget ended at 32, below ReST's {samples}; no match" in markdown
     assert (store.report_dir / "rest_vs_ppo_compute.png").read_bytes()[:4] == b"\x89PNG"
-    from rest_pipeline.core.online_rl.compute import rest_compute
+    from rest_pipeline.core.online_rl.rest_compute import rest_compute
 
     rest = rest_compute(store)
     assert list(rest) == ["grow_1/improve_1", "grow_1/improve_2", "grow_2/improve_1", "grow_2/improve_2"]

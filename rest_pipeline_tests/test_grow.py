@@ -130,7 +130,7 @@ def test_a_rescore_from_the_cache_keeps_the_shards_scoring_cost(tmp_path):
 @pytest.fixture(scope="module")
 def trained_policy(tmp_path_factory):
     """A tiny Marian trained enough to have a non-trivial, trained <pad> (decoder start) row."""
-    from rest_pipeline.core.training.bc import train_bc
+    from rest_pipeline.core.training.trainer import train_policy
     from rest_pipeline.spec import BCSpec
 
     tmp = tmp_path_factory.mktemp("ct2")
@@ -145,7 +145,7 @@ def trained_policy(tmp_path_factory):
         validate_pairs=10,
         label_smoothing=0.0,
     )
-    train_bc(
+    train_policy(
         model,
         tok,
         pairs(300, seed=1),

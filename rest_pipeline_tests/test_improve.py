@@ -233,13 +233,13 @@ def test_one_sampling_setting_reaches_the_engine_and_a_sample_reaches_the_traine
     score_candidates(store, reward, 1, 0)
     build_slice(store, 1, 1, "chrf", "threshold", 0.0, mix_originals=False)
     trained_on = []
-    real_train = finetune.train_bc
+    real_train = finetune.train_policy
 
     def recording_train(model, tokenizer, train, *args, **kwargs):
         trained_on.extend(zip(*train, strict=True))
         return real_train(model, tokenizer, train, *args, **kwargs)
 
-    monkeypatch.setattr(finetune, "train_bc", recording_train)
+    monkeypatch.setattr(finetune, "train_policy", recording_train)
     run_improve_step(spec, store, 1, 1, reward, log=lambda m: None)
     kept = store.slice_rows(1, 1)
     kept_samples = kept[kept.origin == "sample"]

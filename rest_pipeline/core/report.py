@@ -212,7 +212,7 @@ def run_header(spec: ExperimentSpec, store: ExperimentStore) -> list[str]:
     """What this run was, from its spec and records (not fixed text): the policy's size, how BC ended,
     the ReST schedule and the minutes each phase took. A BC cut by the clock is flagged here, since every
     gain measured against it may be owed to training longer."""
-    from rest_pipeline.core.online_rl.compute import rest_compute
+    from rest_pipeline.core.online_rl.rest_compute import rest_compute
     from rest_pipeline.core.policy.model import count_parameters, load_policy
 
     params = count_parameters(load_policy(store.base_policy_dir))
@@ -307,7 +307,7 @@ def _control_section(store: ExperimentStore, rows: list[dict]) -> list[str]:
 
 def compute_rows(store: ExperimentStore, train_reward: str) -> list[dict]:
     """BC, every ReST checkpoint and every PPO checkpoint with its compute so far and its scores."""
-    from rest_pipeline.core.online_rl.compute import rest_compute
+    from rest_pipeline.core.online_rl.rest_compute import rest_compute
 
     def scores(name: str) -> dict:
         ev = store.evaluation(name)

@@ -7,8 +7,8 @@ import dagster as dg
 from rest_pipeline.core.improve.chain import own_grows
 from rest_pipeline.core.rewards.factory import reward_names
 from rest_pipeline.core.spec_check import checked_specs
-from rest_pipeline.orchestration.assets import experiment_assets
 from rest_pipeline.orchestration.automation import automation_sensor, round_schedule
+from rest_pipeline.orchestration.base_assets import experiment_assets
 from rest_pipeline.orchestration.branch_assets import branch_point_asset
 from rest_pipeline.orchestration.checks import experiment_checks, grow_checks, improve_checks
 from rest_pipeline.orchestration.grow_assets import grow_assets, reward_model_asset

@@ -27,7 +27,7 @@ from rest_pipeline.core.rewards.base import RewardModel, check_scores
 from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.core.store.records import DecodingEval, Diversity, EvalRow, Evaluation, ScoreSignature, SplitScores
 from rest_pipeline.core.types import Log
-from rest_pipeline.spec import DecodingSpec, EvaluationSpec, SamplingSpec
+from rest_pipeline.spec import DecodingSpec, EvaluationSpec, ExperimentSpec, SamplingSpec
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
@@ -117,6 +117,11 @@ def evaluate_decodings(
     record = DecodingEval(key=key, checkpoint=store.rel(checkpoint), rows=rows)
     store.write_decoding_eval(record)
     return record
+
+
+def eval_splits(spec: ExperimentSpec, store: ExperimentStore) -> dict[str, pd.DataFrame]:
+    """The spec's evaluation splits (valid, test) as the store holds them."""
+    return {s: store.split(s) for s in spec.evaluation.splits}
 
 
 def evaluate_policy(

@@ -7,9 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
-from rest_pipeline.core.evaluation.checkpoint import evaluate_policy
+from rest_pipeline.core.evaluation.checkpoint import eval_splits, evaluate_policy
 from rest_pipeline.core.grow.sampling import sampling_for
 from rest_pipeline.core.improve.chain import parent_of
 from rest_pipeline.core.paths import atomic_dir
@@ -18,10 +16,6 @@ from rest_pipeline.core.store.experiment import ExperimentStore, policy_name
 from rest_pipeline.core.store.records import Evaluation
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import ExperimentSpec
-
-
-def eval_splits(spec: ExperimentSpec, store: ExperimentStore) -> dict[str, pd.DataFrame]:
-    return {s: store.split(s) for s in spec.evaluation.splits}
 
 
 def evaluate_step(

@@ -7,8 +7,7 @@ ReST policy and this control is owed to the reward-filtered samples.
 
 from __future__ import annotations
 
-from rest_pipeline.core.evaluation.checkpoint import evaluate_policy
-from rest_pipeline.core.improve.assess import eval_splits
+from rest_pipeline.core.evaluation.checkpoint import eval_splits, evaluate_policy
 from rest_pipeline.core.improve.chain import final_step, step_number
 from rest_pipeline.core.improve.finetune import finetune, measure_parent, validation_signature
 from rest_pipeline.core.rewards.base import RewardModel

@@ -24,8 +24,8 @@ from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.core.store.records import ScoreSignature
 from rest_pipeline.core.training.batching import make_batches
-from rest_pipeline.core.training.bc import ExampleSignals, train_bc
 from rest_pipeline.core.training.losses import SequenceLoss, make_loss, token_logprobs
+from rest_pipeline.core.training.trainer import ExampleSignals, train_policy
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import DecodingSpec, ExperimentSpec
 
@@ -163,7 +163,7 @@ def finetune(
             raise ValueError(f"improve.loss {loss}: needs the behaviour (grow) policy and the slice's signals")
         log(f"finetune: scoring the {len(pairs[0])} training pairs under the behaviour policy for {loss}")
         signals = replace(signals, behaviour_logprobs=behaviour_logprobs(behaviour, pairs, spec.tokenizer.max_length))
-    result = train_bc(
+    result = train_policy(
         model,
         load_tokenizer(parent.path),
         (list(pairs[0]), list(pairs[1])),

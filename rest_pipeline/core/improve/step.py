@@ -22,7 +22,7 @@ from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import ExperimentStore, policy_name
 from rest_pipeline.core.store.queries import grow_sampler
 from rest_pipeline.core.store.records import StepRecord
-from rest_pipeline.core.training.bc import ExampleSignals
+from rest_pipeline.core.training.trainer import ExampleSignals
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import ExperimentSpec
 

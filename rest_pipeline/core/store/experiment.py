@@ -485,9 +485,6 @@ class ExperimentStore(CandidateTables):
         rec = self._reusable(self._evaluation_file(policy), Evaluation)
         return rec if rec is not None and rec.key == key else None
 
-    def has_evaluation(self, policy: str) -> bool:
-        return self._reusable(self._evaluation_file(self.canonical(policy)), Evaluation) is not None
-
     def write_rating_round(self, record: RatingRound) -> Path:
         return self._write(self.rating_round_dir(record.round_id) / "round.json", record)
 
@@ -690,8 +687,9 @@ class ExperimentStore(CandidateTables):
         own = [self.root, *([self.tables_root] if is_remote(self.tables_root) else [])]
         return [*own, *(self.parent.readable_dirs() if self.parent else [])]
 
-    def connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-        """DuckDB over the candidate tables, plus `lineage`: one row per step record (history left out)."""
+    def connect(self, read_only: bool = True) -> duckdb.DuckDBPyConnection:
+        """DuckDB over the candidate tables, plus `lineage`: one row per step record (history left out).
+        Locked down (core/store/candidates.py `lock_down`) unless a caller asks for read_only=False."""
         rows = [r.model_dump(exclude={"history", "hyperparameters"}) for r in self.steps()]
         con = super().connect()
         ratings = sorted(self.human_dir.glob("ratings/round=*/rater=*/*.parquet"))

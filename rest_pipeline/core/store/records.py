@@ -353,7 +353,7 @@ class HumanEval(Record):
 
 
 class ComputeUsed(_Frozen):
-    """Compute a policy cost so far, counted alike for ReST and PPO (core/online_rl/compute.py)."""
+    """Compute a policy cost so far, counted alike for ReST and PPO (core/online_rl/rest_compute.py)."""
 
     candidates: int  # sequences sampled
     reward_calls: int  # reward-model evaluations after de-duplication and the score cache

@@ -1,7 +1,7 @@
 """The supervised assets of an experiment, keyed `<experiment>/<asset>`: corpus, tokenizer, the BC
 policy and its evaluation.
 
-The bodies only call the functional core (`rest_pipeline.core.base_policy`) and turn its
+The bodies only call the functional core (`rest_pipeline.core.base_stage`) and turn its
 results into metadata; artifacts live in the experiment's store, never pickled through an IO
 manager.
 """
@@ -11,7 +11,7 @@ import json
 import dagster as dg
 import pandas as pd
 
-from rest_pipeline.core import base_policy as core
+from rest_pipeline.core import base_stage as core
 from rest_pipeline.core.corpus.fetch import sha256_of
 from rest_pipeline.core.policy.model import count_parameters, load_policy
 from rest_pipeline.orchestration import keys

@@ -43,7 +43,7 @@ RewardFn = Callable[[list[str], list[str], list[str]], float]
 
 
 @dataclass
-class BCResult:
+class TrainResult:
     best_dir: Path
     best_metric: float
     keep_best_by: str
@@ -162,7 +162,7 @@ def validation_loss(model, family: Family, src, tgt, max_tokens: int) -> float:
     return total / max(tokens, 1)
 
 
-def train_bc(
+def train_policy(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     train: tuple[Sequence[str], Sequence[str]],
@@ -178,7 +178,7 @@ def train_bc(
     loss_fn: SequenceLoss | None = None,
     signals: ExampleSignals | None = None,
     decode_backend: str = "hf",
-) -> BCResult:
+) -> TrainResult:
     """Train `model` in place on (sources, targets); returns where the best checkpoint is.
 
     `signals` (rewards, behaviour baselines, ... one per training pair) reach `loss_fn`; plain BC
@@ -381,7 +381,7 @@ def train_bc(
             if record({"step": step, "averaged_snapshots": len(snaps)}, f"averaged last {len(snaps)} snapshots"):
                 best, averaged = history[-1]["metric"], True
 
-    result = BCResult(
+    result = TrainResult(
         best_dir=best_dir,
         best_metric=-best if spec.keep_best_by == "loss" else best,
         keep_best_by=spec.keep_best_by,
@@ -402,7 +402,7 @@ def train_bc(
     return result
 
 
-def finished_result(work_dir: Path, fingerprint: str) -> BCResult | None:
+def finished_result(work_dir: Path, fingerprint: str) -> TrainResult | None:
     """The recorded result of a finished run with the same fingerprint, if its checkpoint is there."""
     path = work_dir / "history.json"
     if not path.is_file() or not is_checkpoint(work_dir / "best"):
@@ -411,7 +411,7 @@ def finished_result(work_dir: Path, fingerprint: str) -> BCResult | None:
     if data.pop("fingerprint", None) != fingerprint:
         return None
     data["best_dir"] = work_dir / data["best_dir"]  # an absolute path (older records) stays as it is
-    return BCResult(**data)
+    return TrainResult(**data)
 
 
 def _no_improvement_for(history: list[dict], patience: int) -> bool:

@@ -11,18 +11,17 @@ import json
 import shutil
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from rest_pipeline.core.corpus.fetch import sha256_of
 from rest_pipeline.core.corpus.splits import SplitInfo, prepare_splits
-from rest_pipeline.core.evaluation.checkpoint import evaluate_decodings
+from rest_pipeline.core.evaluation.checkpoint import eval_splits, evaluate_decodings
 from rest_pipeline.core.paths import atomic_dir
 from rest_pipeline.core.policy.model import build_policy, weights_hash
 from rest_pipeline.core.policy.tokenizer import load_tokenizer, train_sentencepiece
 from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.core.store.records import BCPolicyLink, CorpusRecord, DecodingEval, SplitRecord
-from rest_pipeline.core.training.bc import BCResult, resolve_precision, train_bc
+from rest_pipeline.core.training.trainer import TrainResult, resolve_precision, train_policy
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import ExperimentSpec
 
@@ -96,7 +95,7 @@ def tokenizer_hash(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def train_base_policy(spec: ExperimentSpec, store: ExperimentStore, log: Log = print) -> BCResult:
+def train_base_policy(spec: ExperimentSpec, store: ExperimentStore, log: Log = print) -> TrainResult:
     """BC-train the base policy (from scratch, or fine-tune a pretrained checkpoint), once per content
     address under `<home>/bc_policies/`: every experiment and branch asking for the same BC reuses it,
     one training at a time holds the lock, and a killed training resumes from its last save point."""
@@ -111,7 +110,7 @@ def train_base_policy(spec: ExperimentSpec, store: ExperimentStore, log: Log = p
     store.bc_policies_root.mkdir(parents=True, exist_ok=True)
     train, valid = store.split("train"), store.split("valid")
     with FileLock(str(store.bc_policies_root / f".{key}.lock")):
-        result = train_bc(
+        result = train_policy(
             model,
             tokenizer,
             (list(train.source), list(train.target)),
@@ -146,15 +145,11 @@ def train_base_policy(spec: ExperimentSpec, store: ExperimentStore, log: Log = p
     return result
 
 
-def load_eval_splits(spec: ExperimentSpec, store: ExperimentStore) -> dict[str, pd.DataFrame]:
-    return {s: store.split(s) for s in spec.evaluation.splits}
-
-
 def evaluate_base_policy(spec: ExperimentSpec, store: ExperimentStore, log: Log = print) -> DecodingEval:
     return evaluate_decodings(
         store,
         store.base_policy_dir,
-        load_eval_splits(spec, store),
+        eval_splits(spec, store),
         spec.evaluation,
         max_source_length=spec.tokenizer.max_length,
         log=log,
