@@ -17,7 +17,8 @@ from rest_pipeline.core.paths import atomic_path  # noqa: E402
 from rest_pipeline.core.rewards.factory import independent_reward  # noqa: E402
 from rest_pipeline.core.store.experiment import BASE, CONTROL, ExperimentStore, policy_name  # noqa: E402
 from rest_pipeline.core.store.queries import grow_rewards, grow_sizes  # noqa: E402
-from rest_pipeline.core.store.records import PHASES, BestOfN, Evaluation, Finding, Report  # noqa: E402
+from rest_pipeline.core.store.records import BestOfN, Evaluation, Finding, Report  # noqa: E402
+from rest_pipeline.core.store.side_records import PHASES
 from rest_pipeline.core.tables import md_table  # noqa: E402
 from rest_pipeline.spec import ExperimentSpec  # noqa: E402
 

@@ -12,7 +12,7 @@ from rest_pipeline.core.grow.sampling import make_sampler, sample_candidates, sa
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.rewards.scoring import ScoreReport, score_candidates
 from rest_pipeline.core.store.experiment import ExperimentStore
-from rest_pipeline.core.store.records import ShardCost
+from rest_pipeline.core.store.side_records import ShardCost
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import ExperimentSpec
 

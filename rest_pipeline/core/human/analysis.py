@@ -17,7 +17,7 @@ from rest_pipeline.core.human.ratings import all_ratings
 from rest_pipeline.core.human.rounds import round_items
 from rest_pipeline.core.paths import atomic_path
 from rest_pipeline.core.store.experiment import BASE, ExperimentStore
-from rest_pipeline.core.store.records import HumanDelta, HumanEval, SystemRating
+from rest_pipeline.core.store.side_records import HumanDelta, HumanEval, SystemRating
 
 
 class HumanEvalError(ValueError):

@@ -22,7 +22,7 @@ from filelock import FileLock
 from rest_pipeline.core.human.rounds import round_items
 from rest_pipeline.core.paths import atomic_path
 from rest_pipeline.core.store.experiment import ExperimentStore
-from rest_pipeline.core.store.records import RatingRound
+from rest_pipeline.core.store.side_records import RatingRound
 
 PAGE_VERSION = "rate-v1"
 SCALE = range(0, 7)  # the paper's 0-6 side-by-side scale

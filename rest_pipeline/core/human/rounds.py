@@ -18,7 +18,7 @@ from sacrebleu.metrics import BLEU
 from rest_pipeline.core.evaluation.checkpoint import hypotheses
 from rest_pipeline.core.paths import atomic_path
 from rest_pipeline.core.store.experiment import BASE, ExperimentStore
-from rest_pipeline.core.store.records import RatingRound
+from rest_pipeline.core.store.side_records import RatingRound
 
 STRATIFY = ("random", "disagree")
 

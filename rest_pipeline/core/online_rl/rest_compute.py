@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from rest_pipeline.core.store.experiment import ExperimentStore, policy_name
 from rest_pipeline.core.store.queries import samples_and_new_pairs
-from rest_pipeline.core.store.records import ComputeUsed
+from rest_pipeline.core.store.side_records import ComputeUsed
 
 
 def rest_compute(store: ExperimentStore) -> dict[str, ComputeUsed]:

@@ -15,7 +15,7 @@ from rest_pipeline.core.online_rl.ppo import run_ppo
 from rest_pipeline.core.policy.model import weights_hash
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import BASE, ExperimentStore
-from rest_pipeline.core.store.records import PHASES, ComputeUsed, OnlineRL, OnlineRLMark
+from rest_pipeline.core.store.side_records import PHASES, ComputeUsed, OnlineRL, OnlineRLMark
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import ExperimentSpec
 
