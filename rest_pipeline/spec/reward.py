@@ -1,0 +1,31 @@
+"""`reward`: the training reward model and the independent ones scored beside it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from rest_pipeline.spec.base import _Strict
+from rest_pipeline.spec.grow import ComputeType
+
+
+class RewardSpec(_Strict):
+    """Which reward model trains the policy, and which others are scored alongside it."""
+
+    model: str = "learned"  # built-in name (chrf, bleu, comet, learned) or 'package.module:factory'
+    extra: list[str] = []  # independent rewards scored too (e.g. chrf as a reward-hacking check)
+    comet_path: str | None = None  # a local COMET checkpoint directory for model 'comet'
+    learned_max_rows: int | None = Field(None, ge=50)  # subsample the judgements (smoke runs)
+    learned_epochs: int = Field(60, ge=1)
+    # How the learned reward embeds sentences, in training and scoring: COMET's torch code, or the same
+    # encoder on CTranslate2 (int8 on CPU, float16 on CUDA): ~2x the sentences per second.
+    engine: Literal["torch", "ctranslate2"] = "torch"
+    compute_type: ComputeType = "int8"
+
+    @model_validator(mode="after")
+    def _comet_path(self) -> RewardSpec:
+        """Whether each reward name resolves is checked by core/spec_check.py (it needs the plugins)."""
+        if "comet" in (self.model, *self.extra) and not self.comet_path:
+            raise ValueError("reward.comet_path must name a local COMET checkpoint folder for reward 'comet'")
+        return self
