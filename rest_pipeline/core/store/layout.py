@@ -193,21 +193,20 @@ class ExperimentLayout:
             return self.parent.slice_dir(grow, step)
         return self.tables_root / "slices" / f"grow={grow}" / f"improve={step}"
 
-    def candidate_files(self) -> list[Path]:
-        own = super().candidate_files()
+    def _with_parents(self, own: list[Path], parents: list[Path]) -> list[Path]:
+        """A branch's table files: the parent's up to the branch grow, its own after it."""
         if self.parent is None:
             return own
-        return [p for p in self.parent.candidate_files() if _grow_of(p) <= self.branch_grow] + [
-            p for p in own if _grow_of(p) > self.branch_grow
-        ]
+        g = self.branch_grow
+        return [p for p in parents if _grow_of(p) <= g] + [p for p in own if _grow_of(p) > g]
+
+    def candidate_files(self) -> list[Path]:
+        parents = self.parent.candidate_files() if self.parent else []
+        return self._with_parents(super().candidate_files(), parents)
 
     def score_files(self) -> list[Path]:
-        own = super().score_files()
-        if self.parent is None:
-            return own
-        return [p for p in self.parent.score_files() if _grow_of(p) <= self.branch_grow] + [
-            p for p in own if _grow_of(p) > self.branch_grow
-        ]
+        parents = self.parent.score_files() if self.parent else []
+        return self._with_parents(super().score_files(), parents)
 
     def check_writable(self, path: Path) -> None:
         if is_remote(path):
@@ -264,6 +263,15 @@ class ExperimentLayout:
 
     def _valid_rewards_file(self) -> Path:
         return self.root / "policies" / "valid_rewards.json"
+
+    def _online_rl_file(self) -> Path:
+        return self.online_rl_dir / "online_rl.json"
+
+    def _rating_round_file(self, round_id: str) -> Path:
+        return self.rating_round_dir(round_id) / "round.json"
+
+    def _human_eval_file(self) -> Path:
+        return self.human_dir / "human_eval.json"
 
     def _branch_file(self) -> Path:
         return self.root / "branch.json"

@@ -131,28 +131,28 @@ class SideRecords(RecordKeeper):
         return [self._read(f, ShardCost, "a shard's cost") for f in sorted(folder.glob("*.json"))]
 
     def write_online_rl(self, record: OnlineRL) -> Path:
-        return self._write(self.online_rl_dir / "online_rl.json", record)
+        return self._write(self._online_rl_file(), record)
 
     def online_rl(self) -> OnlineRL:
-        return self._read(self.online_rl_dir / "online_rl.json", OnlineRL, "the online-RL baseline (online_rl)")
+        return self._read(self._online_rl_file(), OnlineRL, "the online-RL baseline (online_rl)")
 
     def has_online_rl(self) -> bool:
-        return self._reusable(self.online_rl_dir / "online_rl.json", OnlineRL) is not None
+        return self._reusable(self._online_rl_file(), OnlineRL) is not None
 
     def write_rating_round(self, record: RatingRound) -> Path:
-        return self._write(self.rating_round_dir(record.round_id) / "round.json", record)
+        return self._write(self._rating_round_file(record.round_id), record)
 
     def rating_round(self, round_id: str) -> RatingRound:
-        return self._read(self.rating_round_dir(round_id) / "round.json", RatingRound, f"rating round {round_id}")
+        return self._read(self._rating_round_file(round_id), RatingRound, f"rating round {round_id}")
 
     def rating_rounds(self) -> list[RatingRound]:
         return [self.rating_round(p.parent.name) for p in sorted(self.human_dir.glob("rounds/*/round.json"))]
 
     def write_human_eval(self, record: HumanEval) -> Path:
-        return self._write(self.human_dir / "human_eval.json", record)
+        return self._write(self._human_eval_file(), record)
 
     def human_eval(self) -> HumanEval:
-        return self._read(self.human_dir / "human_eval.json", HumanEval, "the human evaluation (human_eval)")
+        return self._read(self._human_eval_file(), HumanEval, "the human evaluation (human_eval)")
 
     def has_human_eval(self) -> bool:
-        return self._reusable(self.human_dir / "human_eval.json", HumanEval) is not None
+        return self._reusable(self._human_eval_file(), HumanEval) is not None
