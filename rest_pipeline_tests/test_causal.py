@@ -258,7 +258,7 @@ def test_every_improve_loss_trains_a_causal_lm(trained, tmp_path, loss):
     from rest_pipeline.core.policy.family import hidden_size
     from rest_pipeline.core.policy.tokenizer import load_tokenizer
     from rest_pipeline.core.training.losses import make_loss
-    from rest_pipeline.core.training.trainer import ExampleSignals
+    from rest_pipeline.core.training.pairs import ExampleSignals
 
     _, result = trained
     model, tok = load_policy(result.best_dir), load_tokenizer(result.best_dir)

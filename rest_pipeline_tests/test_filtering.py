@@ -65,13 +65,13 @@ def kept(rows) -> dict[str, list[float]]:
 
 
 def test_global_threshold_keeps_rewards_at_or_above_tau(store):
-    rows = select(read_grow(store, 1, "spelled"), "threshold", 0.5, mix_originals=False)
+    rows = select(read_grow(store, 1, "spelled"), "threshold", 0.5, mix_originals=False).df()
     assert kept(rows) == {"s0": [0.5, 0.8, 0.9, 0.95], "s1": [0.6, 0.7]}
     assert set(rows.kept_by) == {"filter"}
 
 
 def test_mixing_originals_adds_every_reference_whatever_its_reward(store):
-    rows = select(read_grow(store, 1, "spelled"), "threshold", 0.5, mix_originals=True)
+    rows = select(read_grow(store, 1, "spelled"), "threshold", 0.5, mix_originals=True).df()
     assert kept(rows) == {"s0": [0.5, 0.8, 0.9, 0.95], "s1": [0.6, 0.7], "s2": [0.2]}
     assert rows[rows.source_id == "s2"].kept_by.tolist() == ["original"]
     # A reference that clears the bar is counted as kept by the filter, not twice.
@@ -79,26 +79,26 @@ def test_mixing_originals_adds_every_reference_whatever_its_reward(store):
 
 
 def test_per_source_percentile(store):
-    rows = select(read_grow(store, 1, "spelled"), "percentile", 50, mix_originals=False)
+    rows = select(read_grow(store, 1, "spelled"), "percentile", 50, mix_originals=False).df()
     assert kept(rows) == {"s0": [0.8, 0.9, 0.95], "s1": [0.4, 0.6, 0.7], "s2": [0.05, 0.1, 0.2]}
 
 
 def test_per_source_interpolated_bar(store):
     # tau_s = 0.5 * max + 0.5 * mean over the samples: s0 0.7375, s1 0.4875, s2 0.06875
-    rows = select(read_grow(store, 1, "spelled"), "interpolated", 0.5, mix_originals=False)
+    rows = select(read_grow(store, 1, "spelled"), "interpolated", 0.5, mix_originals=False).df()
     assert kept(rows) == {"s0": [0.8, 0.9, 0.95], "s1": [0.6, 0.7], "s2": [0.1, 0.2]}
-    everything = select(read_grow(store, 1, "spelled"), "interpolated", 0.0, mix_originals=False)
+    everything = select(read_grow(store, 1, "spelled"), "interpolated", 0.0, mix_originals=False).df()
     assert all(min(v) >= 0 for v in kept(everything).values())
 
 
 def test_per_source_bars_come_from_the_samples_not_the_reference(store):
     # p = 100 keeps each source's best sample; the reference (above every sample here) must not
     # raise the bar past it, or a per-source filter keeps references only.
-    rows = select(read_grow(store, 1, "spelled"), "percentile", 100, mix_originals=True)
+    rows = select(read_grow(store, 1, "spelled"), "percentile", 100, mix_originals=True).df()
     best = rows[rows.origin == "sample"]
     assert kept(best) == {"s0": [0.9], "s1": [0.6], "s2": [0.1]}
     assert set(rows[rows.origin == "reference"].kept_by) == {"filter"}  # references clear their source's bar
-    top = select(read_grow(store, 1, "spelled"), "interpolated", 1.0, mix_originals=False)
+    top = select(read_grow(store, 1, "spelled"), "interpolated", 1.0, mix_originals=False).df()
     assert kept(top[top.origin == "sample"]) == kept(best)
 
 
@@ -106,9 +106,9 @@ def test_dedupe_keeps_one_row_per_distinct_output(tmp_path):
     store = scored_grow(
         ExperimentStore(tmp_path / "exp"), {"a": "a h:0.9"}, {"a": ["a h:0.9", "a h:0.9", "a g:0.8", "a k:0.1"]}
     )
-    plain = select(read_grow(store, 1, "spelled"), "threshold", 0.5, mix_originals=True)
+    plain = select(read_grow(store, 1, "spelled"), "threshold", 0.5, mix_originals=True).df()
     assert sorted(plain.hypothesis) == ["a g:0.8", "a h:0.9", "a h:0.9", "a h:0.9"]
-    rows = select(read_grow(store, 1, "spelled"), "threshold", 0.5, mix_originals=True, dedupe=True)
+    rows = select(read_grow(store, 1, "spelled"), "threshold", 0.5, mix_originals=True, dedupe=True).df()
     assert sorted(zip(rows.hypothesis, rows.origin, strict=True)) == [("a g:0.8", "sample"), ("a h:0.9", "reference")]
     stats = build_slice(store, 1, 1, "spelled", "threshold", 0.5, mix_originals=True, dedupe=True)
     assert (stats.kept, stats.kept_samples, stats.kept_originals) == (2, 1, 1)

@@ -236,7 +236,8 @@ def test_one_sampling_setting_reaches_the_engine_and_a_sample_reaches_the_traine
     real_train = finetune.train_policy
 
     def recording_train(model, tokenizer, train, *args, **kwargs):
-        trained_on.extend(zip(*train, strict=True))
+        for chunk in train.chunks(seed=0, epoch=0):  # the slice, streamed from its file
+            trained_on.extend(zip(chunk.sources, chunk.targets, strict=True))
         return real_train(model, tokenizer, train, *args, **kwargs)
 
     monkeypatch.setattr(finetune, "train_policy", recording_train)

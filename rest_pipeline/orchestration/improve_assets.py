@@ -5,7 +5,6 @@ these assets."""
 import base64
 
 import dagster as dg
-import pandas as pd
 
 from rest_pipeline.core.improve import assess
 from rest_pipeline.core.improve.chain import all_steps, final_step, own_steps, parent_of
@@ -14,6 +13,7 @@ from rest_pipeline.core.improve.step import run_improve_step
 from rest_pipeline.core.report import build_report
 from rest_pipeline.core.rewards.factory import independent_reward, make_reward, make_rewards
 from rest_pipeline.core.store.experiment import policy_name
+from rest_pipeline.core.store.queries import slice_extremes
 from rest_pipeline.core.store.records import Evaluation
 from rest_pipeline.orchestration import keys
 from rest_pipeline.orchestration.automation import step_condition
@@ -101,13 +101,8 @@ def improve_step_assets(spec: ExperimentSpec, grow: int, step: int) -> list[dg.A
         meta["skip_reason"] = stats.skip_reason or "none"
         meta["coverage"] = stats.coverage
         meta["path"] = dg.MetadataValue.path(str(store.resolve(stats.path)))
-        rows = store.slice_rows(grow, step)
-        if len(rows):
-            best = rows.sort_values("reward", ascending=False).head(4)
-            worst = rows[rows.kept_by == "filter"].sort_values("reward").head(4)
-            meta["best_and_worst_kept"] = md_table(
-                pd.concat([best, worst])[["source", "hypothesis", "origin", "reward"]].to_dict("records")
-            )
+        if stats.kept:
+            meta["best_and_worst_kept"] = md_table(slice_extremes(store, grow, step).to_dict("records"))
         return dg.MaterializeResult(metadata=meta)
 
     @dg.asset(

@@ -14,6 +14,7 @@ from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import BASE, CONTROL, ExperimentStore, policy_name
 from rest_pipeline.core.store.queries import reference_pairs
 from rest_pipeline.core.store.records import ControlRecord, ControlStep, Evaluation
+from rest_pipeline.core.training.pairs import TrainingPairs
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import ExperimentSpec
 
@@ -54,7 +55,7 @@ def run_control(
             spec,
             store,
             measure_parent(spec, store, parent, train_reward),
-            pairs,
+            TrainingPairs(*pairs),
             store.control_training_dir(grow, step),
             lr=lr,
             seed=spec.seed + step_number(spec.improve, grow, step),  # the seed of the step it mirrors

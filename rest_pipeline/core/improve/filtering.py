@@ -4,17 +4,19 @@ Three rules from the paper's ablation, all evaluated by DuckDB over the candidat
 a global threshold, a per-source percentile, and a per-source interpolated bar
 tau_s = gamma * max_s + (1 - gamma) * mean_s, per-source statistics taken over the samples.
 The original pairs can be mixed back in whatever their reward, and repeated outputs of a
-source collapsed to one row. A slice is persisted by the store as Parquet (queryable beside the
-candidates) with a `SliceRecord` of what was kept.
+source collapsed to one row. A slice goes from DuckDB straight to Parquet (queryable beside the
+candidates, streamed to the trainer chunk by chunk) with a `SliceRecord` of what was kept, its
+statistics counted in SQL: a paper-sized grow never enters Python objects (bench/scale_bench.py).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import duckdb
-import pandas as pd
 
 from rest_pipeline.core.store.experiment import ExperimentStore
-from rest_pipeline.core.store.queries import MissingScores, grow_rewards
+from rest_pipeline.core.store.queries import MissingScores, grow_table
 from rest_pipeline.core.store.records import SliceRecord
 from rest_pipeline.spec import ExperimentSpec
 
@@ -35,25 +37,41 @@ def _bar_expression(rule: str, parameter: float) -> str:
     raise FilterError(f"improve.filter: unknown rule '{rule}' (threshold, percentile, interpolated)")
 
 
-def read_grow(store: ExperimentStore, grow: int, reward: str) -> pd.DataFrame:
-    """D_g with its training reward, read once per step; every candidate must have a score."""
+@dataclass
+class GrowRows:
+    """D_g with its training reward, read once per step into DuckDB table `dg` (never into pandas),
+    with the statistics the slice record needs."""
+
+    con: duckdb.DuckDBPyConnection
+    grow: int
+    candidates: int
+    samples: int
+    sources: int
+    mean_reward: float
+
+
+def read_grow(store: ExperimentStore, grow: int, reward: str) -> GrowRows:
+    """D_g with its training reward; every candidate must have a score."""
     try:
-        dg = grow_rewards(store, reward, grow)
+        con = grow_table(store, reward, grow)
     except MissingScores as e:
         raise FilterError(f"{e} (grow_{grow}/rewards)") from None
-    if dg.empty:
+    n, missing, samples, sources, mean = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE reward IS NULL), count(*) FILTER (WHERE origin = 'sample'), "
+        "count(DISTINCT source_id), avg(reward) FROM dg"
+    ).fetchall()[0]
+    if n == 0:
         raise FilterError(f"{store.tables_root}: grow {grow} has no candidates")
-    missing = int(dg.reward.isna().sum())
     if missing:
         raise FilterError(f"{store.tables_root}: {missing} candidates of grow {grow} have no '{reward}' score")
-    return dg
+    return GrowRows(con, grow, int(n), int(samples), int(sources), float(mean))
 
 
-def select(dg: pd.DataFrame, rule: str, parameter: float, mix_originals: bool, *, dedupe: bool = False) -> pd.DataFrame:
-    """The rows of D_g that clear the bar (`kept_by`='filter') plus, if asked, the originals ('original').
-    SQL over the rows in hand (an in-memory connection), not over the store."""
-    con = duckdb.connect()
-    con.register("dg", dg.drop(columns=["grow"], errors="ignore"))
+def select(
+    dg: GrowRows, rule: str, parameter: float, mix_originals: bool, *, dedupe: bool = False
+) -> duckdb.DuckDBPyRelation:
+    """The rows of D_g that clear the bar (`kept_by`='filter') plus, if asked, the originals ('original'),
+    as a lazy relation: nothing is computed until it is written or fetched."""
     bar = _bar_expression(rule, parameter)
     q = min(max(float(parameter) / 100.0, 0.0), 1.0) if rule == "percentile" else 0.5
     # Per-source bars come from the samples alone: the reference (whose reward against itself is
@@ -67,7 +85,7 @@ def select(dg: pd.DataFrame, rule: str, parameter: float, mix_originals: bool, *
         if dedupe
         else ""
     )
-    return con.execute(
+    return dg.con.sql(
         "WITH st AS (SELECT source_id, max(reward) AS max_r, avg(reward) AS mean_r, "
         f"quantile_cont(reward, {q!r}) AS p_bar FROM dg WHERE origin = 'sample' GROUP BY source_id), "
         # source_mean_reward: the behaviour (grow) policy's value estimate of the source (a loss baseline).
@@ -75,7 +93,7 @@ def select(dg: pd.DataFrame, rule: str, parameter: float, mix_originals: bool, *
         "st.mean_r AS source_mean_reward "
         "FROM dg LEFT JOIN st USING (source_id)) "
         f"SELECT * FROM marked WHERE kept_by IS NOT NULL {distinct}ORDER BY candidate_id"
-    ).df()
+    )
 
 
 def build_slice(
@@ -90,44 +108,46 @@ def build_slice(
     require_above_mean: bool = False,
     dedupe: bool = False,
 ) -> SliceRecord:
-    """Select, persist (atomically) and summarise the training slice of Improve step `step` of `grow`."""
+    """Select, persist (atomically, DuckDB straight to Parquet) and summarise the training slice of
+    Improve step `step` of `grow`."""
     dg = read_grow(store, grow, reward)
-    rows = select(dg, rule, parameter, mix_originals, dedupe=dedupe)
-    mean = float(dg.reward.mean())
     skip = None
-    if require_above_mean and rule == "threshold" and parameter <= mean:
+    if require_above_mean and rule == "threshold" and parameter <= dg.mean_reward:
         skip = (
-            f"threshold {parameter} is not above the mean reward of D_g ({mean:.3f}); "
+            f"threshold {parameter} is not above the mean reward of D_g ({dg.mean_reward:.3f}); "
             "the paper starts the schedule above it"
         )
-    filtered = rows[(rows.kept_by == "filter") & (rows.origin == "sample")]
-    if skip is None and filtered.empty:
+    select(dg, rule, parameter, mix_originals, dedupe=dedupe).create("kept")
+    kept, kept_samples, originals, mean_kept, covered = dg.con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE kept_by = 'filter' AND origin = 'sample'), "
+        "count(*) FILTER (WHERE origin = 'reference'), avg(reward), "
+        "count(DISTINCT source_id) FILTER (WHERE kept_by = 'filter' AND origin = 'sample') FROM kept"
+    ).fetchall()[0]
+    if skip is None and kept_samples == 0:
         # References alone would make the step the originals-only control, not a ReST step.
         skip = f"empty slice: no sample of grow {grow} has {reward} reward clearing {rule} {parameter}"
     if skip is not None:
-        rows = rows.iloc[0:0]
-        filtered = rows
-    samples = int((dg.origin == "sample").sum())
-    kept_samples = int((filtered.origin == "sample").sum())
+        kept = kept_samples = originals = covered = 0
     record = SliceRecord(
         grow=grow,
         step=step,
         rule=rule,
         parameter=float(parameter),
         reward=reward,
-        candidates=len(dg),
-        mean_reward=round(mean, 5),
-        kept=len(rows),
+        candidates=dg.candidates,
+        mean_reward=round(dg.mean_reward, 5),
+        kept=kept,
         kept_samples=kept_samples,
-        kept_fraction=round(kept_samples / samples, 5) if samples else 0.0,
-        kept_originals=int((rows.origin == "reference").sum()),
-        mean_reward_kept=round(float(rows.reward.mean()), 5) if len(rows) else None,
-        sources=int(dg.source_id.nunique()),
-        sources_covered=int(filtered.source_id.nunique()),
+        kept_fraction=round(kept_samples / dg.samples, 5) if dg.samples else 0.0,
+        kept_originals=originals,
+        mean_reward_kept=round(mean_kept, 5) if kept else None,
+        sources=dg.sources,
+        sources_covered=covered,
         skip_reason=skip,
         path="",
     )
-    return store.write_slice(record, rows)
+    rows = dg.con.sql("SELECT * FROM kept ORDER BY candidate_id")
+    return store.write_slice(record, rows.limit(0) if skip is not None else rows)
 
 
 def slice_for_step(spec: ExperimentSpec, store: ExperimentStore, grow: int, step: int) -> SliceRecord:

@@ -25,7 +25,8 @@ from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.core.store.records import ScoreSignature
 from rest_pipeline.core.training.batching import make_batches
 from rest_pipeline.core.training.losses import SequenceLoss, make_loss, token_logprobs
-from rest_pipeline.core.training.trainer import ExampleSignals, train_policy
+from rest_pipeline.core.training.pairs import Pairs, TrainingPairs
+from rest_pipeline.core.training.trainer import train_policy
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import DecodingSpec, ExperimentSpec
 
@@ -92,17 +93,6 @@ def measure_parent(spec: ExperimentSpec, store: ExperimentStore, path: Path, rew
     return Parent(path, weights, valid_reward(spec, store, path, reward, weights))
 
 
-def data_hash(sources: Sequence[str], targets: Sequence[str], signals: ExampleSignals | None = None) -> str:
-    h = hashlib.sha256()
-    for s, t in zip(sources, targets, strict=True):
-        h.update(f"{s}\x1f{t}\x1e".encode())
-    if signals is not None:
-        for values in (signals.rewards, signals.baselines):
-            h.update(repr([round(float(r), 6) for r in values]).encode())
-        h.update(bytes(bool(x) for x in signals.is_sample))
-    return h.hexdigest()[:16]
-
-
 @torch.inference_mode()
 def behaviour_logprobs(
     checkpoint: Path, pairs: tuple[Sequence[str], Sequence[str]], max_length: int, max_tokens: int = 4000
@@ -131,25 +121,24 @@ def finetune(
     spec: ExperimentSpec,
     store: ExperimentStore,
     parent: Parent,
-    pairs: tuple[Sequence[str], Sequence[str]],
+    pairs: Pairs,
     work_dir: Path,
     *,
     lr: float,
     seed: int,
     reward: RewardModel,
     loss: str = "bc",
-    signals: ExampleSignals | None = None,
     behaviour: Path | None = None,
     log: Log = print,
 ) -> FinetuneResult:
     """Fine-tune `parent` on `pairs` with Improve's training settings at rate `lr`; resumable in `work_dir`.
 
-    `signals` carry what an offline-RL loss needs per pair; `behaviour` is the policy that sampled the
-    pairs (the grow policy), whose token log-probabilities a loss such as OAC weighs against."""
+    `pairs` carry what an offline-RL loss needs per pair (rewards, baselines); `behaviour` is the policy
+    that sampled them (the grow policy), whose token log-probabilities a loss such as OAC weighs against."""
     parent_valid = parent.valid_reward
     train_spec = spec.improve.train.model_copy(update={"lr": lr})
     options = getattr(spec.improve, loss).model_dump_json() if loss != "bc" else ""
-    key = f"{parent.weights_hash}|{data_hash(*pairs, signals)}|{train_spec.model_dump_json()}|{loss}{options}|{seed}"
+    key = f"{parent.weights_hash}|{pairs.content_hash()}|{train_spec.model_dump_json()}|{loss}{options}|{seed}"
     if spec.policy.lora is not None:
         key += f"|lora:{spec.policy.lora.model_dump_json()}"
     fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -159,14 +148,16 @@ def finetune(
     if spec.policy.lora is not None:
         model = with_lora(model, spec.policy.lora, parent.path)  # the step saves only its adapter
     if loss_fn.needs_behaviour_logprobs:
-        if behaviour is None or signals is None:
-            raise ValueError(f"improve.loss {loss}: needs the behaviour (grow) policy and the slice's signals")
-        log(f"finetune: scoring the {len(pairs[0])} training pairs under the behaviour policy for {loss}")
-        signals = replace(signals, behaviour_logprobs=behaviour_logprobs(behaviour, pairs, spec.tokenizer.max_length))
+        if behaviour is None:
+            raise ValueError(f"improve.loss {loss}: needs the behaviour (grow) policy")
+        held = pairs.in_memory()  # every pair is scored under the behaviour policy first
+        log(f"finetune: scoring the {len(held)} training pairs under the behaviour policy for {loss}")
+        logprobs = behaviour_logprobs(behaviour, held.texts, spec.tokenizer.max_length)
+        pairs = TrainingPairs(*held.texts, replace(held.signals, behaviour_logprobs=logprobs))
     result = train_policy(
         model,
         load_tokenizer(parent.path),
-        (list(pairs[0]), list(pairs[1])),
+        pairs,
         validation_set(spec, store),
         train_spec,
         work_dir,
@@ -176,7 +167,6 @@ def finetune(
         log=log,
         reward_fn=make_reward_fn(reward),
         loss_fn=loss_fn,
-        signals=signals,
         decode_backend=spec.evaluation.backend,
     )
     return FinetuneResult(

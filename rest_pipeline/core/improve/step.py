@@ -9,10 +9,7 @@ in the paper's algorithm; so does an empty slice (without stopping the grow).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
-
-import pandas as pd
 
 from rest_pipeline.core.corpus.fetch import sha256_of
 from rest_pipeline.core.improve.chain import parent_of, sampler_of, step_lr, step_number
@@ -22,13 +19,9 @@ from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import ExperimentStore, policy_name
 from rest_pipeline.core.store.queries import grow_sampler
 from rest_pipeline.core.store.records import StepRecord
-from rest_pipeline.core.training.trainer import ExampleSignals
+from rest_pipeline.core.training.pairs import SlicePairs
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import ExperimentSpec
-
-
-def frame_hash(df: pd.DataFrame) -> str:
-    return hashlib.sha256(pd.util.hash_pandas_object(df, index=False).values.tobytes()).hexdigest()[:16]
 
 
 def run_improve_step(
@@ -37,7 +30,8 @@ def run_improve_step(
     """Fine-tune the parent on this step's slice (or record why not); returns the lineage record."""
     if store.parent is not None:
         store.verify_parent()
-    stats, rows = store.slice(grow, step), store.slice_rows(grow, step)
+    stats = store.slice(grow, step)
+    pairs = SlicePairs(store.resolve(stats.path))  # streamed a row group at a time, never whole in memory
     parent = policy_name(*parent_of(spec, grow, step))
     parent_ckpt = store.policy(parent)
     imp = spec.improve
@@ -64,7 +58,7 @@ def run_improve_step(
         slice_kept=stats.kept,
         slice_kept_fraction=stats.kept_fraction,
         slice_path=stats.path,
-        slice_hash=frame_hash(rows[["source", "hypothesis"]]),
+        slice_hash=pairs.content_hash(with_signals=False),
         reward_model=reward.name,
         reward_version=reward.version,
         corpus_hash=sha256_of(store.split_file("train"))[:16],
@@ -98,17 +92,12 @@ def run_improve_step(
         spec,
         store,
         measured,
-        (list(rows.source), list(rows.hypothesis)),
+        pairs,
         store.training_dir(grow, step),
         lr=lr,
         seed=spec.seed + step_number(imp, grow, step),
         reward=reward,
         loss=imp.loss,
-        signals=ExampleSignals(
-            rewards=[float(r) for r in rows.reward],
-            baselines=[float(v) for v in rows.source_mean_reward],
-            is_sample=[o == "sample" for o in rows.origin],
-        ),
         behaviour=store.policy(policy_name(*sampler_of(spec, grow))),
         log=log,
     )

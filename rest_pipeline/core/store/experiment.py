@@ -49,6 +49,9 @@ from rest_pipeline.core.store.records import (
 from rest_pipeline.core.store.side_records import SideRecords
 from rest_pipeline.spec import ExperimentSpec, SpecError, find_spec, load_spec
 
+# Rows per row group of a slice file: the chunk a trainer tokenizes and holds at once (~150 MB).
+SLICE_ROW_GROUP = 262_144
+
 __all__ = [  # the policy names and errors callers import from here
     "BASE", "CONTROL", "FINAL", "ONLINE_RL", "BranchError", "ExperimentStore", "StaleRecordError",
     "is_online_rl", "parse_policy_name", "policy_name", "shard_name",
@@ -158,12 +161,13 @@ class ExperimentStore(BranchPins, SideRecords, CandidateTables):
         rec = self._reusable(self._evaluation_file(policy), Evaluation)
         return rec if rec is not None and rec.key == key else None
 
-    def write_slice(self, record: SliceRecord, rows: pd.DataFrame) -> SliceRecord:
-        """The slice's rows and its record; `record.path` is filled in here."""
+    def write_slice(self, record: SliceRecord, rows: duckdb.DuckDBPyRelation) -> SliceRecord:
+        """The slice's rows, from DuckDB straight to Parquet in row groups the trainer reads one at a time,
+        and its record; `record.path` is filled in here."""
         path = self.slice_dir(record.grow, record.step) / "part.parquet"
         self.check_writable(path)
         with atomic_path(path) as tmp:
-            rows.assign(step=record.step).to_parquet(tmp, index=False)
+            rows.project(f"*, {int(record.step)} AS step").write_parquet(str(tmp), row_group_size=SLICE_ROW_GROUP)
         record = record.model_copy(update={"path": self.rel(path)})
         self._write(self._slice_file(record.grow, record.step), record)
         return record
@@ -174,6 +178,7 @@ class ExperimentStore(BranchPins, SideRecords, CandidateTables):
         return self._read(self._slice_file(grow, step), SliceRecord, f"the slice of grow_{grow}/improve_{step}")
 
     def slice_rows(self, grow: int, step: int) -> pd.DataFrame:
+        """The slice in pandas, for people and small slices; training streams `slice_pairs`."""
         return read_table(self.resolve(self.slice(grow, step).path))
 
     def write_step(self, record: StepRecord) -> Path:

@@ -5,9 +5,16 @@ tables once, without the store's step records.
 
 from __future__ import annotations
 
+import duckdb
 import pandas as pd
 
+from rest_pipeline.core.paths import is_remote
 from rest_pipeline.core.store.candidates import CandidateTables
+from rest_pipeline.core.store.location import connect_for
+
+# What a connection that reads a whole grow may hold in memory before DuckDB spills to disk: a
+# paper-sized grow (16M candidates) is sliced within a few GB (bench/scale_bench.py).
+GROW_MEMORY_LIMIT = "2GB"
 
 
 class MissingScores(ValueError):
@@ -46,6 +53,38 @@ def grow_rewards(
         f"SELECT candidate_id, grow, source_id, source, hypothesis, origin, {cols} FROM scored {where} "
         "ORDER BY candidate_id",
     )
+
+
+def grow_table(tables: CandidateTables, reward: str, grow: int) -> duckdb.DuckDBPyConnection:
+    """D_g with one reward read once into table `dg` of a new connection (candidate_id, source_id, source,
+    hypothesis, origin, reward; NULL reward where a candidate has no score), which spills to a folder
+    of the store past GROW_MEMORY_LIMIT instead of holding the grow in Python objects."""
+    column = _reward_column(tables, reward)
+    con = tables.views()
+    if not is_remote(tables.tables_root):
+        con.execute("SET temp_directory = ?", [str(tables.tables_root / ".duckdb_tmp")])
+    con.execute(f"SET memory_limit = '{GROW_MEMORY_LIMIT}'")
+    con.execute("SET preserve_insertion_order = false")
+    con.execute(
+        "CREATE TEMP TABLE dg AS SELECT c.candidate_id, c.source_id, c.source, c.hypothesis, c.origin, s.reward "
+        "FROM candidates c LEFT JOIN (SELECT candidate_id, max(score) AS reward FROM scores "
+        "WHERE reward = ? AND grow = ? GROUP BY candidate_id) s USING (candidate_id) WHERE c.grow = ?",
+        [column[len("reward_") :], int(grow), int(grow)],
+    )
+    return con
+
+
+def slice_extremes(tables: CandidateTables, grow: int, step: int, k: int = 4) -> pd.DataFrame:
+    """The `k` best rows of a slice and the `k` worst the filter kept (source, hypothesis, origin, reward),
+    read from its file by DuckDB whatever the slice's size."""
+    path = tables.slice_dir(grow, step) / "part.parquet"  # type: ignore[attr-defined]
+    con = connect_for([path])
+    con.read_parquet(str(path)).create_view("kept")
+    cols = "source, hypothesis, origin, reward"
+    return con.execute(
+        f"(SELECT {cols} FROM kept ORDER BY reward DESC, candidate_id LIMIT {int(k)}) UNION ALL "
+        f"(SELECT {cols} FROM kept WHERE kept_by = 'filter' ORDER BY reward, candidate_id LIMIT {int(k)})"
+    ).df()
 
 
 def reference_pairs(tables: CandidateTables, grow: int) -> pd.DataFrame:
