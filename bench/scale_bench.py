@@ -142,6 +142,7 @@ def old_path(root: Path) -> dict:
     rows.assign(step=1).to_parquet(path, index=False)
     del dg, rows, filtered
     times["slice_seconds"] = round(time.perf_counter() - t, 1)
+    phase(times, stats)
 
     t = time.perf_counter()
     rows = pd.read_parquet(path)  # the step read the slice back whole
@@ -174,6 +175,7 @@ def new_path(root: Path) -> dict:
     store, times, t = ExperimentStore(root / "scale"), {}, time.perf_counter()
     record = build_slice(store, 1, 2, REWARD, RULE, PARAMETER, mix_originals=True)
     times["slice_seconds"] = round(time.perf_counter() - t, 1)
+    phase(times, {"kept": record.kept})
 
     t = time.perf_counter()
     pairs = SlicePairs(store.resolve(record.path))
@@ -192,6 +194,15 @@ def new_path(root: Path) -> dict:
     return {**times, **stats, "batches_per_epoch": run.batches_per_epoch, "first_batch_rows": len(first.idx)}
 
 
+def peak_rss_gb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+
+
+def phase(times: dict, stats: dict) -> None:
+    """How far a path got, for the parent to report if the path is killed later."""
+    print("PHASE " + json.dumps({**times, **stats, "peak_rss_gb_so_far": peak_rss_gb()}), flush=True)
+
+
 def child(which: str, root: Path) -> None:
     import torch
 
@@ -199,7 +210,7 @@ def child(which: str, root: Path) -> None:
     t = time.perf_counter()
     out = (old_path if which == "old" else new_path)(root)
     out["minutes"] = round((time.perf_counter() - t) / 60, 2)
-    out["peak_rss_gb_self"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    out["peak_rss_gb_self"] = peak_rss_gb()
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -237,7 +248,9 @@ def run_path(which: str, root: Path, cap_gb: float) -> dict:
         tail = "".join(lines[-20:])
         what = f"killed above {cap_gb} GB RSS" if killed else f"failed (exit {proc.returncode})"
         print(f"{which}: {what}\n{tail}", flush=True)
-        return {"status": what, "minutes_until_stopped": minutes, "peak_rss_gb": round(peak, 2)}
+        reached = [json.loads(x[6:]) for x in lines if x.startswith("PHASE ")]
+        done = {"completed_phases": reached[-1]} if reached else {}
+        return {"status": what, "minutes_until_stopped": minutes, "peak_rss_gb": round(peak, 2), **done}
     result.update(status="ok", peak_rss_gb=round(max(peak, result["peak_rss_gb_self"]), 2), wall_minutes=minutes)
     print(f"{which}: {result}", flush=True)
     return result
@@ -269,14 +282,13 @@ def main() -> None:
     results = {which: run_path(which, root, args.rss_cap_gb) for which in ("old", "new")}
     old, new = results["old"], results["new"]
     ratios = {}
-    if new["status"] == "ok":
-        bound = "" if old["status"] == "ok" else " (old path stopped: a lower bound)"
-        old_minutes = old.get("minutes", old.get("minutes_until_stopped"))
+    if new["status"] == "ok" and old["status"] == "ok":
         ratios = {
             "peak_rss_old_over_new": round(old["peak_rss_gb"] / new["peak_rss_gb"], 2),
-            "minutes_old_over_new": round(old_minutes / new["minutes"], 2),
-            "note": "old/new; above 1 means the new path uses less" + bound,
+            "minutes_old_over_new": round(old["minutes"] / new["minutes"], 2),
         }
+    elif new["status"] == "ok":  # the old path was stopped: its RSS ratio is a lower bound, its minutes unknown
+        ratios = {"peak_rss_old_over_new_at_least": round(old["peak_rss_gb"] / new["peak_rss_gb"], 2)}
     out = {
         "bench": "scale_bench",
         "date": time.strftime("%Y-%m-%d"),
