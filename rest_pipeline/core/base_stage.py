@@ -14,22 +14,56 @@ from pathlib import Path
 import torch
 
 from rest_pipeline.core.corpus.fetch import sha256_of
+from rest_pipeline.core.corpus.files import content_sha256, file_paths
 from rest_pipeline.core.corpus.splits import SplitInfo, prepare_splits
 from rest_pipeline.core.evaluation.checkpoint import eval_splits, evaluate_decodings
 from rest_pipeline.core.paths import atomic_dir
 from rest_pipeline.core.policy.model import build_policy, weights_hash
 from rest_pipeline.core.policy.tokenizer import load_tokenizer, train_sentencepiece
-from rest_pipeline.core.store.experiment import ExperimentStore
+from rest_pipeline.core.store.experiment import ExperimentStore, StaleRecordError
 from rest_pipeline.core.store.records import BCPolicyLink, CorpusRecord, DecodingEval, SplitRecord
 from rest_pipeline.core.training.trainer import TrainResult, resolve_precision, train_policy
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import ExperimentSpec
 
 
+class DataChangedError(ValueError):
+    """A user's data file changed after the experiment's corpus (and what was made from it) was built."""
+
+
+def data_file_hashes(spec: ExperimentSpec) -> dict[str, str]:
+    """sha256 of every file `data.files` names, by the path the spec gives."""
+    files = spec.data.files
+    if files is None:
+        return {}
+    entries = [e for e in (files.train, files.valid, files.test) if e is not None]
+    return {str(p): content_sha256(p) for e in entries for p in file_paths(e)}
+
+
+def check_data_unchanged(spec: ExperimentSpec, store: ExperimentStore, hashes: dict[str, str]) -> None:
+    """Refuse to rebuild a corpus over one made from other contents of the same files: the tokenizer, BC,
+    grows and steps after it were made from the old data, and mixing the two would be silent."""
+    try:
+        before = store.corpus().files
+    except (FileNotFoundError, StaleRecordError):
+        return
+    for path, sha in hashes.items():
+        if path in before and before[path] != sha:
+            raise DataChangedError(
+                f"{path}: changed since experiment '{spec.name}' read it (sha256 {before[path][:12]}… then, "
+                f"{sha[:12]}… now); its corpus and everything made from it (tokenizer, BC, grows, Improve steps) "
+                f"come from the old contents. Restore the file, or start a new experiment on the new data "
+                f"(`rest new`), or delete {store.root} to rebuild this one"
+            )
+
+
 def build_corpus(spec: ExperimentSpec, store: ExperimentStore, mirror: Path | None = None) -> CorpusRecord:
-    infos: dict[str, SplitInfo] = prepare_splits(spec.data, store.split_file, mirror)
+    hashes = data_file_hashes(spec)
+    check_data_unchanged(spec, store, hashes)
+    infos: dict[str, SplitInfo] = prepare_splits(spec.data, store.split_file, mirror, seed=spec.seed)
     record = CorpusRecord(
-        dataset=spec.data.dataset,
+        dataset=spec.data.corpus_name,
+        files=hashes,
         splits={
             role: SplitRecord(
                 role=i.role,
@@ -138,6 +172,10 @@ def train_base_policy(spec: ExperimentSpec, store: ExperimentStore, log: Log = p
             keep_best_by=result.keep_best_by,
             best_metric=round(result.best_metric, 4),
             plateau=result.plateau(spec.bc.patience or 3),  # the last patience window
+            pretrained=spec.policy.pretrained_path,
+            pretrained_hash=weights_hash(spec.policy.pretrained_path)
+            if _local_dir(spec.policy.pretrained_path)
+            else None,
         )
     )
     if result.clock_cut:

@@ -30,7 +30,7 @@ def experiment_assets(spec: ExperimentSpec) -> list[dg.AssetsDefinition]:
         group_name=group,
         code_version=keys.code_version(spec, "data"),
         kinds={"parquet"},
-        description=f"Validated {spec.data.dataset} splits (train/valid/test) as Parquet with stable source ids.",
+        description=f"Validated {spec.data.corpus_name} splits (train/valid/test) as Parquet with stable source ids.",
     )
     def corpus(context: dg.AssetExecutionContext, storage: RestStorage) -> dg.MaterializeResult:
         store = storage.store(spec)

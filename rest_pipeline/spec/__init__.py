@@ -8,7 +8,7 @@ Checks that need the installed system (dataset registry, reward plugins) are cor
 from __future__ import annotations
 
 from rest_pipeline.spec.base import SpecError
-from rest_pipeline.spec.data import DataSpec, LinePolicy, TokenizerSpec
+from rest_pipeline.spec.data import DataFiles, DataSpec, LinePolicy, TextPair, TokenizerSpec
 from rest_pipeline.spec.evaluation import DecodingSpec, EvaluationSpec
 from rest_pipeline.spec.experiment import (
     BRANCH_INHERITED,
@@ -33,7 +33,7 @@ from rest_pipeline.spec.improve import (
 )
 from rest_pipeline.spec.loader import SPEC_DIR, all_specs, find_spec, load_spec, spec_dirs
 from rest_pipeline.spec.policy import LoraSpec, PolicySpec
-from rest_pipeline.spec.reward import RewardSpec
+from rest_pipeline.spec.reward import HttpRewardSpec, RewardSpec
 from rest_pipeline.spec.training import BCSpec
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "BranchSpec",
     "ComputeSpec",
     "ComputeType",
+    "DataFiles",
     "DataSpec",
     "DecodingSpec",
     "EvaluationSpec",
@@ -55,12 +56,14 @@ __all__ = [
     "ImproveTrainSpec",
     "InterpolatedFilter",
     "LinePolicy",
+    "TextPair",
     "LoraSpec",
     "LossName",
     "OACSpec",
     "OnlineRLSpec",
     "PercentileFilter",
     "PolicySpec",
+    "HttpRewardSpec",
     "RewardSpec",
     "SPEC_DIR",
     "SamplingSpec",

@@ -56,6 +56,7 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     raw.setdefault("name", path.stem)
+    _anchor_data_files(path, raw)
     if "branch" in raw:
         raw = _with_parent(path, raw)
     try:
@@ -65,6 +66,32 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     if spec.name != path.stem:
         raise SpecError(f"{path}: field 'name' is '{spec.name}' but the file is named '{path.stem}.yaml'")
     return spec
+
+
+def _anchor_data_files(path: Path, raw: dict) -> None:
+    """Relative `data.files` paths (and a `policy.pretrained_path` folder beside the spec) are read from the
+    spec file's folder, wherever `rest` runs."""
+    files = raw.get("data", {}).get("files") if isinstance(raw.get("data"), dict) else None
+    if not isinstance(files, dict):
+        return
+    here = path.resolve().parent
+
+    def anchor(value: object) -> object:
+        if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            return str(here / value)
+        if isinstance(value, str):
+            return str(Path(value).expanduser())
+        if isinstance(value, dict):
+            return {k: anchor(v) if k in ("source", "target") else v for k, v in value.items()}
+        return value
+
+    for role in ("train", "valid", "test"):
+        if role in files:
+            files[role] = anchor(files[role])
+    policy = raw.get("policy")
+    folder = policy.get("pretrained_path") if isinstance(policy, dict) else None
+    if isinstance(folder, str) and not Path(folder).is_absolute() and (here / folder).exists():
+        policy["pretrained_path"] = str(here / folder)  # a local folder beside the spec (else a hub name)
 
 
 def _merge(base: dict, over: dict) -> dict:

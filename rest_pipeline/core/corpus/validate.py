@@ -29,7 +29,7 @@ class ParallelLines:
         return {k: len(v) for k, v in self.skipped.items()}
 
 
-def _split_lines(path: Path) -> list[bytes]:
+def split_lines(path: Path) -> list[bytes]:
     data = path.read_bytes()
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
@@ -44,49 +44,51 @@ def read_parallel(
     expected_lines: int | None = None,
     limit: int | None = None,
 ) -> ParallelLines:
-    src_raw, tgt_raw = _split_lines(source), _split_lines(target)
+    src_raw, tgt_raw = split_lines(source), split_lines(target)
     if len(src_raw) != len(tgt_raw):
         raise CorpusError(f"misaligned corpus: {source} has {len(src_raw)} lines but {target} has {len(tgt_raw)}")
     if expected_lines is not None and len(src_raw) != expected_lines:
         raise CorpusError(f"{source}: expected {expected_lines} lines (registry), found {len(src_raw)}")
 
     out = ParallelLines([], [], [])
+    for i, (s_b, t_b) in enumerate(zip(src_raw, tgt_raw, strict=True), start=1):
+        add_pair(out, policy, i, (f"{source}:{i}", s_b), (f"{target}:{i}", t_b))
+        if limit is not None and len(out.sources) >= limit:
+            break
+    return out
+
+
+def add_pair(
+    out: ParallelLines,
+    policy: LinePolicy,
+    number: int,
+    source: tuple[str, bytes | str | None],
+    target: tuple[str, bytes | str | None],
+) -> bool:
+    """Check one pair (each side: where it was read, its raw bytes or text) under the line policy and keep
+    it in `out` if it is clean; `reject` raises naming the place, `skip` counts it."""
 
     def bad(reason: str, action: str, where: str, detail: str) -> None:
         if action == "reject":
             raise CorpusError(f"{where}: {detail} (data.lines.{reason}=reject; set it to 'skip' to drop such pairs)")
         out.skipped.setdefault(reason, []).append(where)
 
-    for i, (s_b, t_b) in enumerate(zip(src_raw, tgt_raw, strict=True), start=1):
-        texts: list[str] = []
-        ok = True
-        for path, raw in ((source, s_b), (target, t_b)):
-            where = f"{path}:{i}"
+    texts: list[str] = []
+    for where, raw in (source, target):
+        if isinstance(raw, bytes):
             try:
-                text = raw.decode("utf-8")
+                raw = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 bad("undecodable", policy.undecodable, where, f"invalid UTF-8 at byte {e.start}")
-                ok = False
-                break
-            if not text.strip():
-                bad("empty", policy.empty, where, "empty or whitespace-only line")
-                ok = False
-                break
-            if len(text) > policy.max_chars:
-                bad(
-                    "overlong",
-                    policy.overlong,
-                    where,
-                    f"line has {len(text)} characters (max_chars={policy.max_chars})",
-                )
-                ok = False
-                break
-            texts.append(text.strip())
-        if not ok:
-            continue
-        out.line_numbers.append(i)
-        out.sources.append(texts[0])
-        out.targets.append(texts[1])
-        if limit is not None and len(out.sources) >= limit:
-            break
-    return out
+                return False
+        if raw is None or not raw.strip():
+            bad("empty", policy.empty, where, "empty or whitespace-only line")
+            return False
+        if len(raw) > policy.max_chars:
+            bad("overlong", policy.overlong, where, f"line has {len(raw)} characters (max_chars={policy.max_chars})")
+            return False
+        texts.append(raw.strip())
+    out.line_numbers.append(number)
+    out.sources.append(texts[0])
+    out.targets.append(texts[1])
+    return True

@@ -42,8 +42,11 @@ class SplitRecord(_Frozen):
 
 
 class CorpusRecord(Record):
-    dataset: str
+    dataset: str  # a registered dataset's name, or 'files' for the user's own
     splits: dict[str, SplitRecord]
+    # The user's data files (data.files) as the spec names them -> sha256 at first read (a folder: of its
+    # files). A file that changes later is refused by name, never mixed with what was made from it.
+    files: dict[str, str] = {}
 
 
 class RewardModelRecord(Record):
@@ -83,6 +86,8 @@ class BCPolicyLink(Record):
     keep_best_by: str
     best_metric: float
     plateau: float | None  # spread (max - min) of the selection metric over the last `patience` validations
+    pretrained: str | None = None  # the folder BC started from (policy.pretrained_path), if any
+    pretrained_hash: str | None = None  # its weights hash (part of the key)
 
 
 class BranchRecord(Record):
