@@ -10,10 +10,27 @@ from rest_pipeline.spec.base import _Strict
 from rest_pipeline.spec.grow import ComputeType
 
 
+class HttpRewardSpec(_Strict):
+    """A reward model served apart from the policy (docs/reward_protocol.md): batched POSTs to `url`."""
+
+    url: str  # e.g. http://127.0.0.1:8700 (the server answers GET /info and POST /score)
+    batch_size: int = Field(64, ge=1, le=100_000)
+    timeout_s: float = Field(60.0, gt=0)
+    retries: int = Field(3, ge=0, le=20)  # per batch, with exponential back-off from 0.5 s
+    max_in_flight: int = Field(4, ge=1, le=256)  # batches posted at once
+    needs_reference: bool = True  # sent the references (also part of the score cache's key)
+
+    @model_validator(mode="after")
+    def _scheme(self) -> HttpRewardSpec:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"reward.http.url must start with http:// or https://, got '{self.url}'")
+        return self
+
+
 class RewardSpec(_Strict):
     """Which reward model trains the policy, and which others are scored alongside it."""
 
-    model: str = "learned"  # built-in name (chrf, bleu, comet, learned) or 'package.module:factory'
+    model: str = "learned"  # built-in name (chrf, bleu, comet, learned, http) or 'package.module:factory'
     extra: list[str] = []  # independent rewards scored too (e.g. chrf as a reward-hacking check)
     comet_path: str | None = None  # a local COMET checkpoint directory for model 'comet'
     learned_max_rows: int | None = Field(None, ge=50)  # subsample the judgements (smoke runs)
@@ -22,10 +39,13 @@ class RewardSpec(_Strict):
     # encoder on CTranslate2 (int8 on CPU, float16 on CUDA): ~2x the sentences per second.
     engine: Literal["torch", "ctranslate2"] = "torch"
     compute_type: ComputeType = "int8"
+    http: HttpRewardSpec | None = None  # the served reward, for model (or extra) 'http'
 
     @model_validator(mode="after")
     def _comet_path(self) -> RewardSpec:
         """Whether each reward name resolves is checked by core/spec_check.py (it needs the plugins)."""
         if "comet" in (self.model, *self.extra) and not self.comet_path:
             raise ValueError("reward.comet_path must name a local COMET checkpoint folder for reward 'comet'")
+        if "http" in (self.model, *self.extra) and self.http is None:
+            raise ValueError("reward 'http' needs reward.http: {url: http://host:port, ...}")
         return self

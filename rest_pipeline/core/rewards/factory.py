@@ -23,6 +23,12 @@ def make_reward(name: str, spec: ExperimentSpec, learned_dir: Path) -> RewardMod
         if not spec.reward.comet_path:
             raise RewardError("reward.comet_path must name a local COMET checkpoint folder for reward 'comet'")
         return CometReward(Path(spec.reward.comet_path), name="comet")
+    if name == "http":
+        from rest_pipeline.core.rewards.http import HttpReward
+
+        if spec.reward.http is None:
+            raise RewardError("reward 'http' needs reward.http: {url: http://host:port, ...}")
+        return HttpReward(spec.reward.http)
     return load_reward(name)
 
 
