@@ -175,8 +175,84 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_check_spec(args: argparse.Namespace) -> int:
+    """A spec validated; then the spec resolved (--json), or what will run, on how many pairs, how long."""
+    from rest_pipeline.core.corpus.validate import CorpusError
+    from rest_pipeline.core.plan import describe
+
     spec = load_checked_spec(args.spec)
-    print(json.dumps(spec.model_dump(mode="json"), indent=1))
+    if args.json:
+        print(json.dumps(spec.model_dump(mode="json"), indent=1))
+        return 0
+    print(f"{args.spec}: valid experiment spec '{spec.name}'")
+    try:
+        for line in describe(spec, estimate=not args.no_estimate):
+            print(f"  {line}", flush=True)
+    except CorpusError as e:
+        print(f"rest: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    """Write a commented spec for the user's own data (and model, and reward)."""
+    from rest_pipeline.core.corpus.validate import CorpusError
+    from rest_pipeline.core.spec_template import new_spec
+
+    out = Path(args.out or f"{args.name}.yaml")
+    if out.stem != args.name:
+        print(f"rest: the spec file must be named {args.name}.yaml (the experiment's name), got {out}", file=sys.stderr)
+        return 2
+    if out.exists() and not args.force:
+        print(f"rest: {out} exists; edit it, or pass --force to write it again", file=sys.stderr)
+        return 2
+    data = Path(args.data)
+    if not data.exists():
+        print(f"rest: --data {data}: no such file or folder", file=sys.stderr)
+        return 2
+    if args.model and not (Path(args.model) / "config.json").is_file():
+        print(f"rest: --model {args.model}: not a Hugging Face model folder (no config.json)", file=sys.stderr)
+        return 2
+    try:
+        text = new_spec(
+            args.name, data, out, model=args.model, reward=args.reward,
+            source_lang=args.source_lang, target_lang=args.target_lang,
+        )  # fmt: skip
+    except CorpusError as e:
+        print(f"rest: --data {data}: {e}", file=sys.stderr)
+        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"rest: wrote {out}; next: `rest check-spec {out}` then `rest main {out}`")
+    return 0
+
+
+def cmd_serve_reward(args: argparse.Namespace) -> int:
+    """Serve one of our rewards over the reward protocol (docs/reward_protocol.md) until Ctrl-C."""
+    from rest_pipeline.core.rewards.base import RewardError, load_reward
+    from rest_pipeline.core.rewards.factory import make_reward
+    from rest_pipeline.core.rewards.serve import RewardServer
+
+    try:
+        if args.experiment:
+            spec = load_checked_spec(args.experiment)
+            model = make_reward(args.reward, spec, open_store(spec).reward_model_dir())
+        elif args.reward in ("learned", "comet", "http"):
+            print(f"rest: reward '{args.reward}' belongs to an experiment; add --experiment <name>", file=sys.stderr)
+            return 2
+        else:
+            model = load_reward(args.reward)
+        server = RewardServer(model, args.host, args.port)
+    except (RewardError, OSError) as e:
+        print(f"rest: {e}", file=sys.stderr)
+        return 2
+    host, port = server.server_address[:2]
+    print(f"rest: serving reward '{model.name}' ({model.version}) on http://{host}:{port}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("rest: reward server stopped", flush=True)
+    finally:
+        server.server_close()
     return 0
 
 
@@ -251,8 +327,10 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
-def render_lineage(chain: list, base_checkpoint: Path, base_hash: str, bc: BCPolicyLink | None = None) -> str:
-    """A chain of step records (newest first) for people, ending at the BC policy."""
+def render_lineage(
+    chain: list, base_checkpoint: Path, base_hash: str, bc: BCPolicyLink | None = None, data_files: dict | None = None
+) -> str:
+    """A chain of step records (newest first) for people, ending at the BC policy and the data it learned from."""
     lines = []
     for r in chain:
         lines.append(f"{r.name}  [{r.status}]  checkpoint {r.checkpoint_hash}  {r.checkpoint}")
@@ -272,6 +350,10 @@ def render_lineage(chain: list, base_checkpoint: Path, base_hash: str, bc: BCPol
             f"    BC training {bc.key} (shared by content: {bc.path}): {bc.epochs:g} epochs, {bc.steps} updates, "
             f"{bc.precision}; stopped by {bc.stopped_because}" + ("  [CUT BY ITS CLOCK]" if bc.clock_cut else "")
         )
+        if bc.pretrained:
+            lines.append(f"    started from {bc.pretrained} (weights {bc.pretrained_hash})")
+    for path, sha in (data_files or {}).items():
+        lines.append(f"data file {path}  sha256 {sha}")
     return "\n".join(lines)
 
 
@@ -346,7 +428,8 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         print(json.dumps([r.model_dump(exclude={"history"}) for r in chain], indent=1))
     else:
         base = store.policy(BASE)
-        print(render_lineage(chain, store.rel(base), weights_hash(base), store.bc_policy_link()))
+        files = store.corpus().files
+        print(render_lineage(chain, store.rel(base), weights_hash(base), store.bc_policy_link(), files))
     if args.dagster:
         from rest_pipeline.orchestration.instance import open_instance
         from rest_pipeline.orchestration.lineage import dagster_chain
@@ -422,9 +505,27 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("compare", help="finished experiments side by side (e.g. the loss ablation's branches)")
     p.add_argument("experiments", nargs="+", help="the first is the baseline the others are compared with")
     p.set_defaults(func=cmd_compare)
-    p = sub.add_parser("check-spec", help="validate a spec (name or path) and print it resolved")
+    p = sub.add_parser("check-spec", help="validate a spec (name or path): what runs, on how many pairs, how long")
     p.add_argument("spec")
+    p.add_argument("--json", action="store_true", help="print the spec resolved as JSON instead")
+    p.add_argument("--no-estimate", action="store_true", help="skip timing the policy on this machine")
     p.set_defaults(func=cmd_check_spec)
+    p = sub.add_parser("new", help="write a commented spec for your own data (and model, and reward)")
+    p.add_argument("name", help="the experiment's name (the spec is <name>.yaml)")
+    p.add_argument("--data", required=True, help="train file (.tsv/.jsonl/.parquet) or a save_to_disk folder")
+    p.add_argument("--model", help="a local Hugging Face model folder to start from (default: a Marian from scratch)")
+    p.add_argument("--reward", default="chrf", help="chrf, bleu, learned, package.module:factory, or a server URL")
+    p.add_argument("--source-lang", default="src")
+    p.add_argument("--target-lang", default="tgt")
+    p.add_argument("--out", help="where to write the spec (default: ./<name>.yaml)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing spec")
+    p.set_defaults(func=cmd_new)
+    p = sub.add_parser("serve-reward", help="serve a reward model over HTTP on 127.0.0.1 (reward.model: http)")
+    p.add_argument("reward", help="chrf, bleu, a plugin, or learned/comet with --experiment")
+    p.add_argument("--experiment", help="the experiment whose reward model to serve (for learned, comet)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8700, help="0 picks a free port (printed)")
+    p.set_defaults(func=cmd_serve_reward)
     p = sub.add_parser("list", help="list the experiments the code location knows")
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("fetch", help="download (or verify the mirror of) registered datasets")

@@ -230,7 +230,7 @@ def test_paper_scale_specs_validate_as_gpu_cluster_experiments(name):
     import sys
 
     out = subprocess.run(
-        [sys.executable, "-m", "rest_pipeline.cli", "check-spec", name], capture_output=True, text=True
+        [sys.executable, "-m", "rest_pipeline.cli", "check-spec", name, "--json"], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
     spec = load_spec(find_spec(name))

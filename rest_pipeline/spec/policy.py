@@ -34,6 +34,12 @@ class PolicySpec(_Strict):
     # causal_lm: where a completion ends, at the tokenizer's EOS or at the first newline.
     stop: Literal["eos", "newline"] = "eos"
     lora: LoraSpec | None = None
+    # Pretrained encoder-decoders that need them: M2M100/NLLB and mBART translate between language codes
+    # (e.g. deu_Latn -> eng_Latn for NLLB, de -> en for M2M100, de_DE -> en_XX for mBART): the source code
+    # is set on the tokenizer, the target code starts every output. T5 reads a task prefix before the source.
+    source_lang_code: str | None = None
+    target_lang_code: str | None = None
+    task_prefix: str = ""  # e.g. "translate German to English: " (T5)
     d_model: int = Field(256, ge=8)
     encoder_layers: int = Field(3, ge=1)
     decoder_layers: int = Field(3, ge=1)

@@ -10,6 +10,7 @@ two cores do ~1.5-1.9x the work of one translator with two threads (bench/throug
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 import threading
@@ -105,6 +106,12 @@ def convert(checkpoint: Path, out: Path, compute_type: str = "float32") -> Path:
     from rest_pipeline.core.policy.model import LINEAGE_FILE, export_merged
 
     quantization = None if compute_type == "float32" else compute_type
+    config = json.loads((checkpoint / "config.json").read_text()) if (checkpoint / "config.json").is_file() else {}
+    if config.get("is_encoder_decoder") and config.get("model_type", "marian") != "marian":
+        raise ValueError(
+            f"{checkpoint}: a {config['model_type']} model; CTranslate2 decodes Marian encoder-decoders here "
+            "(their outputs checked equal to transformers'); set grow.backend and evaluation.backend to hf"
+        )
     with (
         _CONVERT_LOCK,
         tempfile.TemporaryDirectory(prefix="rest-merged-") as merged,

@@ -39,6 +39,32 @@ class PromptFormat:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Seq2SeqFormat:
+    """What a pretrained encoder-decoder needs besides the text: language codes (M2M100/NLLB, mBART) or
+    a task prefix (T5). Saved in the checkpoint's config as `rest_seq2seq`, like a causal LM's prompt."""
+
+    source_lang_code: str | None = None
+    target_lang_code: str | None = None
+    task_prefix: str = ""
+
+    def to_config(self) -> dict:
+        return asdict(self)
+
+
+LANGUAGE_CODED = {"m2m_100", "mbart"}  # M2M100 and NLLB (model_type m2m_100), mBART
+
+
+def language_code_id(tokenizer: PreTrainedTokenizerBase, code: str, field: str) -> int:
+    """The vocabulary id of a language code ('de' for M2M100, 'deu_Latn' for NLLB, 'de_DE' for mBART)."""
+    token = tokenizer.get_lang_token(code) if hasattr(tokenizer, "get_lang_token") else code
+    idx = tokenizer.convert_tokens_to_ids(token)
+    if idx is None or idx == tokenizer.unk_token_id:
+        known = [t for t in getattr(tokenizer, "additional_special_tokens", []) or []][:6]
+        raise ValueError(f"{field}: '{code}' is not a language code of this tokenizer (e.g. {', '.join(known)})")
+    return int(idx)
+
+
 @dataclass
 class Batch:
     """One training batch of either family; `labels` is [B, T] with IGNORE where there is no target."""
@@ -61,19 +87,50 @@ class Forward:
 
 
 class Seq2Seq:
-    """Encoder-decoder (Marian, opus-mt, any AutoModelForSeq2SeqLM)."""
+    """Encoder-decoder (Marian, opus-mt, M2M100/NLLB, mBART, T5, any AutoModelForSeq2SeqLM).
+
+    Language-coded families: the tokenizer writes the source code into the source and the target code
+    into the labels; M2M100/NLLB then start each output with the target code (forced after the decoder
+    start), mBART starts its decoder from it (the labels' trailing code is dropped)."""
 
     kind = "seq2seq"
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, decoder_start_id: int):
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        decoder_start_id: int,
+        fmt: Seq2SeqFormat | None = None,
+        model_type: str = "marian",
+    ):
         self.tokenizer, self.encoder = tokenizer, FastEncoder(tokenizer)
         self.pad_id, self.eos_id, self.start_id = tokenizer.pad_token_id, tokenizer.eos_token_id, decoder_start_id
+        self.fmt, self.model_type = fmt or Seq2SeqFormat(), model_type
+        self.generate_kw: dict = {}
+        self.target_code_id: int | None = None
+        if model_type in LANGUAGE_CODED:
+            if not (self.fmt.source_lang_code and self.fmt.target_lang_code):
+                raise ValueError(
+                    f"policy.source_lang_code/target_lang_code: a {model_type} model translates between language "
+                    "codes (NLLB: deu_Latn -> eng_Latn, M2M100: de -> en, mBART: de_DE -> en_XX); set both"
+                )
+            language_code_id(tokenizer, self.fmt.source_lang_code, "policy.source_lang_code")
+            self.target_code_id = language_code_id(tokenizer, self.fmt.target_lang_code, "policy.target_lang_code")
+            tokenizer.src_lang, tokenizer.tgt_lang = self.fmt.source_lang_code, self.fmt.target_lang_code
+            if model_type == "mbart":
+                self.start_id = self.target_code_id
+                self.generate_kw = {"decoder_start_token_id": self.target_code_id}
+            else:
+                self.generate_kw = {"forced_bos_token_id": self.target_code_id}
 
     def encode_sources(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
-        return self.encoder.encode(list(texts), max_length)
+        prefix = self.fmt.task_prefix
+        return self.encoder.encode([prefix + t for t in texts] if prefix else list(texts), max_length)
 
     def encode_targets(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
-        return self.encoder.encode(list(texts), max_length, target=True)
+        ids = self.encoder.encode(list(texts), max_length, target=True)
+        if self.model_type == "mbart":  # [tokens, </s>, code]: the code is the decoder's start instead
+            ids = [t[:-1] if t and t[-1] == self.target_code_id else t for t in ids]
+        return ids
 
     def collate(self, src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]) -> Batch:
         n, ls, lt = len(src), max(len(s) for s in src), max(len(t) for t in tgt)
@@ -97,12 +154,13 @@ class Seq2Seq:
         """Output ids per returned sequence, up to and including the first EOS (the decoder start dropped)."""
         device = next(model.parameters()).device
         ids, mask = left_or_right_pad(src, self.pad_id, left=False)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kw).cpu()
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **self.generate_kw, **kw).cpu()
         return [_cut(row[1:].tolist(), {self.eos_id}, self.pad_id) for row in out]
 
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
-        """Text of each output, up to its first EOS."""
-        cut = [_cut(list(x), {self.eos_id}, self.pad_id) for x in ids]
+        """Text of each output, up to its first EOS (a language code is never text, whatever the tokenizer
+        counts as special)."""
+        cut = [[t for t in _cut(list(x), {self.eos_id}, self.pad_id) if t != self.target_code_id] for x in ids]
         return [t.strip() for t in self.tokenizer.batch_decode(cut, skip_special_tokens=True)]
 
 
@@ -203,7 +261,8 @@ def family_of(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Fam
     """The family of a loaded model (a peft-wrapped one included), from its config."""
     config = model.config
     if config.is_encoder_decoder:
-        return Seq2Seq(tokenizer, config.decoder_start_token_id)
+        fmt = Seq2SeqFormat(**(getattr(config, "rest_seq2seq", None) or {}))
+        return Seq2Seq(tokenizer, config.decoder_start_token_id, fmt, config.model_type)
     return CausalLM(tokenizer, PromptFormat(**(getattr(config, "rest_prompt", None) or {})))
 
 

@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from rest_pipeline.core.paths import atomic_dir, is_hub_id
-from rest_pipeline.core.policy.family import PromptFormat
+from rest_pipeline.core.policy.family import PromptFormat, Seq2SeqFormat
 from rest_pipeline.spec import LoraSpec, PolicySpec
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -107,6 +107,9 @@ def build_policy(spec: PolicySpec, tokenizer: PreTrainedTokenizerBase, max_lengt
             model.config.rest_prompt = prompt_format(spec).to_config()
         elif spec.kind == "causal_lm":
             raise ValueError(f"policy.pretrained_path {spec.pretrained_path}: an encoder-decoder, not a causal LM")
+        elif spec.source_lang_code or spec.target_lang_code or spec.task_prefix:
+            fmt = Seq2SeqFormat(spec.source_lang_code, spec.target_lang_code, spec.task_prefix)
+            model.config.rest_seq2seq = fmt.to_config()  # saved with every checkpoint after it
         return model
     if spec.kind == "causal_lm":
         return build_causal(spec, tokenizer, max_length).to(pick_device())

@@ -88,6 +88,10 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     try:
         if (path / "source.spm").is_file():
             return MarianTokenizer.from_pretrained(str(path))
+        if not (path / "tokenizer.json").is_file():
+            # Only a SentencePiece model: converting it to a fast tokenizer needs a protobuf newer than
+            # unbabel-comet allows, and the slow tokenizer gives the same ids.
+            return AutoTokenizer.from_pretrained(str(path), use_fast=False)
         return AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as e:
         raise FileNotFoundError(f"{path}: no loadable tokenizer ({str(e)[:300]})") from e
