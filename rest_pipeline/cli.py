@@ -92,6 +92,7 @@ def _main_one(name: str, args: argparse.Namespace) -> int:
             # SIGTERM ends the run like Ctrl-C: the step is not retried, its saved work stays.
             signal.signal(signal.SIGTERM, _interrupt)
             tags = {**process_tags(), EXPERIMENT: spec.name}
+            _repair_before_run(spec)
             results = materialize_experiment(spec, instance, until=args.until, tags=tags)
     except ExperimentBusy as e:
         print(f"rest: {e}", file=sys.stderr)
@@ -138,6 +139,42 @@ def _main_one(name: str, args: argparse.Namespace) -> int:
         print(f"  lineage of the final checkpoint: ./scripts/rest lineage {spec.name}")
     print("  open the web UI with: ./scripts/rest ui")
     return 0
+
+
+def _repair_before_run(spec: ExperimentSpec) -> None:
+    """A damaged artifact is treated like a stale one: moved aside (named here) and re-made by this run."""
+    from rest_pipeline.core.verify import repair, verify_store
+
+    store = open_store(spec)
+    if not store.root.is_dir():
+        return
+    damage = verify_store(store)
+    moved = dict(repair(store, damage))
+    for d in damage:
+        if d.moves in moved:
+            print(f"rest: {d.path}: {d.why}; moved aside to {moved[d.moves]}; this run re-makes it", flush=True)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check every artifact of an experiment's store; with --repair, move the damaged ones aside."""
+    from rest_pipeline.core.verify import repair, verify_store
+
+    spec = load_checked_spec(args.experiment)
+    store = open_store(spec)
+    damage = verify_store(store)
+    if not damage:
+        print(f"rest: {store.root}: every artifact checked, none damaged")
+        return 0
+    moved = dict(repair(store, damage)) if args.repair else {}
+    for d in damage:
+        where = f"; moved aside to {moved[d.moves]}" if d.moves in moved else ""
+        print(f"rest: {d.path}: {d.why}{where}")
+    if args.repair:
+        print(f"rest: `rest main {args.experiment}` re-makes what was moved aside")
+        return 0
+    print(f"rest: {len(damage)} damaged; `rest verify {args.experiment} --repair` moves them aside, then "
+          f"`rest main {args.experiment}` re-makes them (rest main does both by itself)")  # fmt: skip
+    return 1
 
 
 def cmd_main(args: argparse.Namespace) -> int:
@@ -309,17 +346,18 @@ def cmd_query(args: argparse.Namespace) -> int:
     spec = load_spec(find_spec(args.experiment))
     store = open_store(spec)
     reward = args.reward or spec.reward.model
-    if args.sql in CANNED:
-        df = canned_query(store, args.sql, reward)
-    else:
-        try:
-            df = store.user_query(args.sql)
-        except QueryError as e:
-            print(f"rest: {e}; canned queries: {', '.join(CANNED)}", file=sys.stderr)
-            return 2
-        except duckdb.Error as e:  # e.g. a file outside the store, refused by the locked-down connection
-            print(f"rest: query refused or failed: {e}", file=sys.stderr)
-            return 2
+    try:
+        df = canned_query(store, args.sql, reward) if args.sql in CANNED else store.user_query(args.sql)
+    except QueryError as e:
+        print(f"rest: {e}; canned queries: {', '.join(CANNED)}", file=sys.stderr)
+        return 2
+    except duckdb.Error as e:  # a file outside the store refused, or a damaged table file
+        print(
+            f"rest: query refused or failed: {str(e).splitlines()[0]}\n"
+            f"rest: if a table file is damaged, `rest verify {args.experiment}` names it and --repair moves it aside",
+            file=sys.stderr,
+        )
+        return 2
     with pd.option_context(
         "display.max_rows", args.limit, "display.max_columns", 20, "display.width", 200, "display.max_colwidth", 60
     ):
@@ -572,6 +610,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", default="default")
     p.add_argument("--limit", type=int, default=100)
     p.set_defaults(func=cmd_explore)
+    p = sub.add_parser("verify", help="check every artifact of an experiment; --repair moves damaged ones aside")
+    p.add_argument("experiment")
+    p.add_argument("--repair", action="store_true", help="move damaged artifacts aside for `rest main` to re-make")
+    p.set_defaults(func=cmd_verify)
     p = sub.add_parser("ui", help="serve the Dagster web UI on 127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
     p.set_defaults(func=cmd_ui)

@@ -26,6 +26,7 @@ from rest_pipeline.core.store.layout import (
     CONTROL,
     FINAL,
     ONLINE_RL,
+    SLICE_ROW_GROUP,
     BranchError,
     is_online_rl,
     parse_policy_name,
@@ -49,9 +50,6 @@ from rest_pipeline.core.store.records import (
 from rest_pipeline.core.store.side_records import SideRecords
 from rest_pipeline.spec import ExperimentSpec, SpecError, find_spec, load_spec
 
-# Rows per row group of a slice file: the chunk a trainer tokenizes and holds at once (~150 MB).
-SLICE_ROW_GROUP = 262_144
-
 __all__ = [  # the policy names and errors callers import from here
     "BASE", "CONTROL", "FINAL", "ONLINE_RL", "BranchError", "ExperimentStore", "StaleRecordError",
     "is_online_rl", "parse_policy_name", "policy_name", "shard_name",
@@ -60,9 +58,8 @@ __all__ = [  # the policy names and errors callers import from here
 
 @dataclass(frozen=True)
 class ExperimentStore(BranchPins, SideRecords, CandidateTables):
-    """An experiment's folder. A branch store also holds its `parent`'s store: everything up to grow
-    `branch_grow` (corpus, tokenizer, BC policy, reward model, those grows' candidates and scores, and
-    the Improve steps of earlier grows) is read from the parent in place, never copied or written."""
+    """An experiment's folder. A branch store holds its `parent`'s: everything up to grow `branch_grow` (corpus,
+    tokenizer, BC, reward model, candidates, scores, earlier steps) is read there, never copied or written."""
 
     root: Path
     parent: ExperimentStore | None = None
@@ -70,8 +67,7 @@ class ExperimentStore(BranchPins, SideRecords, CandidateTables):
 
     @classmethod
     def open(cls, experiment: str, home_dir: Path | None = None) -> ExperimentStore:
-        """The store of `experiment` under `home_dir` (default: $REST_HOME or ./data), as its spec says
-        (a branch's store comes with its parent's); a folder without a spec is read as it is."""
+        """The store of `experiment` under `home_dir` (default: $REST_HOME or ./data), with its parent's."""
         try:
             spec = load_spec(find_spec(experiment))
         except SpecError:
@@ -87,8 +83,7 @@ class ExperimentStore(BranchPins, SideRecords, CandidateTables):
 
     @property
     def reward_model_dir(self) -> Path:
-        """The learned reward this experiment uses: the shared model it links to (an older store's own
-        `reward_model/` folder when it has no link)."""
+        """The learned reward this experiment uses: the shared model it links to (or an old own folder)."""
         if self.parent:
             return self.parent.reward_model_dir
         link = self.root / "reward_model.json"
@@ -205,6 +200,16 @@ class ExperimentStore(BranchPins, SideRecords, CandidateTables):
         """Every step record, in (grow, step) order (a branch's lineage crosses into its parent's)."""
         return [self.step(g, i) for g, i in self._step_names()]
 
+    def _readable_steps(self) -> list[StepRecord]:
+        """The step records that read: a damaged one (`rest verify` names it) never blocks a query."""
+        out = []
+        for g, i in self._step_names():
+            try:
+                out.append(self.step(g, i))
+            except (StaleRecordError, FileNotFoundError):
+                continue
+        return out
+
     def write_best_of_n(self, record: BestOfN) -> Path:
         return self._write(self._best_of_n_file(), record)
 
@@ -300,7 +305,7 @@ class ExperimentStore(BranchPins, SideRecords, CandidateTables):
     def connect(self, read_only: bool = True) -> duckdb.DuckDBPyConnection:
         """DuckDB over the candidate tables, plus `lineage`: one row per step record (history left out).
         Locked down (core/store/candidates.py `lock_down`) unless a caller asks for read_only=False."""
-        rows = [r.model_dump(exclude={"history", "hyperparameters"}) for r in self.steps()]
+        rows = [r.model_dump(exclude={"history", "hyperparameters"}) for r in self._readable_steps()]
         con = super().connect()
         ratings = sorted(self.human_dir.glob("ratings/round=*/rater=*/*.parquet"))
         if ratings:  # people's ratings (rest rate): one file per rated item

@@ -42,7 +42,13 @@ class RecordKeeper(ExperimentLayout):
         """A record, validated; a record of another schema version is refused, never misread."""
         if not path.is_file():
             raise FileNotFoundError(f"{path}: {what} not materialized")
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise StaleRecordError(
+                f"{path}: damaged, not JSON ({e}); `./scripts/rest main {self.experiment}` moves it aside and "
+                f"re-makes {what}"
+            ) from None
         version = data.get("schema_version") if isinstance(data, dict) else None
         if version != SCHEMA_VERSION:
             raise StaleRecordError(

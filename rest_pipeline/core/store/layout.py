@@ -32,6 +32,8 @@ BASE = "base"
 FINAL = "final"
 CONTROL = "control"
 ONLINE_RL = "ppo"  # checkpoints of the online-RL baseline: ppo/c<candidates sampled so far>
+# Rows per row group of a slice file: the chunk a trainer tokenizes and holds at once (~150 MB).
+SLICE_ROW_GROUP = 262_144
 
 
 def is_online_rl(policy: str) -> bool:
