@@ -93,7 +93,11 @@ def _main_one(name: str, args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, _interrupt)
             tags = {**process_tags(), EXPERIMENT: spec.name}
             _repair_before_run(spec)
-            results = materialize_experiment(spec, instance, until=args.until, tags=tags)
+            sys.stderr = _NoInterruptTraces(sys.__stderr__)
+            try:
+                results = materialize_experiment(spec, instance, until=args.until, tags=tags)
+            finally:
+                sys.stderr = sys.__stderr__
     except ExperimentBusy as e:
         print(f"rest: {e}", file=sys.stderr)
         return 3
@@ -139,6 +143,23 @@ def _main_one(name: str, args: argparse.Namespace) -> int:
         print(f"  lineage of the final checkpoint: ./scripts/rest lineage {spec.name}")
     print("  open the web UI with: ./scripts/rest ui")
     return 0
+
+
+class _NoInterruptTraces:
+    """stderr for `rest main`: a Dagster log record of a step stopped by Ctrl-C or SIGTERM keeps its message
+    and loses its stack trace (the interruption is expected; `rest main` says what to do in one line)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        interrupted = ("interrupted (", "DagsterExecutionInterruptedError", "Execution was interrupted")
+        if "Stack Trace:" in text and any(mark in text for mark in interrupted):
+            text = text[: text.index("Stack Trace:")].rstrip() + "\n"
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def _repair_before_run(spec: ExperimentSpec) -> None:

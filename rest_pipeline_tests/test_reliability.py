@@ -129,6 +129,8 @@ def test_killed_runs_never_block_the_next_one(tmp_path, data_dir):
                 assert rc == 130, run.output[-3000:]
                 assert "rest: interrupted" in run.output and "./scripts/rest main smoke` resumes" in run.output
                 assert "STEP_UP_FOR_RETRY" not in run.output  # an interrupt is not a failure to retry
+                # One clear line: no traceback from this process, Dagster's log or any helper process.
+                assert "Traceback" not in run.output and "Stack Trace:" not in run.output, run.output[-3000:]
             else:
                 assert rc == -signal.SIGKILL
             kills += 1

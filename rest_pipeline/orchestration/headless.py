@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
 from concurrent.futures import ProcessPoolExecutor
 
 import dagster as dg
+from dagster._core.execution import compute_logs
 
 from rest_pipeline.orchestration.definitions import build_definitions
 from rest_pipeline.orchestration.keys import control_key, human_eval_key, key
@@ -25,6 +27,25 @@ from rest_pipeline.orchestration.placement import executor_kind
 from rest_pipeline.spec import ExperimentSpec
 
 STAGE_JOB = "rest_stage"
+
+
+class _OwnSessionSubprocess:
+    """`subprocess` as Dagster's compute-log mirroring sees it: its `tail` and the orphan watcher start in
+    their own session, so a Ctrl-C at the terminal reaches `rest main` (which stops the run and says so in
+    one line) and not these helpers (the watcher, a Python script, would print a KeyboardInterrupt
+    traceback each time). Dagster still ends both when the step ends; the watcher still ends the tail if
+    this process dies."""
+
+    def __getattr__(self, name: str):
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args, **kwargs):  # noqa: N802 (subprocess's name)
+        kwargs.setdefault("start_new_session", True)
+        return subprocess.Popen(*args, **kwargs)
+
+
+compute_logs.subprocess = _OwnSessionSubprocess()
 
 
 def stages(defs: dg.Definitions) -> list[tuple[list[dg.AssetKey], dg.PartitionsDefinition | None]]:

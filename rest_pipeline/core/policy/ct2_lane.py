@@ -68,7 +68,11 @@ class LanePool:
         self._all: list[subprocess.Popen] = []
         self._lock = threading.Lock()
         for _ in range(size):
-            proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            # In its own session: a Ctrl-C at the terminal reaches the parent, which closes its lanes; a lane
+            # whose parent died reads end-of-file and returns. So no lane prints an interrupt of its own.
+            proc = subprocess.Popen(
+                [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
+            )
             self._all.append(proc)
             self._free.put(proc)
 
