@@ -118,3 +118,42 @@ def test_reward_model_is_trained_once_per_content_and_shared(tmp_path, data_dir)
         assert store.reward_model_dir == path and store.reward_model() == report
         link = json.loads((store.root / "reward_model.json").read_text())
         assert link["path"] == f"../../reward_models/{key}"  # relative: the home folder can move
+
+
+class _RunsCode:
+    """A pickled object that would run code when loaded (what a store writer could plant)."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {_MARKER}",))
+
+
+_MARKER = "/tmp/rest_pipeline_pickle_marker"
+
+
+@pytest.mark.slow
+def test_the_learned_reward_loads_weights_only_and_refuses_pickled_code(trained, tmp_path):
+    """Scores from our weights-only loader equal COMET's own loader's; a checkpoint in the store that
+    carries pickled code is refused, and the code never runs."""
+    import shutil
+
+    from comet import load_from_checkpoint
+
+    from rest_pipeline.core.rewards.learned import load_comet
+
+    out, _ = trained
+    ours, comets = load_comet(out), load_from_checkpoint(str(out / "checkpoints" / "model.ckpt"), local_files_only=True)
+    sample = [{"src": "Ein Hund läuft.", "mt": "A dog runs.", "ref": "A dog is running."}]
+    a = ours.predict(sample, batch_size=1, gpus=0, progress_bar=False).scores
+    b = comets.predict(sample, batch_size=1, gpus=0, progress_bar=False).scores
+    assert a == pytest.approx(b, abs=1e-6)
+    planted = tmp_path / "planted"
+    shutil.copytree(out, planted)
+    state = torch.load(planted / "checkpoints" / "model.ckpt", weights_only=True)
+    state["hyper_parameters"] = {**state["hyper_parameters"], "note": _RunsCode()}
+    torch.save(state, planted / "checkpoints" / "model.ckpt")
+    Path(_MARKER).unlink(missing_ok=True)
+    with pytest.raises(Exception, match="(?i)weights.only|unpickl|global"):
+        load_comet(planted)
+    assert not Path(_MARKER).exists()

@@ -37,15 +37,6 @@ from rest_pipeline.core.store.records import (
     StepRecord,
 )
 
-# Record files by name (and where needed the folder they sit in) -> their type.
-RECORD_TYPES: dict[str, type[Record]] = {
-    "corpus.json": CorpusRecord,
-    "step.json": StepRecord,
-    "slice.json": SliceRecord,
-    "curves.json": BestOfN,
-    "report.json": Report,
-}
-
 
 @dataclass(frozen=True)
 class Damage:
@@ -54,20 +45,27 @@ class Damage:
     moves: Path  # what repair moves aside (the file, or the folder that must be re-made with it)
 
 
-def _record_type(path: Path) -> type[Record] | None:
-    if path.name == "summary.json":
-        return ControlRecord if path.parent.name == "control" else Evaluation
-    if path.name == "scores.json" and path.parent.name == "decodings":
-        return DecodingEval
-    return RECORD_TYPES.get(path.name)
+def _record_type(store: ExperimentStore, path: Path) -> type[Record] | None:
+    """The record type of a JSON file, by the names the store's layout gives its records."""
+    if path in (store._control_file(), store._decoding_eval_file()):
+        return ControlRecord if path == store._control_file() else DecodingEval
+    by_name = {
+        store._corpus_file().name: CorpusRecord,
+        store._step_file(1, 1).name: StepRecord,
+        store._slice_file(1, 1).name: SliceRecord,
+        store._best_of_n_file().name: BestOfN,
+        store._report_file().name: Report,
+        store._evaluation_file("base").name: Evaluation,
+    }
+    return by_name.get(path.name) if path.is_relative_to(store.root) else None
 
 
-def _check_json(path: Path) -> str | None:
+def _check_json(store: ExperimentStore, path: Path) -> str | None:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         return f"not JSON ({e})"
-    cls = _record_type(path)
+    cls = _record_type(store, path)
     if cls is None:
         return None
     if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
@@ -142,7 +140,7 @@ def verify_store(store: ExperimentStore) -> list[Damage]:
                 continue
             why = None
             if path.suffix == ".json":
-                why = _check_json(path)
+                why = _check_json(store, path)
             elif path.suffix == ".parquet":
                 why = _check_parquet(path)
             elif path.suffix == ".safetensors":

@@ -13,6 +13,7 @@ Judgements are split by source sentence, so no source appears on both sides of t
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -355,7 +356,12 @@ def save_comet_checkpoint(model, out_dir: Path, extra: dict) -> Path:
 
 
 def load_comet(path: Path):
-    """Load a COMET checkpoint dir; a MiniLM path recorded on another machine is re-pointed here."""
+    """Load a COMET checkpoint dir; a MiniLM path recorded on another machine is re-pointed here.
+
+    Our own learned rewards (they carry rest_reward.json) are rebuilt from hparams.yaml and loaded with
+    `torch.load(weights_only=True)`: tensors and plain data only, so whoever can write the store cannot
+    run code in the next scoring. A COMET checkpoint a user names (reward.comet_path) goes through
+    COMET's own loader, as that user's own file."""
     from comet import load_from_checkpoint
     from comet.models import str2model
 
@@ -364,8 +370,23 @@ def load_comet(path: Path):
         raise RewardError(f"{path}: not a COMET checkpoint folder (checkpoints/model.ckpt missing)")
     hparams = yaml.safe_load((path / "hparams.yaml").read_text())
     recorded = Path(str(hparams.get("pretrained_model", "")))
-    if hparams.get("encoder_model") == "BERT" and not recorded.exists():
-        cls = str2model[hparams["class_identifier"]]
+    relocated = hparams.get("encoder_model") == "BERT" and not recorded.exists()
+    cls = str2model[hparams["class_identifier"]]
+    if (path / "rest_reward.json").is_file():
+        accepted = inspect.signature(cls.__init__).parameters
+        kwargs = {k: v for k, v in hparams.items() if k in accepted}
+        kwargs.update(load_pretrained_weights=False)
+        if "local_files_only" in accepted:
+            kwargs["local_files_only"] = True
+        if relocated:
+            kwargs["pretrained_model"] = str(minilm_dir())
+        model = cls(**kwargs)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        missing = [k for k in model.load_state_dict(state, strict=False).missing_keys if not k.endswith("position_ids")]
+        if missing:
+            raise RewardError(f"{ckpt}: not this reward model's weights ({len(missing)} missing, e.g. {missing[0]})")
+        return model.eval()
+    if relocated:
         return cls.load_from_checkpoint(
             str(ckpt),
             load_pretrained_weights=False,
