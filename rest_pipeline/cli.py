@@ -14,7 +14,7 @@ from pathlib import Path
 from rest_pipeline.core.paths import home
 from rest_pipeline.core.spec_check import checked_specs, load_checked_spec
 from rest_pipeline.core.store.experiment import ExperimentStore, StaleRecordError
-from rest_pipeline.core.store.records import BCPolicyLink
+from rest_pipeline.core.store.records import BCPolicyLink, CorpusRecord, DecodingEval, Report
 from rest_pipeline.spec import ExperimentSpec, SpecError, find_spec, load_spec
 
 
@@ -122,15 +122,15 @@ def _main_one(name: str, args: argparse.Namespace) -> int:
     store = open_store(spec)
     first = f" (first: {results[0].run_id})" if results else " (nothing left to do)"
     print(f"rest: {len(results)} run(s) succeeded in {wall / 60:.1f} min{first}")
-    if store.has_decoding_eval():  # not yet, after `--until` an earlier asset
+    if store.exists(DecodingEval):  # not yet, after `--until` an earlier asset
         print(f"  base policy checkpoint : {store.base_policy_dir}")
         print(f"  evaluation (hypotheses): {store.decoding_eval_dir}")
-        for s in store.decoding_eval().rows:
+        for s in store.get(DecodingEval).rows:
             print(f"  {s.split:>5} {s.decoding.name:<7} BLEU {s.bleu:6.2f}  chrF {s.chrf:6.2f}  ({s.sentences} sents)")
-    if store.has_report():
+    if store.exists(Report):
         from rest_pipeline.core.tables import md_table
 
-        report = store.report()
+        report = store.get(Report)
         print(f"\nReST report: {store.report_markdown}")
         print(md_table(report.table1))
         for f in report.findings:
@@ -487,7 +487,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         print(json.dumps([r.model_dump(exclude={"history"}) for r in chain], indent=1))
     else:
         base = store.policy(BASE)
-        files = store.corpus().files
+        files = store.get(CorpusRecord).files
         print(render_lineage(chain, store.rel(base), weights_hash(base), store.bc_policy_link(), files))
     if args.dagster:
         from rest_pipeline.orchestration.instance import open_instance

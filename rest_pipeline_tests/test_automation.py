@@ -28,7 +28,7 @@ def summary(reward: float, bleu: float, chrf: float, policy: str = "base") -> Ev
 
 
 def write(store, grow, step, data: Evaluation) -> None:
-    store.write_evaluation(data.model_copy(update={"policy": policy_name(grow, step)}))
+    store.put(data.model_copy(update={"policy": policy_name(grow, step)}))
 
 
 def test_reward_hacking_verdict_needs_all_three_signals():

@@ -8,6 +8,7 @@ import yaml
 from rest_pipeline.core import base_stage as core
 from rest_pipeline.core.policy.model import save_policy
 from rest_pipeline.core.store.experiment import ExperimentStore
+from rest_pipeline.core.store.records import CorpusRecord
 from rest_pipeline.spec import load_spec
 from rest_pipeline_tests.synthetic import tiny_model, tokenizer_dir
 
@@ -41,7 +42,7 @@ def test_pretrained_checkpoint_is_fine_tuned_and_evaluated(tmp_path, data_dir, m
     store = ExperimentStore(tmp_path / "exp")
     corpus = core.build_corpus(spec, store)
     assert corpus.splits["train"].rows == 200 and corpus.splits["test"].rows == 10
-    assert store.corpus() == corpus and corpus.splits["test"].file == "corpus/test.parquet"
+    assert store.get(CorpusRecord) == corpus and corpus.splits["test"].file == "corpus/test.parquet"
     core.build_tokenizer(spec, store)
     assert json.loads((store.tokenizer_dir / "vocab.json").read_text()) == json.loads(
         (pretrained / "vocab.json").read_text()

@@ -13,6 +13,17 @@ from transformers import AutoModelForSeq2SeqLM
 from rest_pipeline.core.improve.chain import all_steps
 from rest_pipeline.core.store.experiment import ExperimentStore, StaleRecordError, policy_name
 from rest_pipeline.core.store.queries import canned_query
+from rest_pipeline.core.store.records import (
+    BestOfN,
+    ControlRecord,
+    CorpusRecord,
+    DecodingEval,
+    Evaluation,
+    Report,
+    SliceRecord,
+    StepRecord,
+)
+from rest_pipeline.core.store.side_records import OnlineRL
 from rest_pipeline.orchestration.definitions import build_definitions
 from rest_pipeline.orchestration.headless import materialize_experiment
 from rest_pipeline.orchestration.resources import RestStorage
@@ -102,11 +113,11 @@ def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir, monkeyp
 def _assert_online_rl(instance: dg.DagsterInstance, store: ExperimentStore, spec) -> None:
     """PPO's checkpoints at its compute marks are evaluated like Improve ones, with lineage and compute;
     the report sets them against ReST's checkpoints at equal compute."""
-    record = store.online_rl()
+    record = store.get(OnlineRL)
     assert [m.name for m in record.marks] == ["ppo/c00000016", "ppo/c00000032"]
     for m in record.marks:
         assert m.parent == "base" and m.reward_version and m.compute.candidates in (16, 32)
-        ev = store.evaluation(m.name)
+        ev = store.get(Evaluation, policy=m.name)
         assert set(ev.splits) == {"valid", "test"} and ev.diversity is not None
         assert (store.resolve(m.checkpoint) / "model.safetensors").is_file()
     assert record.history[0]["kl_to_bc"] == 0.0
@@ -128,7 +139,7 @@ def _assert_online_rl(instance: dg.DagsterInstance, store: ExperimentStore, spec
     assert all(b >= a for a, b in zip(tokens, tokens[1:], strict=False)) and tokens[0] > 0
     assert all(0 < c.reward_calls <= c.candidates + 2 * spec.grow.max_sources for c in rest.values())
     # ReST's seconds: its grows' sampling and scoring, its steps' training and the validations they ran.
-    first = store.step(1, 1)
+    first = store.get(StepRecord, grow=1, step=1)
     validations = [r["validation_seconds"] for r in first.history if "metric" in r]
     assert validations and all(v > 0 for v in validations)
     grow_1 = sum(c.seconds for c in store.shard_costs(1))
@@ -154,7 +165,7 @@ def _assert_rest_chain(instance: dg.DagsterInstance, store: ExperimentStore, spe
     # Grow 2 sampled from the checkpoint grow 1 handed on.
     g2 = store.query("SELECT DISTINCT policy FROM candidates WHERE grow = 2 AND origin = 'sample'")
     assert g2.policy.tolist() == [f"grow_1/improve_2@{chain[2].checkpoint_hash}"]
-    report = store.report()
+    report = store.get(Report)
     assert [r["checkpoint"] for r in report.checkpoints] == ["BC", "G=1 I=1", "G=1 I=2", "G=2 I=1", "G=2 I=2"]
     assert set(report.best_of_n.curves["bc"].curve) == {1, 2, 4}
     curve = report.best_of_n.curves["rest"].curve
@@ -222,40 +233,48 @@ def _assert_every_artifact_reads_back_typed(store: ExperimentStore, spec, moved:
     """Every artifact of the smoke run reads back through the store's typed records, from any folder."""
     import shutil
 
-    corpus = store.corpus()
+    corpus = store.get(CorpusRecord)
     assert corpus.splits["train"].rows == len(store.split("train")) == spec.data.max_train_pairs
-    assert [r.decoding for r in store.decoding_eval().rows if r.split == "test"] == spec.evaluation.decoding
+    assert [r.decoding for r in store.get(DecodingEval).rows if r.split == "test"] == spec.evaluation.decoding
     assert -1 <= store.reward_model().kendall_tau <= 1
     for g in range(1, spec.improve.grows + 1):
         for shard in range(spec.grow.shards):
             assert store.has_candidates(g, shard) and len(store.read_candidates(g, shard))
     for g, i in all_steps(spec):
         name = policy_name(g, i)
-        sl, step, ev = store.slice(g, i), store.step(g, i), store.evaluation(name)
+        sl, step, ev = (
+            store.get(SliceRecord, grow=g, step=i),
+            store.get(StepRecord, grow=g, step=i),
+            store.get(Evaluation, policy=name),
+        )
         assert (sl.grow, sl.step, step.name, ev.policy) == (g, i, name, name)
         assert step.slice_path == sl.path and len(store.slice_rows(g, i)) == sl.kept
         assert set(ev.splits) == set(spec.evaluation.splits) and ev.decoding.name == "greedy"
         assert (ev.inherited_from is None) == (step.status == "improved")
-    assert store.evaluation("base").policy == "base"
-    assert store.evaluation("final") == store.evaluation("grow_2/improve_2")
-    assert store.policy("final") == store.policy("grow_2/improve_2") == store.resolve(store.step(2, 2).checkpoint)
-    assert store.best_of_n().ns == spec.improve.best_of_n
-    assert store.control() is not None and store.evaluation("control").policy == "control"
-    assert store.report().best_of_n == store.best_of_n()
+    assert store.get(Evaluation, policy="base").policy == "base"
+    assert store.get(Evaluation, policy="final") == store.get(Evaluation, policy="grow_2/improve_2")
+    assert (
+        store.policy("final")
+        == store.policy("grow_2/improve_2")
+        == store.resolve(store.get(StepRecord, grow=2, step=2).checkpoint)
+    )
+    assert store.get(BestOfN).ns == spec.improve.best_of_n
+    assert store.find(ControlRecord) is not None and store.get(Evaluation, policy="control").policy == "control"
+    assert store.get(Report).best_of_n == store.get(BestOfN)
     # No record holds an absolute path of this machine: the folder can move and still be read.
     for path in store.root.rglob("*.json"):
         assert str(store.root) not in path.read_text(), path
     shutil.copytree(store.root, moved)
     there = ExperimentStore(moved)
     assert there.lineage(2, 2) == store.lineage(2, 2)
-    assert there.policy("final") == moved / store.step(2, 2).checkpoint
+    assert there.policy("final") == moved / store.get(StepRecord, grow=2, step=2).checkpoint
     assert (there.policy("final") / "model.safetensors").is_file()
-    assert there.report() == store.report()
+    assert there.get(Report) == store.get(Report)
     # A record written by an older version is refused with what to re-run, never misread.
     old = there.eval_dir("grow_1/improve_1") / "summary.json"
     old.write_text('{"key": "x", "checkpoint": "/somewhere/else", "splits": {}}')
     try:
-        there.evaluation("grow_1/improve_1")
+        there.get(Evaluation, policy="grow_1/improve_1")
         raise AssertionError("an old record was read")
     except StaleRecordError as e:
         assert "the evaluation of policy grow_1/improve_1" in str(e) and "./scripts/rest main smoke" in str(e)
@@ -300,15 +319,18 @@ def _assert_a_branch_reuses_its_parents_grow(tmp_path, instance, parent_spec, st
     assert [r.name for r in chain] == ["grow_1/improve_2", "grow_1/improve_1"] and chain[-1].parent == "base"
     assert {r.loss for r in chain} == {"gold"} and chain[-1].parent_checkpoint == "../smoke/policies/base"
     assert store.policy("base") == parent.policy("base")
-    assert store.evaluation("base").splits["test"].rewards == parent.evaluation("base").splits["test"].rewards
-    assert store.resolve(store.evaluation("base").checkpoint).resolve() == parent.base_policy_dir
+    assert (
+        store.get(Evaluation, policy="base").splits["test"].rewards
+        == parent.get(Evaluation, policy="base").splits["test"].rewards
+    )
+    assert store.resolve(store.get(Evaluation, policy="base").checkpoint).resolve() == parent.base_policy_dir
     graph = build_definitions([parent_spec, branch]).resolve_asset_graph()
     point = graph.get(dg.AssetKey(["smoke_gold", "branch_point"])).parent_keys
     assert {dg.AssetKey(["smoke", "grow_1", "rewards"]), dg.AssetKey(["smoke", "base_policy"])} <= point
     assert graph.get(dg.AssetKey(["smoke_gold", "branch_point"])).group_name == "smoke_gold"
     rows = dagster_chain(instance, branch, 1, 2)
     assert [r["asset"] for r in rows] == ["smoke_gold/grow_1/improve_2/policy", "smoke_gold/grow_1/improve_1/policy"]
-    assert store.report().findings  # the branch's own report
+    assert store.get(Report).findings  # the branch's own report
     # The loss-ablation table: the branch against its parent's final checkpoint, from the CLI.
     from rest_pipeline.cli import main
 
@@ -319,7 +341,7 @@ def _assert_a_branch_reuses_its_parents_grow(tmp_path, instance, parent_spec, st
         ("smoke", "bc", "grow_2/improve_2"),
         ("smoke_gold", "gold", "grow_1/improve_2"),
     ]
-    assert rows[1]["test_learned"] == store.evaluation("final").splits["test"].reward("learned")
+    assert rows[1]["test_learned"] == store.get(Evaluation, policy="final").splits["test"].reward("learned")
     assert rows[1]["test_learned_minus_smoke"].count("[") == 1 and "test_learned_minus_smoke" not in rows[0]
     bleu_delta = float(rows[1]["test_bleu_minus_smoke"].split()[0])  # the corpus-score difference, with its interval
     assert bleu_delta == pytest.approx(rows[1]["test_bleu"] - rows[0]["test_bleu"], abs=0.02)
@@ -514,9 +536,9 @@ def test_llm_smoke_graph_materializes_with_a_causal_lm_and_lora_lineage(tmp_path
         # Grow 2 sampled from what grow 1 handed on (adapters merged by the sampler).
         g2 = store.query("SELECT DISTINCT policy FROM candidates WHERE grow = 2 AND origin = 'sample'")
         assert g2.policy.tolist() == [f"grow_1/improve_2@{chain[2].checkpoint_hash}"]
-    report = store.report()
+    report = store.get(Report)
     assert [r["checkpoint"] for r in report.checkpoints][0] == "BC" and set(report.best_of_n.curves) == {"bc", "rest"}
-    assert [m.name for m in store.online_rl().marks] == ["ppo/c00000016", "ppo/c00000032"]
+    assert [m.name for m in store.get(OnlineRL).marks] == ["ppo/c00000016", "ppo/c00000032"]
     # `rest export` writes the final checkpoint, adapters merged, as a plain causal LM for from_pretrained.
     from rest_pipeline.cli import main
 

@@ -9,6 +9,7 @@ import pytest
 from rest_pipeline.core.improve.filtering import FilterError, build_slice, read_grow, select
 from rest_pipeline.core.rewards.scoring import score_candidates
 from rest_pipeline.core.store.experiment import ExperimentStore
+from rest_pipeline.core.store.records import SliceRecord
 
 # Per source: four samples and the reference, each hypothesis spelling its own reward.
 REWARDS = {
@@ -121,7 +122,7 @@ def test_slice_is_persisted_with_its_statistics(store):
     assert stats.sources == 3 and stats.sources_covered == 2
     assert stats.mean_reward == pytest.approx(np.mean([r for s, ref in REWARDS.values() for r in [*s, ref]]), abs=1e-4)
     assert stats.skip_reason is None
-    again, rows = store.slice(1, 2), store.slice_rows(1, 2)
+    again, rows = store.get(SliceRecord, grow=1, step=2), store.slice_rows(1, 2)
     assert again == stats and len(rows) == 7
     assert json.loads((store.slice_dir(1, 2) / "slice.json").read_text())["kept"] == 7
     assert stats.path == "store/slices/grow=1/improve=2/part.parquet"  # relative to the experiment folder

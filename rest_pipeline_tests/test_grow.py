@@ -16,6 +16,7 @@ from rest_pipeline.core.policy.model import save_policy
 from rest_pipeline.core.rewards.base import ChrFReward
 from rest_pipeline.core.rewards.scoring import score_candidates
 from rest_pipeline.core.store.experiment import ExperimentStore
+from rest_pipeline.core.store.side_records import ShardCost
 from rest_pipeline.spec import SamplingSpec
 from rest_pipeline_tests.synthetic import pairs, tiny_model, tokenizer_dir
 
@@ -116,15 +117,17 @@ def test_a_rescore_from_the_cache_keeps_the_shards_scoring_cost(tmp_path):
 
     store = build_store(tmp_path / "exp")
     score_shard(store, [SlowChrF()], 1, 0, log=lambda m: None)
-    first = store.shard_cost(1, 0, "score")
+    first = store.find(ShardCost, grow=1, shard=0, stage="score")
     assert first is not None and first.seconds > 0.4 and first.items > 0
     score_shard(store, [SlowChrF()], 1, 0, log=lambda m: None)  # nothing new: the cost stands
-    assert store.shard_cost(1, 0, "score") == first
+    assert store.find(ShardCost, grow=1, shard=0, stage="score") == first
     score_shard(store, [SlowChrF(), BleuReward()], 1, 0, log=lambda m: None)
-    both = store.shard_cost(1, 0, "score")
+    both = store.find(ShardCost, grow=1, shard=0, stage="score")
     assert both.items == 2 * first.items and both.seconds > first.seconds
     store.drop_shard_cost(1, 0, "score")
-    assert store.shard_cost(1, 0, "score") is None and [c.stage for c in store.shard_costs(1)] == []
+    assert (
+        store.find(ShardCost, grow=1, shard=0, stage="score") is None and [c.stage for c in store.shard_costs(1)] == []
+    )
 
 
 @pytest.fixture(scope="module")

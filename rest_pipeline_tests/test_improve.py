@@ -13,6 +13,7 @@ from rest_pipeline.core.policy.model import save_policy
 from rest_pipeline.core.rewards.base import ChrFReward
 from rest_pipeline.core.rewards.scoring import score_candidates
 from rest_pipeline.core.store.experiment import ExperimentStore
+from rest_pipeline.core.store.records import ControlRecord, Evaluation, StepRecord
 from rest_pipeline.spec import (
     EvaluationSpec,
     ExperimentSpec,
@@ -125,7 +126,7 @@ def test_improve_chain_keeps_improvements_and_stops_when_they_end(tmp_path):
     assert third_again.trained_checkpoint is not None and third_again.status in {"improved", "not_improved"}
     # Re-running a finished step reuses its training instead of training again.
     again = run_improve_step(spec, store, 1, 1, reward, log=lambda m: None)
-    assert again.checkpoint_hash == first.checkpoint_hash and store.step(1, 1).status == "improved"
+    assert again.checkpoint_hash == first.checkpoint_hash and store.get(StepRecord, grow=1, step=1).status == "improved"
 
 
 def test_empty_slice_skips_the_step_without_training(tmp_path):
@@ -172,11 +173,11 @@ def test_control_mirrors_the_rest_chain_on_originals_only(tmp_path):
     assert step.status == "improved" and step.valid_reward > step.parent_valid_reward
     assert result.checkpoint not in (rest.checkpoint, "policies/base")
     assert store.policy("control") == store.resolve(result.checkpoint)
-    bc = store.evaluation("base").splits["valid"].reward("chrf")
-    ctl = store.evaluation("control").splits["valid"].reward("chrf")
+    bc = store.get(Evaluation, policy="base").splits["valid"].reward("chrf")
+    ctl = store.get(Evaluation, policy="control").splits["valid"].reward("chrf")
     assert result.control_minus_bc["valid"]["reward_chrf"] == pytest.approx(ctl - bc, abs=1e-4)
-    assert store.control() == result
-    bc_sig = store.evaluation("base").signature  # every stored score carries what produced it
+    assert store.find(ControlRecord) == result
+    bc_sig = store.get(Evaluation, policy="base").signature  # every stored score carries what produced it
     assert bc_sig.bleu.startswith("nrefs:1") and "nc:6|nw:0" in bc_sig.chrf
     assert bc_sig.rewards == {"chrf": reward.version}
     assert result.validation_signature == rest.validation_signature

@@ -32,6 +32,7 @@ from rest_pipeline.core.human.rounds import RoundError, make_round, round_items
 from rest_pipeline.core.paths import atomic_path
 from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.core.store.records import Evaluation, SplitScores
+from rest_pipeline.core.store.side_records import HumanEval
 from rest_pipeline.orchestration.definitions import build_definitions
 from rest_pipeline.spec import DecodingSpec, LinePolicy, find_spec, load_spec
 
@@ -73,7 +74,7 @@ def smoke_store(rest_home: Path, data_dir: Path) -> ExperimentStore:
             distinct_1=0.5, distinct_2=0.7, mean_length=10.0, hypotheses=store.rel(path),
         )  # fmt: skip
         checkpoint = "policies/base" if policy == "base" else f"policies/{policy}/best"
-        store.write_evaluation(
+        store.put(
             Evaluation(key=policy, policy=policy, checkpoint=checkpoint, decoding=DecodingSpec(name="greedy"),
                        splits={"test": split})
         )  # fmt: skip
@@ -143,7 +144,7 @@ def test_human_eval_numbers_equal_a_hand_computation_in_a_real_instance(smoke_st
         meta = instance.get_latest_materialization_event(
             dg.AssetKey(["smoke", "human_eval"])
         ).asset_materialization.metadata
-    he = smoke_store.human_eval()
+    he = smoke_store.get(HumanEval)
 
     # By hand: per item, the mean over its raters of (checkpoint - BC).
     per_item = {0: ((5 - 2) + (4 - 2)) / 2, 1: ((6 - 3) + (6 - 4)) / 2, 2: ((4 - 4) + (5 - 3)) / 2, 3: 2, 4: -3}

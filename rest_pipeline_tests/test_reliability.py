@@ -20,6 +20,7 @@ import pytest
 
 from rest_pipeline.core.policy.model import load_policy
 from rest_pipeline.core.store.experiment import ExperimentStore
+from rest_pipeline.core.store.records import Report, StepRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,7 +100,11 @@ def _assert_store_whole(store: ExperimentStore) -> None:
     for reward, part in scores.groupby("reward"):
         assert set(part.candidate_id) == set(cand.candidate_id), reward
     for grow, step in [(0, 0), *[(s.grow, s.step) for s in store.steps()]]:
-        ckpt = store.base_policy_dir if grow == 0 else store.resolve(store.step(grow, step).checkpoint)
+        ckpt = (
+            store.base_policy_dir
+            if grow == 0
+            else store.resolve(store.get(StepRecord, grow=grow, step=step).checkpoint)
+        )
         load_policy(ckpt)
 
 
@@ -142,7 +147,7 @@ def test_killed_runs_never_block_the_next_one(tmp_path, data_dir):
     failed = instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
     assert len(failed) >= len(phases) * 2  # every killed run is on record as failed, none left hanging
     store = ExperimentStore(tmp_path / "home" / "experiments" / "smoke")
-    assert store.has_report()
+    assert store.exists(Report)
     _assert_store_whole(store)
 
 

@@ -53,8 +53,8 @@ def test_eval_deltas_reads_two_stored_evaluations(tmp_path):
         evals[name] = Evaluation(
             key="k", policy=name, checkpoint="c", decoding=DecodingSpec(name="greedy"), splits={"valid": scores}
         )
-        store.write_evaluation(evals[name])
-    a, b = store.evaluation("base"), store.evaluation("grow_1/improve_1")
+        store.put(evals[name])
+    a, b = store.get(Evaluation, policy="base"), store.get(Evaluation, policy="grow_1/improve_1")
     assert (a, b) == (evals["base"], evals["grow_1/improve_1"])
     (row,) = eval_deltas(store, a, b, ["valid"], ["reward_x"])
     assert row["delta"] == pytest.approx(0.2) and row["significant"] and row["ci95"] == "[+0.2000, +0.2000]"

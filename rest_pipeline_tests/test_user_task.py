@@ -15,6 +15,7 @@ import yaml
 from rest_pipeline.core.corpus.fetch import sha256_of
 from rest_pipeline.core.policy.model import weights_hash
 from rest_pipeline.core.store.experiment import ExperimentStore
+from rest_pipeline.core.store.records import CorpusRecord
 from rest_pipeline.orchestration.headless import materialize_experiment
 from rest_pipeline.orchestration.resources import RestStorage
 from rest_pipeline.spec import load_spec
@@ -88,7 +89,7 @@ def test_a_users_own_data_model_and_served_reward_run_the_whole_graph(tmp_path, 
 
         store = ExperimentStore(home / "experiments" / "mytask")
         tsv_sha = sha256_of(work / "corpus.tsv")
-        assert store.corpus().files == {str(work / "corpus.tsv"): tsv_sha}
+        assert store.get(CorpusRecord).files == {str(work / "corpus.tsv"): tsv_sha}
         assert store.bc_policy_link().pretrained_hash == weights_hash(work / "my_marian")
         steps = store.steps()
         assert steps and all("chrf@sacrebleu" in r.reward_version for r in steps)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rest_pipeline.core.evaluation.significance import eval_deltas
 from rest_pipeline.core.store.experiment import BASE, CONTROL, FINAL, ExperimentStore
+from rest_pipeline.core.store.records import Evaluation
 from rest_pipeline.core.tables import md_table
 from rest_pipeline.spec import find_spec, load_spec
 
@@ -55,8 +56,8 @@ def axis_moves(axes: list[tuple[str, list[str]]]) -> list[dict]:
             store_a, store_b = ExperimentStore.open(name_a), ExperimentStore.open(name_b)
             deltas = eval_deltas(
                 store_a,
-                store_a.evaluation(policy_a),
-                store_b.evaluation(policy_b),
+                store_a.get(Evaluation, policy=policy_a),
+                store_b.get(Evaluation, policy=policy_b),
                 ["valid", "test"],
                 ["reward_learned"],
                 b_store=store_b,
@@ -87,7 +88,7 @@ def main() -> None:
         name, policy = split_name(variant)
         spec = load_spec(find_spec(name))
         store = ExperimentStore.open(name)
-        bc, final = store.evaluation(BASE), store.evaluation(policy)
+        bc, final = store.get(Evaluation, policy=BASE), store.get(Evaluation, policy=policy)
         deltas = eval_deltas(store, bc, final, ["valid", "test"], ["reward_learned", "reward_chrf"])
         shared_grow = spec.branch is not None and spec.branch.grow > 0
         if policy == CONTROL:  # times.txt names a control's run `<experiment>_control`

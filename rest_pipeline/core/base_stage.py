@@ -44,7 +44,7 @@ def check_data_unchanged(spec: ExperimentSpec, store: ExperimentStore, hashes: d
     """Refuse to rebuild a corpus over one made from other contents of the same files: the tokenizer, BC,
     grows and steps after it were made from the old data, and mixing the two would be silent."""
     try:
-        before = store.corpus().files
+        before = store.get(CorpusRecord).files
     except (FileNotFoundError, StaleRecordError):
         return
     for path, sha in hashes.items():
@@ -77,7 +77,7 @@ def build_corpus(spec: ExperimentSpec, store: ExperimentStore, mirror: Path | No
             for role, i in infos.items()
         },
     )
-    store.write_corpus(record)
+    store.put(record)
     return record
 
 

@@ -8,6 +8,7 @@ from rest_pipeline.core.evaluation.significance import eval_deltas
 from rest_pipeline.core.report import score_columns
 from rest_pipeline.core.rewards.factory import independent_reward
 from rest_pipeline.core.store.experiment import FINAL, ExperimentStore
+from rest_pipeline.core.store.records import Evaluation
 from rest_pipeline.core.tables import md_table
 from rest_pipeline.spec import ExperimentSpec
 
@@ -17,12 +18,12 @@ def compare(runs: list[tuple[ExperimentSpec, ExperimentStore]]) -> list[dict]:
     base_spec, base_store = runs[0]
     train, independent = base_spec.reward.model, independent_reward(base_spec)
     metrics = [f"reward_{train}"] + ([f"reward_{independent}"] if independent else []) + ["bleu"]
-    base_eval = base_store.evaluation(FINAL)
+    base_eval = base_store.get(Evaluation, policy=FINAL)
     rows = []
     for spec, store in runs:
         if spec.reward.model != train or spec.evaluation.splits != base_spec.evaluation.splits:
             raise ValueError(f"{spec.name}: compared experiments must share the training reward and the splits")
-        final = store.evaluation(FINAL)
+        final = store.get(Evaluation, policy=FINAL)
         steps = [s for s in store.steps() if not store._from_parent(s.grow, inclusive=False)]
         row: dict = {
             "experiment": spec.name,

@@ -17,8 +17,16 @@ from rest_pipeline.core.paths import atomic_path  # noqa: E402
 from rest_pipeline.core.rewards.factory import independent_reward  # noqa: E402
 from rest_pipeline.core.store.experiment import BASE, CONTROL, ExperimentStore, policy_name  # noqa: E402
 from rest_pipeline.core.store.queries import grow_rewards, grow_sizes  # noqa: E402
-from rest_pipeline.core.store.records import BestOfN, Evaluation, Finding, Report  # noqa: E402
-from rest_pipeline.core.store.side_records import PHASES
+from rest_pipeline.core.store.records import (  # noqa: E402
+    BestOfN,
+    ControlRecord,
+    DecodingEval,
+    Evaluation,
+    Finding,
+    Report,
+    StepRecord,
+)
+from rest_pipeline.core.store.side_records import PHASES, HumanEval, OnlineRL
 from rest_pipeline.core.tables import md_table  # noqa: E402
 from rest_pipeline.spec import ExperimentSpec  # noqa: E402
 
@@ -29,10 +37,10 @@ def checkpoint_rows(
     """One row per checkpoint of the chain: BC, then every Improve step in order."""
     rows = []
     for g, i in [(0, 0), *all_steps(spec)]:
-        summary = store.evaluation(policy_name(g, i))
+        summary = store.get(Evaluation, policy=policy_name(g, i))
         row: dict = {"checkpoint": "BC" if g == 0 else f"G={g} I={i}"}
         if g:
-            rec = store.step(g, i)
+            rec = store.get(StepRecord, grow=g, step=i)
             row.update(
                 status=rec.status,
                 filter=f"{rec.slice_rule} {rec.slice_parameter:g}",
@@ -83,13 +91,13 @@ def significance(
     against = {"BC": BASE}
     for g in range(1, spec.improve.grows):  # "final minus grow 1" is the paper's "grow 2 adds to grow 1"
         against[f"grow {g}"] = policy_name(g, spec.improve.steps)
-    if store.control() is not None:
+    if store.find(ControlRecord) is not None:
         against["control"] = CONTROL
-    final = store.evaluation(policy_name(*final_step(spec)))
+    final = store.get(Evaluation, policy=policy_name(*final_step(spec)))
     return [
         {"final minus": name, **row}
         for name, policy in against.items()
-        for row in eval_deltas(store, store.evaluation(policy), final, spec.evaluation.splits, metrics)
+        for row in eval_deltas(store, store.get(Evaluation, policy=policy), final, spec.evaluation.splits, metrics)
     ]
 
 
@@ -198,7 +206,7 @@ def findings(
 
 def signature_lines(store: ExperimentStore) -> list[str]:
     """What produced the numbers below (sacrebleu's habit): metric signatures, decodings, reward versions."""
-    sig = store.evaluation(BASE).signature
+    sig = store.get(Evaluation, policy=BASE).signature
     steps = [r.validation_signature for r in store.steps() if r.validation_signature is not None]
     if sig is None:
         return ["Signatures: not recorded (evaluations written before scores carried them).\n"]
@@ -248,7 +256,7 @@ def run_header(spec: ExperimentSpec, store: ExperimentStore) -> list[str]:
             f"ReST's sampling, scoring and Improve training up to the final checkpoint: {last.seconds / 60:.1f} min "
             f"({last.candidates:,} candidates, {last.target_tokens:,} trained target tokens)."
         )
-    control = store.control()
+    control = store.find(ControlRecord)
     if control is not None:
         updates = sum(s.train_steps for s in control.steps)
         lines.append(f"Originals-only control: {updates:,} updates in {len(control.steps)} step(s).")
@@ -271,10 +279,10 @@ def _agreement_section(rows: list[dict], train_reward: str, independent: str | N
 
 def _control_section(store: ExperimentStore, rows: list[dict]) -> list[str]:
     """BC vs the originals-only control vs the final ReST checkpoint, when the control ran."""
-    control = store.control()
+    control = store.find(ControlRecord)
     if control is None:
         return []
-    evaluation = store.evaluation(CONTROL)
+    evaluation = store.get(Evaluation, policy=CONTROL)
     cols = [k for k in rows[0] if k.startswith(("valid_", "test_"))]  # e.g. test_learned, test_chrf, test_bleu
 
     steps = [{k: getattr(s, k) for k in ("mirrors", "status", "valid_reward")} for s in control.steps]
@@ -311,7 +319,7 @@ def compute_rows(store: ExperimentStore, train_reward: str) -> list[dict]:
     from rest_pipeline.core.online_rl.rest_compute import rest_compute
 
     def scores(name: str) -> dict:
-        ev = store.evaluation(name)
+        ev = store.get(Evaluation, policy=name)
         return {
             "valid_reward": ev.splits["valid"].reward(train_reward) if "valid" in ev.splits else None,
             "test_reward": ev.splits["test"].reward(train_reward) if "test" in ev.splits else None,
@@ -322,14 +330,14 @@ def compute_rows(store: ExperimentStore, train_reward: str) -> list[dict]:
     rows = [{"method": "BC", "checkpoint": BASE, **zero, **scores(BASE)}]
     for name, c in rest_compute(store).items():
         rows.append({"method": "ReST", "checkpoint": name, **c.model_dump(), **scores(name)})
-    for m in store.online_rl().marks:
+    for m in store.get(OnlineRL).marks:
         rows.append({"method": "PPO", "checkpoint": m.name, **m.compute.model_dump(), **scores(m.name)})
     return rows
 
 
 def _online_rl_section(spec: ExperimentSpec, store: ExperimentStore, train_reward: str, out: Path) -> list[str]:
     """ReST against PPO at equal compute: reward and BLEU against each compute measure, and a table."""
-    if not (spec.online_rl.enabled and store.has_online_rl()):
+    if not (spec.online_rl.enabled and store.exists(OnlineRL)):
         return []
     rows = compute_rows(store, train_reward)
     measures = ["candidates", "reward_calls", "target_tokens", "seconds"]
@@ -355,7 +363,7 @@ def _online_rl_section(spec: ExperimentSpec, store: ExperimentStore, train_rewar
     splits = [s for s in ("valid", "test") if s in spec.evaluation.splits]
 
     def deltas(a: str, b: str) -> list[dict]:
-        return eval_deltas(store, store.evaluation(a), store.evaluation(b), splits, metrics)
+        return eval_deltas(store, store.get(Evaluation, policy=a), store.get(Evaluation, policy=b), splits, metrics)
 
     # Per compute measure: ReST's final checkpoint against PPO's first checkpoint that used at least as
     # much of it and its last that used less (PPO's checkpoints are coarse, so the two bracket equal
@@ -390,7 +398,7 @@ def _online_rl_section(spec: ExperimentSpec, store: ExperimentStore, train_rewar
     last = [("PPO last", ppo_rows[-1]["checkpoint"])] if ppo_rows else []
     against_bc = [{"minus BC": label, "checkpoint": name, **d}
                   for label, name in [("ReST final", final), *last] for d in deltas(BASE, name)]  # fmt: skip
-    phases = store.online_rl().phase_seconds
+    phases = store.get(OnlineRL).phase_seconds
     where = ""
     if phases:
         total = sum(phases[k] for k in PHASES) or 1.0
@@ -401,7 +409,7 @@ def _online_rl_section(spec: ExperimentSpec, store: ExperimentStore, train_rewar
         )
     return [
         "\n## ReST against online RL (PPO) at equal compute\n",
-        f"PPO: {store.online_rl().advantage}. Compute counts sampling, scoring and training from BC on; BC and the "
+        f"PPO: {store.get(OnlineRL).advantage}. Compute counts sampling, scoring and training from BC on; BC and the "
         "reward model are shared and left out.\n",
         md_table(rows),
         where,
@@ -422,11 +430,11 @@ def _online_rl_section(spec: ExperimentSpec, store: ExperimentStore, train_rewar
 
 def _human_section(store: ExperimentStore) -> list[str]:
     """People's ratings against BC, once `human_eval` has run (`rest rate`, then materialize it)."""
-    if not store.has_human_eval():
+    if not store.exists(HumanEval):
         return []
     from rest_pipeline.core.human.analysis import human_eval_markdown
 
-    record = store.human_eval()
+    record = store.get(HumanEval)
     if record.plot:  # the plot lives beside the ratings; the report links it from report/
         record = record.model_copy(update={"plot": f"../human_eval/{record.plot}"})
     return ["\n## Human evaluation (side by side against BC, 0-6)\n", human_eval_markdown(record)]
@@ -479,7 +487,7 @@ def build_report(spec: ExperimentSpec, store: ExperimentStore, train_reward: str
     ax.set_title("Reward histograms per grow")
     _save(fig, out / "reward_histograms.png")
 
-    bon = store.best_of_n()
+    bon = store.get(BestOfN)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for label in ("bc", "rest"):
         curve = bon.curves[label].curve
@@ -492,7 +500,7 @@ def build_report(spec: ExperimentSpec, store: ExperimentStore, train_reward: str
     ax.set_title("Best-of-N")
     _save(fig, out / "best_of_n.png")
 
-    bc_eval = store.decoding_eval()
+    bc_eval = store.get(DecodingEval)
     sig = significance(spec, store, train_reward, independent)
     kept = grow_sizes(store)
     checked = findings(rows, sig, bon, train_reward, independent=independent)
@@ -552,7 +560,7 @@ def build_report(spec: ExperimentSpec, store: ExperimentStore, train_reward: str
         checkpoints=rows,
         table1=table1(rows, spec, train_reward),
         best_of_n=bon,
-        control=store.control(),
+        control=store.find(ControlRecord),
         significance=sig,
         findings=checked,
         grow_samples=grow_samples,

@@ -13,6 +13,7 @@ from rest_pipeline.core.improve.assess import hacking_verdict
 from rest_pipeline.core.improve.chain import parent_of, sampler_of
 from rest_pipeline.core.rewards.factory import independent_reward
 from rest_pipeline.core.store.experiment import policy_name
+from rest_pipeline.core.store.records import Evaluation
 from rest_pipeline.orchestration import keys
 from rest_pipeline.orchestration.resources import RestStorage
 from rest_pipeline.spec import ExperimentSpec
@@ -52,8 +53,8 @@ def next_grow(spec: ExperimentSpec, storage: RestStorage) -> tuple[int | None, s
             continue
         last = sampler_of(spec, grow)
         try:
-            summary = store.evaluation(policy_name(*last))
-            parent = store.evaluation(policy_name(*parent_of(spec, *last)))
+            summary = store.get(Evaluation, policy=policy_name(*last))
+            parent = store.get(Evaluation, policy=policy_name(*parent_of(spec, *last)))
         except FileNotFoundError:
             return None, f"grow {grow - 1} has not finished its Improve steps yet"
         verdict = hacking_verdict(spec, summary, parent, spec.reward.model, independent_reward(spec))

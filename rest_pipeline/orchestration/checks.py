@@ -13,6 +13,7 @@ from rest_pipeline.core.policy.model import LINEAGE_FILE, adapter_parent, is_che
 from rest_pipeline.core.rewards.factory import independent_reward, reward_names
 from rest_pipeline.core.store.experiment import policy_name
 from rest_pipeline.core.store.location import read_table
+from rest_pipeline.core.store.records import Evaluation, SliceRecord, StepRecord
 from rest_pipeline.orchestration import keys
 from rest_pipeline.orchestration.resources import RestStorage
 from rest_pipeline.spec import DecodingSpec, ExperimentSpec
@@ -118,7 +119,9 @@ def _step_checks(spec: ExperimentSpec, grow: int, step: int) -> list[dg.AssetChe
     def no_reward_hacking(storage: RestStorage) -> dg.AssetCheckResult:
         """Training reward up while BLEU and the independent reward fall beyond the spec's margins stops the loop."""
         store = storage.store(spec)
-        v = hacking_verdict(spec, store.evaluation(name), store.evaluation(parent), train, independent)
+        v = hacking_verdict(
+            spec, store.get(Evaluation, policy=name), store.get(Evaluation, policy=parent), train, independent
+        )
         return dg.AssetCheckResult(
             passed=v.passed,
             metadata={
@@ -133,7 +136,7 @@ def _step_checks(spec: ExperimentSpec, grow: int, step: int) -> list[dg.AssetChe
     def lineage_complete(storage: RestStorage) -> dg.AssetCheckResult:
         """The step record names its parent, slice, reward version and data, and the checkpoint exists."""
         store = storage.store(spec)
-        rec = store.step(grow, step)
+        rec = store.get(StepRecord, grow=grow, step=step)
         fields = ("parent_checkpoint", "slice_path", "slice_hash", "reward_version", "corpus_hash", "grow_policy")
         missing = [k for k in (*fields, "grow_decoding") if not getattr(rec, k)]
         if rec.parent != parent:
@@ -153,7 +156,7 @@ def _step_checks(spec: ExperimentSpec, grow: int, step: int) -> list[dg.AssetChe
     @dg.asset_check(asset=keys.slice_key(spec, grow, step), name="slice_usable", blocking=False)
     def slice_usable(storage: RestStorage) -> dg.AssetCheckResult:
         """Warns when the slice is empty or skipped (the step then hands its parent on)."""
-        stats = storage.store(spec).slice(grow, step)
+        stats = storage.store(spec).get(SliceRecord, grow=grow, step=step)
         return dg.AssetCheckResult(
             passed=stats.skip_reason is None,
             severity=dg.AssetCheckSeverity.WARN,

@@ -14,7 +14,7 @@ from rest_pipeline.core.report import build_report
 from rest_pipeline.core.rewards.factory import independent_reward, make_reward, make_rewards
 from rest_pipeline.core.store.experiment import policy_name
 from rest_pipeline.core.store.queries import slice_extremes
-from rest_pipeline.core.store.records import Evaluation
+from rest_pipeline.core.store.records import Evaluation, Report
 from rest_pipeline.orchestration import keys
 from rest_pipeline.orchestration.automation import step_condition
 from rest_pipeline.orchestration.instance import interrupts_not_retried
@@ -250,7 +250,7 @@ def control_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
 
         store = storage.store(spec)
         res = run_control(spec, store, make_rewards(spec, store.reward_model_dir), context.log.info)
-        meta = eval_metadata(store.evaluation(CONTROL))
+        meta = eval_metadata(store.get(Evaluation, policy=CONTROL))
         for split, row in res.rest_minus_control.items():
             meta[f"rest_minus_control_{split}_reward_{spec.reward.model}"] = row.get(f"reward_{spec.reward.model}")
             meta[f"rest_minus_control_{split}_bleu"] = row.get("bleu")
@@ -282,7 +282,7 @@ def report_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
     def report(context: dg.AssetExecutionContext, storage: RestStorage) -> dg.MaterializeResult:
         store = storage.store(spec)
         path = build_report(spec, store, spec.reward.model, independent_reward(spec))
-        built = store.report()  # what the report shows, computed once
+        built = store.get(Report)  # what the report shows, computed once
         context.log.info(f"report written to {path}")
         png = base64.b64encode((store.report_dir / "reward_per_checkpoint.png").read_bytes()).decode()
         return dg.MaterializeResult(

@@ -8,6 +8,8 @@ from rest_pipeline.core.improve.assess import hacking_verdict
 from rest_pipeline.core.online_rl.run import run_online_rl
 from rest_pipeline.core.rewards.factory import independent_reward, make_rewards
 from rest_pipeline.core.store.experiment import BASE
+from rest_pipeline.core.store.records import Evaluation
+from rest_pipeline.core.store.side_records import OnlineRL
 from rest_pipeline.core.tables import md_table
 from rest_pipeline.orchestration import keys
 from rest_pipeline.orchestration.instance import interrupts_not_retried
@@ -41,7 +43,7 @@ def online_rl_asset(spec: ExperimentSpec) -> dg.AssetsDefinition:
         record = run_online_rl(spec, store, make_rewards(spec, store.reward_model_dir), context.log.info)
         rows = []
         for m in record.marks:
-            ev = store.evaluation(m.name)
+            ev = store.get(Evaluation, policy=m.name)
             rows.append(
                 {"checkpoint": m.name, **m.compute.model_dump(), "kl_to_bc": m.kl_to_bc,
                  **{f"{s}_{spec.reward.model}": v.reward(spec.reward.model) for s, v in ev.splits.items()},
@@ -68,9 +70,9 @@ def online_rl_checks(spec: ExperimentSpec) -> list[dg.AssetChecksDefinition]:
     def no_reward_hacking(storage: RestStorage) -> dg.AssetCheckResult:
         """Each PPO checkpoint against BC: training reward up while BLEU and the independent reward fall."""
         store = storage.store(spec)
-        base = store.evaluation(BASE)
-        verdicts = {m.name: hacking_verdict(spec, store.evaluation(m.name), base, train, independent)
-                    for m in store.online_rl().marks}  # fmt: skip
+        base = store.get(Evaluation, policy=BASE)
+        verdicts = {m.name: hacking_verdict(spec, store.get(Evaluation, policy=m.name), base, train, independent)
+                    for m in store.get(OnlineRL).marks}  # fmt: skip
         return dg.AssetCheckResult(
             passed=all(v.passed for v in verdicts.values()),
             metadata={name: v.explanation for name, v in verdicts.items()},

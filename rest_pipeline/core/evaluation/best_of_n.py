@@ -80,7 +80,7 @@ def best_of_n_curves(spec: ExperimentSpec, store: ExperimentStore, reward: Rewar
         [weights_hash(p) for p in policies.values()]
         + [reward.version, settings.signature(), str(spec.improve.best_of_n), str(len(valid)), sampler_id(spec.grow)]
     )
-    saved = store.reusable_best_of_n(key)
+    saved = store.reusable(BestOfN, key)
     if saved is not None:
         log(f"best-of-n: unchanged policies; reusing {store.best_of_n_dir}")
         return saved
@@ -116,5 +116,5 @@ def best_of_n_curves(spec: ExperimentSpec, store: ExperimentStore, reward: Rewar
             decoding=f"{sampler_id(spec.grow)}:{settings.signature()}", rewards={reward.name: reward.version}
         ),
     )
-    store.write_best_of_n(record)
+    store.put(record)
     return record

@@ -75,7 +75,7 @@ def evaluate_decodings(
         f"{weights_hash(checkpoint)}|{spec.model_dump_json(exclude={'backend'})}|{_data_hash(splits)}|"
         f"{max_source_length}".encode()
     ).hexdigest()[:24]
-    saved = store.reusable_decoding_eval(key)
+    saved = store.reusable(DecodingEval, key)
     if saved is not None:
         log(f"eval: {checkpoint} already evaluated with these settings; reusing {store.decoding_eval_dir}")
         return saved
@@ -115,7 +115,7 @@ def evaluate_decodings(
             log(f"eval: {split}/{dec.name}: BLEU {row.bleu} chrF {row.chrf} ({row.seconds}s, {len(df)} sentences)")
             rows.append(row)
     record = DecodingEval(key=key, checkpoint=store.rel(checkpoint), rows=rows)
-    store.write_decoding_eval(record)
+    store.put(record)
     return record
 
 
@@ -147,7 +147,7 @@ def evaluate_policy(
     key_parts = [weights_hash(checkpoint), greedy.model_dump_json(), sampler, str(probe), str(diversity_sources)]
     key_parts += [f"{m.name}:{m.version}" for m in rewards] + [_data_hash(splits)]
     key = hashlib.sha256("|".join(key_parts).encode()).hexdigest()[:24]
-    saved = store.reusable_evaluation(policy, key)
+    saved = store.reusable(Evaluation, policy=policy, key=key)
     if saved is not None:
         log(f"eval: {checkpoint} already evaluated with these rewards; reusing {store.eval_dir(policy)}")
         return saved
@@ -208,7 +208,7 @@ def evaluate_policy(
         diversity=probe,
         signature=signature,
     )
-    store.write_evaluation(record)
+    store.put(record)
     return record
 
 

@@ -89,7 +89,7 @@ def grow_shard(
         decoding=decoding,
         include_references=spec.grow.include_references,
     )
-    store.write_shard_cost(ShardCost(grow=grow, shard=shard, stage="sample", seconds=seconds, items=n))
+    store.put(ShardCost(grow=grow, shard=shard, stage="sample", seconds=seconds, items=n))
     return written
 
 
@@ -102,10 +102,10 @@ def score_shard(
     t0 = time.perf_counter()
     reports = [score_candidates(store, m, grow, shard, log=log) for m in models]
     seconds, scored = time.perf_counter() - t0, sum(r.newly_scored for r in reports)
-    before = store.shard_cost(grow, shard, "score")
+    before = store.find(ShardCost, grow=grow, shard=shard, stage="score")
     if before is not None and scored == 0:
         return reports
     if before is not None:
         seconds, scored = seconds + before.seconds, scored + before.items
-    store.write_shard_cost(ShardCost(grow=grow, shard=shard, stage="score", seconds=seconds, items=scored))
+    store.put(ShardCost(grow=grow, shard=shard, stage="score", seconds=seconds, items=scored))
     return reports

@@ -17,7 +17,7 @@ from rest_pipeline.core.human.ratings import all_ratings
 from rest_pipeline.core.human.rounds import round_items
 from rest_pipeline.core.paths import atomic_path
 from rest_pipeline.core.store.experiment import BASE, ExperimentStore
-from rest_pipeline.core.store.side_records import HumanDelta, HumanEval, SystemRating
+from rest_pipeline.core.store.side_records import HumanDelta, HumanEval, RatingRound, SystemRating
 
 
 class HumanEvalError(ValueError):
@@ -32,7 +32,7 @@ def ratings_with_rewards(store: ExperimentStore) -> pd.DataFrame:
     parts = []
     for round_id, group in ratings.groupby("round"):
         try:
-            record = store.rating_round(round_id)
+            record = store.get(RatingRound, round_id=round_id)
         except FileNotFoundError:
             raise HumanEvalError(f"ratings name round {round_id}, which {store.human_dir} does not hold") from None
         items = round_items(store, record).set_index("item")
@@ -192,7 +192,7 @@ def run_human_eval(store: ExperimentStore) -> HumanEval:
     path = store.human_dir / "human_vs_reward.png"
     record = analyse(store, plot=path.name)
     plot_deltas(record, path)
-    store.write_human_eval(record)
+    store.put(record)
     with atomic_path(store.human_dir / "human_eval.md") as tmp:
         tmp.write_text("# Human evaluation\n\n" + human_eval_markdown(record))
     return record

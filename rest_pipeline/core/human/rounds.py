@@ -18,6 +18,7 @@ from sacrebleu.metrics import BLEU
 from rest_pipeline.core.evaluation.checkpoint import hypotheses
 from rest_pipeline.core.paths import atomic_path
 from rest_pipeline.core.store.experiment import BASE, ExperimentStore
+from rest_pipeline.core.store.records import Evaluation
 from rest_pipeline.core.store.side_records import RatingRound
 
 STRATIFY = ("random", "disagree")
@@ -31,7 +32,7 @@ def _system_outputs(store: ExperimentStore, system: str, split: str) -> tuple[pd
     """A system's greedy outputs on the split (with their rewards) and its checkpoint folder."""
     try:
         name = store.canonical(system)
-        evaluation = store.evaluation(name)
+        evaluation = store.get(Evaluation, policy=name)
     except (FileNotFoundError, ValueError) as e:
         raise RoundError(
             f"checkpoint '{system}' of {store.experiment} has no evaluation to rate ({e}); "
@@ -73,7 +74,7 @@ def make_round(
     key = json.dumps([store.experiment, systems, items, seed, stratify, split, reward])
     round_id = hashlib.sha256(key.encode()).hexdigest()[:12]
     try:
-        return store.rating_round(round_id)
+        return store.get(RatingRound, round_id=round_id)
     except FileNotFoundError:
         pass
     rng = np.random.default_rng(seed)
@@ -99,7 +100,7 @@ def make_round(
         reward=reward,
         items_file=store.rel(items_file),
     )
-    store.write_rating_round(record)
+    store.put(record)
     return record
 
 

@@ -13,7 +13,7 @@ from rest_pipeline.core.improve.chain import parent_of
 from rest_pipeline.core.paths import atomic_dir
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import ExperimentStore, policy_name
-from rest_pipeline.core.store.records import Evaluation
+from rest_pipeline.core.store.records import Evaluation, StepRecord
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import ExperimentSpec
 
@@ -27,9 +27,9 @@ def evaluate_step(
     weights, so its evaluation is the parent's, copied and marked as inherited.
     """
     name = policy_name(grow, step)
-    if grow > 0 and store.step(grow, step).status != "improved":
+    if grow > 0 and store.get(StepRecord, grow=grow, step=step).status != "improved":
         parent_name = policy_name(*parent_of(spec, grow, step))
-        parent = store.evaluation(parent_name)
+        parent = store.get(Evaluation, policy=parent_name)
         src, out = store.eval_dir(parent_name), store.eval_dir(name)
         with atomic_dir(out) as tmp:
             for f in src.glob("*.parquet"):
@@ -39,7 +39,7 @@ def evaluate_step(
             for s, v in parent.splits.items()
         }
         record = parent.model_copy(update={"policy": name, "splits": splits, "inherited_from": parent_name})
-        store.write_evaluation(record)
+        store.put(record)
         log(f"eval {name}: no new weights; inherits the evaluation of {parent_name}")
         return record
     return evaluate_checkpoint(spec, store, name, store.policy(name), rewards, log)

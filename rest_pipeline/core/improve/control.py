@@ -93,11 +93,11 @@ def run_control(
     record = ControlRecord(
         steps=steps,
         checkpoint=store.rel(parent),
-        rest_minus_control=deltas(store.evaluation(policy_name(*final_step(spec))), control),
-        control_minus_bc=deltas(control, store.evaluation(BASE)),
+        rest_minus_control=deltas(store.get(Evaluation, policy=policy_name(*final_step(spec))), control),
+        control_minus_bc=deltas(control, store.get(Evaluation, policy=BASE)),
         validation_signature=validation_signature(spec, store, train_reward),
     )
-    store.write_control(record)
+    store.put(record)
     return record
 
 

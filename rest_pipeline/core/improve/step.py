@@ -18,7 +18,7 @@ from rest_pipeline.core.policy.model import adapter_lineage, weights_hash
 from rest_pipeline.core.rewards.base import RewardModel
 from rest_pipeline.core.store.experiment import ExperimentStore, policy_name
 from rest_pipeline.core.store.queries import grow_sampler
-from rest_pipeline.core.store.records import StepRecord
+from rest_pipeline.core.store.records import SliceRecord, StepRecord
 from rest_pipeline.core.training.pairs import SlicePairs
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import ExperimentSpec
@@ -30,7 +30,7 @@ def run_improve_step(
     """Fine-tune the parent on this step's slice (or record why not); returns the lineage record."""
     if store.parent is not None:
         store.verify_parent()
-    stats = store.slice(grow, step)
+    stats = store.get(SliceRecord, grow=grow, step=step)
     pairs = SlicePairs(store.resolve(stats.path))  # streamed a row group at a time, never whole in memory
     parent = policy_name(*parent_of(spec, grow, step))
     parent_ckpt = store.policy(parent)
@@ -69,7 +69,9 @@ def run_improve_step(
         valid_reward=parent_valid,
         validation_signature=validation_signature(spec, store, reward),
     )
-    misses = [r for r in (store.step(grow, j) for j in range(1, step)) if r.status == "not_improved"]
+    misses = [
+        r for r in (store.get(StepRecord, grow=grow, step=j) for j in range(1, step)) if r.status == "not_improved"
+    ]
     if len(misses) >= imp.patience:
         fields["skip_reason"] = (
             f"grow {grow} stopped improving at step {misses[imp.patience - 1].step} "
@@ -128,5 +130,5 @@ def run_improve_step(
 
 def _save(store: ExperimentStore, fields: dict) -> StepRecord:
     record = StepRecord(**fields)
-    store.write_step(record)
+    store.put(record)
     return record

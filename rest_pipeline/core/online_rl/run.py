@@ -82,5 +82,5 @@ def run_online_rl(
         history=result.history,
         phase_seconds={"iterations": len(timed), **phases} if timed else {},
     )
-    store.write_online_rl(record)
+    store.put(record)
     return record

@@ -36,18 +36,18 @@ from rest_pipeline.core.store.layout import (
 from rest_pipeline.core.store.location import read_table
 from rest_pipeline.core.store.records import (
     BCPolicyLink,
-    BestOfN,
     ControlRecord,
     CorpusRecord,
     DecodingEval,
     Evaluation,
+    Record,
     Report,
     RewardModelLink,
     RewardModelRecord,
     SliceRecord,
     StepRecord,
 )
-from rest_pipeline.core.store.side_records import SideRecords
+from rest_pipeline.core.store.side_records import OnlineRL, SideRecords
 from rest_pipeline.spec import ExperimentSpec, SpecError, find_spec, load_spec
 
 __all__ = [  # the policy names and errors callers import from here
@@ -104,14 +104,6 @@ class ExperimentStore(BranchPins, SideRecords, CandidateTables):
     def link_reward_model(self, key: str, path: Path) -> Path:
         return self._write(self.root / "reward_model.json", RewardModelLink(key=key, path=self.rel(path)))
 
-    def write_corpus(self, record: CorpusRecord) -> Path:
-        return self._write(self._corpus_file(), record)
-
-    def corpus(self) -> CorpusRecord:
-        if self.parent is not None:
-            return self._adopt(self.parent.corpus())
-        return self._read(self._corpus_file(), CorpusRecord, f"the corpus ({self.experiment}/corpus)")
-
     def split(self, role: str) -> pd.DataFrame:
         path = self.split_file(role)
         if not path.is_file():
@@ -126,36 +118,6 @@ class ExperimentStore(BranchPins, SideRecords, CandidateTables):
         report = {k: v for k, v in json.loads(path.read_text())["report"].items() if k != "path"}
         return RewardModelRecord.model_validate(report)
 
-    def write_decoding_eval(self, record: DecodingEval) -> Path:
-        return self._write(self._decoding_eval_file(), record)
-
-    def has_decoding_eval(self) -> bool:
-        return self._decoding_eval_file().is_file()
-
-    def decoding_eval(self) -> DecodingEval:
-        if self.parent is not None:
-            return self._adopt(self.parent.decoding_eval())
-        return self._read(self._decoding_eval_file(), DecodingEval, "the BC policy's evaluation (base_policy_eval)")
-
-    def reusable_decoding_eval(self, key: str) -> DecodingEval | None:
-        rec = self._reusable(self._decoding_eval_file(), DecodingEval)
-        return rec if rec is not None and rec.key == key else None
-
-    def write_evaluation(self, record: Evaluation) -> Path:
-        return self._write(self._evaluation_file(record.policy), record)
-
-    def evaluation(self, policy: str) -> Evaluation:
-        policy = self.canonical(policy)
-        if self.parent is not None and policy != CONTROL and not is_online_rl(policy):
-            grow, _ = self._named(policy)
-            if grow == 0 or self._from_parent(grow, inclusive=False):
-                return self._adopt(self.parent.evaluation(policy))
-        return self._read(self._evaluation_file(policy), Evaluation, f"the evaluation of policy {policy}")
-
-    def reusable_evaluation(self, policy: str, key: str) -> Evaluation | None:
-        rec = self._reusable(self._evaluation_file(policy), Evaluation)
-        return rec if rec is not None and rec.key == key else None
-
     def write_slice(self, record: SliceRecord, rows: duckdb.DuckDBPyRelation) -> SliceRecord:
         """The slice's rows, from DuckDB straight to Parquet in row groups the trainer reads one at a time,
         and its record; `record.path` is filled in here."""
@@ -167,23 +129,30 @@ class ExperimentStore(BranchPins, SideRecords, CandidateTables):
         self._write(self._slice_file(record.grow, record.step), record)
         return record
 
-    def slice(self, grow: int, step: int) -> SliceRecord:
-        if self._from_parent(grow, inclusive=False):
-            return self._adopt(self.parent.slice(grow, step))
-        return self._read(self._slice_file(grow, step), SliceRecord, f"the slice of grow_{grow}/improve_{step}")
+    def _parent_holds(self, cls: type[Record], address: dict[str, object]) -> bool:
+        """A branch reads its parent's corpus and BC evaluation, and the steps, slices and evaluations of the
+        grows before its own."""
+        if self.parent is None:
+            return False
+        if cls in (CorpusRecord, DecodingEval):
+            return True
+        if cls in (StepRecord, SliceRecord):
+            return self._from_parent(int(address["grow"]), inclusive=False)
+        policy = str(address.get("policy", ""))
+        if cls is not Evaluation or policy == CONTROL or is_online_rl(policy):
+            return False
+        grow, _ = self._named(policy)
+        return grow == 0 or self._from_parent(grow, inclusive=False)
+
+    def _address(self, cls: type[Record], record: Record | None, **address: object) -> dict[str, object]:
+        out = super()._address(cls, record, **address)
+        if cls is Evaluation:  # 'final' is the step it stands for
+            out["policy"] = self.canonical(str(out["policy"]))
+        return out
 
     def slice_rows(self, grow: int, step: int) -> pd.DataFrame:
         """The slice in pandas, for people and small slices; training streams `slice_pairs`."""
-        return read_table(self.resolve(self.slice(grow, step).path))
-
-    def write_step(self, record: StepRecord) -> Path:
-        """The one writer of a checkpoint's lineage: the `lineage` view is read from these records."""
-        return self._write(self._step_file(record.grow, record.step), record)
-
-    def step(self, grow: int, step: int) -> StepRecord:
-        if self._from_parent(grow, inclusive=False):
-            return self._adopt(self.parent.step(grow, step))
-        return self._read(self._step_file(grow, step), StepRecord, f"the Improve step grow_{grow}/improve_{step}")
+        return read_table(self.resolve(self.get(SliceRecord, grow=grow, step=step).path))
 
     def _step_names(self) -> list[tuple[int, int]]:
         """(grow, step) of every step record this store reads: its own and, for a branch, the parent's before it."""
@@ -198,47 +167,23 @@ class ExperimentStore(BranchPins, SideRecords, CandidateTables):
 
     def steps(self) -> list[StepRecord]:
         """Every step record, in (grow, step) order (a branch's lineage crosses into its parent's)."""
-        return [self.step(g, i) for g, i in self._step_names()]
+        return [self.get(StepRecord, grow=g, step=i) for g, i in self._step_names()]
 
     def _readable_steps(self) -> list[StepRecord]:
         """The step records that read: a damaged one (`rest verify` names it) never blocks a query."""
         out = []
         for g, i in self._step_names():
             try:
-                out.append(self.step(g, i))
+                out.append(self.get(StepRecord, grow=g, step=i))
             except (StaleRecordError, FileNotFoundError):
                 continue
         return out
-
-    def write_best_of_n(self, record: BestOfN) -> Path:
-        return self._write(self._best_of_n_file(), record)
-
-    def best_of_n(self) -> BestOfN:
-        return self._read(self._best_of_n_file(), BestOfN, "Best-of-N (best_of_n)")
-
-    def reusable_best_of_n(self, key: str) -> BestOfN | None:
-        rec = self._reusable(self._best_of_n_file(), BestOfN)
-        return rec if rec is not None and rec.key == key else None
-
-    def write_control(self, record: ControlRecord) -> Path:
-        return self._write(self._control_file(), record)
-
-    def control(self) -> ControlRecord | None:
-        """The originals-only control, or None when it never ran."""
-        path = self._control_file()
-        return self._read(path, ControlRecord, "the control (control)") if path.is_file() else None
 
     def write_report(self, record: Report, markdown: str) -> Path:
         with atomic_path(self.report_markdown) as tmp:
             tmp.write_text(markdown)
         self._write(self._report_file(), record)
         return self.report_markdown
-
-    def report(self) -> Report:
-        return self._read(self._report_file(), Report, "the report (report)")
-
-    def has_report(self) -> bool:
-        return self._report_file().is_file()
 
     def cached_valid_reward(self, key: str) -> float | None:
         path = self._valid_rewards_file()
@@ -272,26 +217,27 @@ class ExperimentStore(BranchPins, SideRecords, CandidateTables):
     def policy(self, name: str) -> Path:
         """The checkpoint folder of a policy name: base, grow_<g>/improve_<i>, final or control."""
         if name == CONTROL:
-            rec = self.control()
+            rec = self.find(ControlRecord)
             if rec is None:
                 raise FileNotFoundError(f"{self._control_file()}: the control has not run (asset control)")
             return self.resolve(rec.checkpoint)
         if is_online_rl(name):
-            marks = {m.name: m for m in self.online_rl().marks}
+            marks = {m.name: m for m in self.get(OnlineRL).marks}
             if name not in marks:
                 raise FileNotFoundError(f"{self.online_rl_dir}: no PPO checkpoint {name} (has {', '.join(marks)})")
             return self.resolve(marks[name].checkpoint)
         grow, step = self._named(name)
         if grow == 0:
             return self.base_policy_dir
-        return self.resolve(self.step(grow, step).checkpoint)
+        return self.resolve(self.get(StepRecord, grow=grow, step=step).checkpoint)
 
     def lineage(self, grow: int, step: int) -> list[StepRecord]:
         """The step records from (grow, step) back to the BC policy, newest first (follows `parent`)."""
         chain: list[StepRecord] = []
         name = policy_name(grow, step)
         while name != BASE:
-            rec = self.step(*self._named(name))
+            g, i = self._named(name)
+            rec = self.get(StepRecord, grow=g, step=i)
             chain.append(rec)
             name = rec.parent
         return chain

@@ -32,6 +32,50 @@ class RecordKeeper(ExperimentLayout):
     """Reads and writes typed records at the layout's paths (`_write`, `_read`, `_reusable`) and re-roots
     a parent's records for a branch (`_adopt`)."""
 
+    # -- the generic API: one way to put, get and check every record type ---------------------------
+    def put(self, record: Record) -> Path:
+        """Write `record` atomically where its type and ADDRESS fields say."""
+        return self._write(self.record_file(type(record), **self._address(type(record), record)), record)
+
+    def get(self, cls: type[R], **address: object) -> R:
+        """The record of type `cls` at `address`, validated (a branch reads what its parent holds)."""
+        address = self._address(cls, None, **address)
+        if self._parent_holds(cls, address):
+            return self._adopt(self.parent.get(cls, **address))
+        return self._read(self.record_file(cls, **address), cls, cls.WHAT.format(**address))
+
+    def find(self, cls: type[R], **address: object) -> R | None:
+        """Like `get`, or None when the record was never written."""
+        try:
+            return self.get(cls, **address)
+        except FileNotFoundError:
+            return None
+
+    def reusable(self, cls: type[R], key: str | None = None, **address: object) -> R | None:
+        """A current record to reuse (with this `key`, when records of the type carry one); a missing,
+        stale or broken one is simply redone."""
+        address = self._address(cls, None, **address)
+        if self._parent_holds(cls, address):
+            return self.parent.reusable(cls, key, **address)
+        rec = self._reusable(self.record_file(cls, **address), cls)
+        return rec if rec is not None and (key is None or getattr(rec, "key", None) == key) else None
+
+    def exists(self, cls: type[Record], **address: object) -> bool:
+        """Whether a current record of `cls` is there to read."""
+        return self.reusable(cls, None, **address) is not None
+
+    def _address(self, cls: type[Record], record: Record | None, **address: object) -> dict[str, object]:
+        if record is not None:
+            address = {k: getattr(record, k) for k in cls.ADDRESS}
+        missing = [k for k in cls.ADDRESS if k not in address]
+        if missing or set(address) - set(cls.ADDRESS):
+            raise TypeError(f"{cls.__name__} is addressed by {cls.ADDRESS}, got {tuple(address)}")
+        return {k: address[k] for k in cls.ADDRESS}
+
+    def _parent_holds(self, cls: type[Record], address: dict[str, object]) -> bool:
+        """Whether a branch reads this record from its parent (the store decides per type)."""
+        return False
+
     def _write(self, path: Path, record: Record) -> Path:
         self.check_writable(path)
         with atomic_path(path) as tmp:

@@ -239,6 +239,25 @@ class ExperimentLayout:
     def ratings_dir(self, round_id: str) -> Path:
         return self.human_dir / "ratings" / f"round={round_id}"
 
+    def record_file(self, cls: type, **address: object) -> Path:
+        """Where a record of type `cls` at `address` (its ADDRESS fields) lives: the one map of record types
+        to files."""
+        files = {
+            "CorpusRecord": self._corpus_file,
+            "DecodingEval": self._decoding_eval_file,
+            "Evaluation": self._evaluation_file,
+            "SliceRecord": self._slice_file,
+            "StepRecord": self._step_file,
+            "BestOfN": self._best_of_n_file,
+            "ControlRecord": self._control_file,
+            "Report": self._report_file,
+            "OnlineRL": self._online_rl_file,
+            "RatingRound": self._rating_round_file,
+            "HumanEval": self._human_eval_file,
+            "ShardCost": self._cost_file,
+        }
+        return files[cls.__name__](*address.values())
+
     def _corpus_file(self) -> Path:
         return self.corpus_dir / "corpus.json"
 

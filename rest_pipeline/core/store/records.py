@@ -9,7 +9,7 @@ which asset to re-materialize, instead of misreading them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -23,8 +23,11 @@ class _Frozen(BaseModel):
 
 
 class Record(_Frozen):
-    """A top-level record: one JSON file, versioned."""
+    """A top-level record: one JSON file, versioned. ADDRESS names the fields that place it in the store
+    (its file comes from the layout, `ExperimentLayout.record_file`); WHAT says what it is in errors."""
 
+    ADDRESS: ClassVar[tuple[str, ...]] = ()
+    WHAT: ClassVar[str] = ""
     schema_version: int = SCHEMA_VERSION
 
 
@@ -42,6 +45,7 @@ class SplitRecord(_Frozen):
 
 
 class CorpusRecord(Record):
+    WHAT = "the corpus (asset corpus)"
     dataset: str  # a registered dataset's name, or 'files' for the user's own
     splits: dict[str, SplitRecord]
     # The user's data files (data.files) as the spec names them -> sha256 at first read (a folder: of its
@@ -129,6 +133,7 @@ class EvalRow(_Frozen):
 class DecodingEval(Record):
     """The BC policy under each decoding setting of the spec (greedy, beam, ...)."""
 
+    WHAT = "the BC policy's evaluation (base_policy_eval)"
     key: str
     checkpoint: str
     rows: list[EvalRow]
@@ -161,6 +166,8 @@ class Diversity(_Frozen):
 class Evaluation(Record):
     """A checkpoint judged the way ReST is judged: rewards, BLEU, chrF, diversity of greedy outputs."""
 
+    ADDRESS = ("policy",)
+    WHAT = "the evaluation of policy {policy}"
     key: str
     policy: str  # policy name: base, grow_<g>/improve_<i>, control
     checkpoint: str
@@ -175,6 +182,8 @@ class Evaluation(Record):
 
 
 class SliceRecord(Record):
+    ADDRESS = ("grow", "step")
+    WHAT = "the slice of grow_{grow}/improve_{step}"
     grow: int
     step: int
     rule: str  # threshold | percentile | interpolated
@@ -200,6 +209,8 @@ class SliceRecord(Record):
 class StepRecord(Record):
     """The lineage of one Improve checkpoint: everything that went into it."""
 
+    ADDRESS = ("grow", "step")
+    WHAT = "the Improve step grow_{grow}/improve_{step}"
     experiment: str
     grow: int
     step: int
@@ -256,6 +267,7 @@ class ControlStep(_Frozen):
 class ControlRecord(Record):
     """BC fine-tuned step for step like the final ReST chain, on the original pairs only."""
 
+    WHAT = "the control (control)"
     steps: list[ControlStep]
     checkpoint: str
     rest_minus_control: dict[str, dict[str, float]]  # per split, per metric (bleu, chrf, reward_<name>)
@@ -275,6 +287,7 @@ class NMatch(_Frozen):
 
 
 class BestOfN(Record):
+    WHAT = "Best-of-N (best_of_n)"
     key: str
     reward: str
     sources: int
@@ -292,6 +305,7 @@ class Finding(_Frozen):
 
 
 class Report(Record):
+    WHAT = "the report (report)"
     checkpoints: list[dict[str, Any]]  # table rows; their columns depend on the reward names
     table1: list[dict[str, Any]]
     best_of_n: BestOfN

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from rest_pipeline.core.store.keeper import RecordKeeper
@@ -16,6 +15,8 @@ class RatingRound(Record):
     """A set of test items rated side by side: BC and the chosen checkpoints, in a per-item order the
     rater never sees. The items (sources, each system's output and reward) are a Parquet file beside it."""
 
+    ADDRESS = ("round_id",)
+    WHAT = "rating round {round_id}"
     round_id: str
     split: str
     systems: list[str]  # policy names; the first is the BC policy ("base")
@@ -46,6 +47,7 @@ class HumanDelta(_Frozen):
 
 
 class HumanEval(Record):
+    WHAT = "the human evaluation (human_eval)"
     rounds: list[str]
     raters: list[str]
     ratings: int
@@ -88,6 +90,7 @@ PHASES = ("sample", "score", "update")  # how a PPO iteration's wall seconds are
 
 
 class OnlineRL(Record):
+    WHAT = "the online-RL baseline (online_rl)"
     algorithm: str  # ppo
     settings: dict[str, Any]
     advantage: str  # how advantages were estimated, in words
@@ -102,6 +105,8 @@ class OnlineRL(Record):
 class ShardCost(Record):
     """What sampling or scoring one Grow shard took (compute accounting of ReST)."""
 
+    ADDRESS = ("grow", "shard", "stage")
+    WHAT = "a shard's cost"
     grow: int
     shard: int
     stage: str  # sample | score
@@ -111,13 +116,6 @@ class ShardCost(Record):
 
 class SideRecords(RecordKeeper):
     """Shard costs, the online-RL record, rating rounds and the human evaluation of one experiment."""
-
-    def write_shard_cost(self, record: ShardCost) -> Path:
-        return self._write(self._cost_file(record.grow, record.shard, record.stage), record)
-
-    def shard_cost(self, grow: int, shard: int, stage: str) -> ShardCost | None:
-        path = self._cost_file(grow, shard, stage)
-        return self._read(path, ShardCost, "a shard's cost") if path.is_file() else None
 
     def drop_shard_cost(self, grow: int, shard: int, stage: str) -> None:
         """Forget a cost that no longer describes the shard (its candidates were re-sampled)."""
@@ -130,29 +128,7 @@ class SideRecords(RecordKeeper):
         folder = self._cost_file(grow, 0, "sample").parent
         return [self._read(f, ShardCost, "a shard's cost") for f in sorted(folder.glob("*.json"))]
 
-    def write_online_rl(self, record: OnlineRL) -> Path:
-        return self._write(self._online_rl_file(), record)
-
-    def online_rl(self) -> OnlineRL:
-        return self._read(self._online_rl_file(), OnlineRL, "the online-RL baseline (online_rl)")
-
-    def has_online_rl(self) -> bool:
-        return self._reusable(self._online_rl_file(), OnlineRL) is not None
-
-    def write_rating_round(self, record: RatingRound) -> Path:
-        return self._write(self._rating_round_file(record.round_id), record)
-
-    def rating_round(self, round_id: str) -> RatingRound:
-        return self._read(self._rating_round_file(round_id), RatingRound, f"rating round {round_id}")
-
     def rating_rounds(self) -> list[RatingRound]:
-        return [self.rating_round(p.parent.name) for p in sorted(self.human_dir.glob("rounds/*/round.json"))]
-
-    def write_human_eval(self, record: HumanEval) -> Path:
-        return self._write(self._human_eval_file(), record)
-
-    def human_eval(self) -> HumanEval:
-        return self._read(self._human_eval_file(), HumanEval, "the human evaluation (human_eval)")
-
-    def has_human_eval(self) -> bool:
-        return self._reusable(self._human_eval_file(), HumanEval) is not None
+        return [
+            self.get(RatingRound, round_id=p.parent.name) for p in sorted(self.human_dir.glob("rounds/*/round.json"))
+        ]
