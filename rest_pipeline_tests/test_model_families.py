@@ -54,7 +54,7 @@ def special(tok) -> dict:
     # M2M100's len() leaves out its language codes, which come after the vocabulary
     ids = [tok.convert_tokens_to_ids(t) for t in [*tok.get_vocab(), *tok.all_special_tokens]]
     ids += list(getattr(tok, "lang_token_to_id", {}).values())
-    return dict(vocab_size=max(len(tok), 1 + max(ids)), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+    return dict(vocab_size=max(len(tok), 1 + max(ids)) + getattr(tok, "num_madeup_words", 0), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                 bos_token_id=tok.bos_token_id, decoder_start_token_id=tok.eos_token_id)  # fmt: skip
 
 
@@ -74,7 +74,10 @@ def build(family: str, root: Path) -> tuple[Path, dict]:
             for i in range(proc.get_piece_size()):
                 vocab.setdefault(proc.id_to_piece(i), len(vocab))
             (root / "vocab.json").write_text(json.dumps(vocab))
-            tok = M2M100Tokenizer(str(root / "vocab.json"), str(sp), src_lang="de", tgt_lang="en")
+            probe = M2M100Tokenizer(str(root / "vocab.json"), str(sp))
+            # As on the hub: the language codes are special tokens, and the vocabulary ends in 8 made-up words.
+            tok = M2M100Tokenizer(str(root / "vocab.json"), str(sp), src_lang="de", tgt_lang="en",
+                                  additional_special_tokens=list(probe.lang_token_to_id))  # fmt: skip
             options = {"source_lang_code": "de", "target_lang_code": "en"}
         else:
             tok = NllbTokenizer(str(sp), src_lang="deu_Latn", tgt_lang="eng_Latn")
@@ -141,6 +144,18 @@ def test_a_pretrained_family_loads_fine_tunes_samples_and_exports(tmp_path, fami
     again = load_policy(out)
     assert translate_model(again, load_tokenizer(out), src[:4], _greedy(), backend="hf", max_source_length=32) == greedy
 
+    # CTranslate2, where it converts the family: the same greedy outputs as transformers, and samples.
+    if family != "mbart":
+        from rest_pipeline.core.policy.ct2 import CT2Policy
+
+        engine = CT2Policy.from_checkpoint(out, "float32", lanes=1, max_source_length=32)
+        assert engine.translate(src[:16], _greedy()) == translate_model(
+            again, load_tokenizer(out), src[:16], _greedy(), backend="hf", max_source_length=32
+        )
+        samples = engine.sample(src[:3], 2, temperature=1.0, top_k=None, top_p=None, max_new_tokens=12, seed=1)
+        assert [len(r) for r in samples] == [2, 2, 2]
+        assert all(c not in t for r in samples for t in r for c in ("eng_Latn", "__en__", "translate German"))
+
 
 def _greedy():
     from rest_pipeline.spec import DecodingSpec
@@ -150,6 +165,7 @@ def _greedy():
 
 def test_the_spec_names_a_family_option_mismatch(tmp_path):
     folder, _ = build("nllb", tmp_path / "made")
+    mbart, _ = build("mbart", tmp_path / "made_mbart")
     smoke = Path(__file__).resolve().parent.parent / "rest_pipeline" / "specs" / "smoke.yaml"
     import yaml
 
@@ -162,11 +178,20 @@ def test_the_spec_names_a_family_option_mismatch(tmp_path):
         check_spec(load_spec(path), path)
     text = str(e.value)
     assert "field 'policy.source_lang_code': a m2m_100 model translates between language codes" in text
-    assert "field 'grow.backend': CTranslate2 decodes Marian encoder-decoders here" in text
     raw["policy"].update(source_lang_code="deu_Latn", target_lang_code="eng_Latn")
+    path.write_text(yaml.safe_dump(raw))
+    check_spec(load_spec(path), path)  # NLLB on CTranslate2 (the smoke spec's backend) is fine
+    raw["policy"] = {"kind": "pretrained", "pretrained_path": str(mbart), "source_lang_code": "de_DE",
+                     "target_lang_code": "en_XX"}  # fmt: skip
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError, match=r"field 'grow.backend': CTranslate2 decodes marian, m2m_100, t5 "):
+        check_spec(load_spec(path), path)
     raw["grow"]["backend"] = raw["evaluation"]["backend"] = "hf"
     path.write_text(yaml.safe_dump(raw))
     check_spec(load_spec(path), path)
+    raw["policy"] = {"kind": "pretrained", "pretrained_path": str(folder), "source_lang_code": "deu_Latn",
+                     "target_lang_code": "eng_Latn"}  # fmt: skip
+    path.write_text(yaml.safe_dump(raw))
     model = build_policy(load_spec(path).policy, load_tokenizer(folder), 32)
     with pytest.raises(ValueError, match=r"policy.target_lang_code: 'xx_YY' is not a language code"):
         model.config.rest_seq2seq = {**model.config.rest_seq2seq, "target_lang_code": "xx_YY"}

@@ -11,6 +11,7 @@ from pathlib import Path
 from rest_pipeline.core.corpus.files import data_format
 from rest_pipeline.core.corpus.registry import DATASETS
 from rest_pipeline.core.corpus.validate import CorpusError
+from rest_pipeline.core.policy.ct2 import CT2_FAMILIES
 from rest_pipeline.core.rewards.base import check_reward_name
 from rest_pipeline.spec import (
     DataFiles,
@@ -92,10 +93,13 @@ def policy_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
                 problems.append((where, str(e).split(": ", 1)[1]))
     if not coded and (p.source_lang_code or p.target_lang_code):
         problems.append(("policy.source_lang_code", f"a {kind} model has no language codes (M2M100/NLLB, mBART do)"))
-    if config.get("is_encoder_decoder") and kind != "marian":
+    if config.get("is_encoder_decoder") and kind not in CT2_FAMILIES:
         for where in ("grow.backend", "evaluation.backend"):
             if (spec.grow if where.startswith("grow") else spec.evaluation).backend == "ctranslate2":
-                problems.append((where, f"CTranslate2 decodes Marian encoder-decoders here; a {kind} model uses hf"))
+                families = ", ".join(CT2_FAMILIES)
+                problems.append(
+                    (where, f"CTranslate2 decodes {families} encoder-decoders here; a {kind} model uses hf")
+                )
     return problems
 
 

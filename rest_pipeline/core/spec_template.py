@@ -123,12 +123,12 @@ def _policy(model: str | None, spec_dir: Path, source: str, target: str) -> str:
 
 
 def _backend(model: str | None) -> str:
-    """CTranslate2 where it converts the family exactly (a Marian), transformers otherwise."""
+    """CTranslate2 where its outputs are checked equal to transformers' for the family, transformers otherwise."""
     if model is None:
         return "ctranslate2"
     config = Path(model) / "config.json"
     kind = json.loads(config.read_text()).get("model_type") if config.is_file() else None
-    return "ctranslate2" if kind == "marian" else "hf"
+    return "ctranslate2" if kind in ("marian", "m2m_100", "t5") else "hf"
 
 
 def _reward(reward: str) -> str:

@@ -23,10 +23,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rest_pipeline.core.devices import keep_torch_threads
 from rest_pipeline.core.paths import atomic_dir
 from rest_pipeline.core.policy.ct2_lane import LanePool, sample_tokens
+from rest_pipeline.core.policy.family import Seq2Seq, Seq2SeqFormat
 from rest_pipeline.core.policy.model import weights_hash
-from rest_pipeline.core.policy.tokenizer import FastEncoder, load_tokenizer
+from rest_pipeline.core.policy.tokenizer import load_tokenizer
 from rest_pipeline.spec import DecodingSpec
 
+# Encoder-decoder families whose CTranslate2 outputs are checked equal to transformers' (greedy, float32):
+# Marian, M2M100/NLLB (model_type m2m_100, the target code as target prefix) and T5.
+CT2_FAMILIES = ("marian", "m2m_100", "t5")
 CT2_LAYOUT = "exact-start-v1"  # part of the conversion cache key: bump when the conversion changes
 
 
@@ -99,18 +103,32 @@ def _exact_marian_loader() -> Iterator[None]:
 _CONVERT_LOCK = threading.Lock()  # the loader swap above is process-global
 
 
+def _converter(path: str):
+    """CTranslate2's converter for `path`, reading the folder's tokenizer as we do."""
+    import ctranslate2
+
+    class Converter(ctranslate2.converters.TransformersConverter):
+        """Reads the folder's tokenizer as we do: a folder with only a SentencePiece model (no tokenizer.json)
+        loads its slow tokenizer instead of converting it, which needs a protobuf comet's pins rule out."""
+
+        def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
+            return load_tokenizer(model_name_or_path)
+
+    return Converter(path)
+
+
 def convert(checkpoint: Path, out: Path, compute_type: str = "float32") -> Path:
     """Convert an HF checkpoint folder; weights are stored already quantized, so loading is a memory map."""
-    import ctranslate2
 
     from rest_pipeline.core.policy.model import LINEAGE_FILE, export_merged
 
     quantization = None if compute_type == "float32" else compute_type
     config = json.loads((checkpoint / "config.json").read_text()) if (checkpoint / "config.json").is_file() else {}
-    if config.get("is_encoder_decoder") and config.get("model_type", "marian") != "marian":
+    if config.get("is_encoder_decoder") and config.get("model_type", "marian") not in CT2_FAMILIES:
         raise ValueError(
-            f"{checkpoint}: a {config['model_type']} model; CTranslate2 decodes Marian encoder-decoders here "
-            "(their outputs checked equal to transformers'); set grow.backend and evaluation.backend to hf"
+            f"{checkpoint}: a {config['model_type']} model; CTranslate2 decodes {', '.join(CT2_FAMILIES)} "
+            "encoder-decoders here (outputs checked equal to transformers'); set grow.backend and "
+            "evaluation.backend to hf"
         )
     with (
         _CONVERT_LOCK,
@@ -121,9 +139,7 @@ def convert(checkpoint: Path, out: Path, compute_type: str = "float32") -> Path:
         source = checkpoint
         if (checkpoint / LINEAGE_FILE).is_file():  # a LoRA adapter: convert the merged model
             source = export_merged(checkpoint, Path(merged) / "hf")
-        ctranslate2.converters.TransformersConverter(str(source)).convert(
-            str(tmp), quantization=quantization, force=True
-        )
+        _converter(str(source)).convert(str(tmp), quantization=quantization, force=True)
     return out
 
 
@@ -143,6 +159,15 @@ def converted(checkpoint: Path, compute_type: str = "float32") -> Path:
     return out
 
 
+def _hf_config(checkpoint: Path) -> dict:
+    """The transformers config a checkpoint decodes with (an adapter's: its base model's)."""
+    from rest_pipeline.core.policy.model import LINEAGE_FILE, adapter_parent
+
+    while not (checkpoint / "config.json").is_file() and (checkpoint / LINEAGE_FILE).is_file():
+        checkpoint = adapter_parent(checkpoint)
+    return json.loads((checkpoint / "config.json").read_text())
+
+
 class CT2Policy:
     """A converted policy plus its tokenizer: greedy/beam translation and seeded sampling."""
 
@@ -154,10 +179,17 @@ class CT2Policy:
         compute_type: str = "float32",
         lanes: int | None = None,
         max_source_length: int = 128,
+        hf_config: dict | None = None,
     ):
         self.model_dir = Path(model_dir)
         self.tokenizer = tokenizer
-        self.encoder = FastEncoder(tokenizer)
+        # The family (from the checkpoint's own config) encodes sources (a language code, a task prefix)
+        # and names the target code every output starts with.
+        config = hf_config or {}
+        fmt = Seq2SeqFormat(**(config.get("rest_seq2seq") or {}))
+        self.family = Seq2Seq(tokenizer, 0, fmt, config.get("model_type", "marian"))
+        code = self.family.target_code_id
+        self.target_prefix = tokenizer.convert_ids_to_tokens([code]) if code is not None else None
         self.compute_type = resolve_compute_type(compute_type)
         self.device = device()
         self.lanes = lanes or default_lanes()
@@ -169,7 +201,9 @@ class CT2Policy:
     @classmethod
     def from_checkpoint(cls, checkpoint: Path, compute_type: str = "float32", **kw) -> CT2Policy:
         compute_type = resolve_compute_type(compute_type)
-        return cls(converted(checkpoint, compute_type), load_tokenizer(checkpoint), compute_type=compute_type, **kw)
+        config = _hf_config(Path(checkpoint))
+        ct2_dir = converted(checkpoint, compute_type)
+        return cls(ct2_dir, load_tokenizer(checkpoint), compute_type=compute_type, hf_config=config, **kw)
 
     @classmethod
     @contextlib.contextmanager
@@ -182,16 +216,16 @@ class CT2Policy:
         with tempfile.TemporaryDirectory(prefix="rest-ct2-") as d:
             save_policy(model, tokenizer, Path(d) / "hf")
             compute_type = resolve_compute_type(compute_type)
-            yield cls(
-                convert(Path(d) / "hf", Path(d) / "ct2", compute_type), tokenizer, compute_type=compute_type, **kw
-            )
+            ct2_dir = convert(Path(d) / "hf", Path(d) / "ct2", compute_type)
+            yield cls(ct2_dir, tokenizer, compute_type=compute_type, hf_config=model.config.to_dict(), **kw)
 
     def tokens(self, sources: Sequence[str]) -> list[list[str]]:
-        ids = self.encoder.encode(list(sources), self.max_source_length)
+        ids = self.family.encode_sources(list(sources), self.max_source_length)
         return [self.tokenizer.convert_ids_to_tokens(x) for x in ids]
 
     def _detok(self, tokens: Sequence[str]) -> str:
-        return self.tokenizer.convert_tokens_to_string(tokens).strip()
+        ids = self.tokenizer.convert_tokens_to_ids(list(tokens))
+        return self.family.decode([list(ids) + [self.family.eos_id]])[0]
 
     def _new_translator(self, inter: int):
         """`inter` translators in one; each thread gets its share of the cores (no oversubscription)."""
@@ -228,6 +262,7 @@ class CT2Policy:
             length_penalty=decoding.length_penalty,
             max_decoding_length=decoding.max_new_tokens,
             suppress_sequences=[[self.tokenizer.pad_token]],  # like HF's bad_words_ids in our configs
+            target_prefix=[self.target_prefix] * len(sources) if self.target_prefix else None,
         )
         if progress:
             progress(len(sources), len(sources))
@@ -260,6 +295,7 @@ class CT2Policy:
             max_new_tokens,
             [[self.tokenizer.pad_token]],  # like HF's bad_words_ids in our configs
             seed,
+            self.target_prefix,
         )
         if self.lanes == 1:
             hyps = sample_tokens(*args)

@@ -31,6 +31,7 @@ def sample_tokens(
     max_new_tokens: int,
     suppress: list[list[str]],
     seed: int,
+    target_prefix: list[str] | None = None,
 ) -> list[list[list[str]]]:
     import ctranslate2
 
@@ -56,6 +57,7 @@ def sample_tokens(
         sampling_temperature=temperature,
         max_decoding_length=max_new_tokens,
         suppress_sequences=suppress,
+        target_prefix=[target_prefix] * len(tokens) if target_prefix else None,
     )
     return [r.hypotheses for r in results]
 
