@@ -1,7 +1,13 @@
 """A user's own corpus from files (data.files): every format, the seeded carve-out, the line policy by
 file and line, the spec's checks, and a data file that changes after the corpus was built."""
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow as pa
@@ -185,3 +191,75 @@ def test_a_data_file_changed_after_the_corpus_is_refused_by_name(tmp_path):
 def test_the_registry_datasets_still_need_their_split_names():
     with pytest.raises(ValueError, match=r"needs split names for data.valid, data.test"):
         DataSpec(dataset="multi30k_de_en", source_lang="de", target_lang="en", train="train")
+
+
+class _Hub(BaseHTTPRequestHandler):
+    """The two requests huggingface_hub makes for a dataset file at a revision (HEAD, then GET)."""
+
+    files: dict[str, bytes] = {}
+    commit = "0123456789abcdef0123456789abcdef01234567"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _answer(self, body: bool) -> None:
+        data = type(self).files.get(self.path.split("?")[0])
+        if data is None:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("X-Repo-Commit", type(self).commit)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._answer(body=False)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._answer(body=True)
+
+
+READ_HUB = """
+import json, sys
+from pathlib import Path
+from rest_pipeline.core.corpus.splits import prepare_splits
+from rest_pipeline.core.corpus.validate import CorpusError
+from rest_pipeline.spec import DataSpec
+spec = DataSpec(source_lang="de", target_lang="en", files={"train": sys.argv[1], "carve_pairs": 5})
+try:
+    infos = prepare_splits(spec, lambda r: Path(sys.argv[2]) / f"{r}.parquet", seed=1)
+    print(json.dumps({r: i.rows for r, i in infos.items()}))
+except CorpusError as e:
+    print("ERROR", e)
+"""
+
+
+def test_a_hub_dataset_file_at_a_pinned_revision_is_fetched_once_and_read_offline_after(tmp_path):
+    rows = "".join(json.dumps({"source": s, "target": t}) + "\n" for s, t in zip(SRC, TGT, strict=True))
+    _Hub.files = {"/datasets/acme/pairs/resolve/v1/train.jsonl": rows.encode()}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}"}
+
+    def read(entry: str, offline: str, out: str) -> str:
+        run = subprocess.run([sys.executable, "-c", READ_HUB, entry, str(tmp_path / out)], capture_output=True,
+                             text=True, env={**env, "HF_HUB_OFFLINE": offline}, timeout=120)  # fmt: skip
+        assert run.returncode == 0, run.stderr[-2000:]
+        return run.stdout.strip()
+
+    try:
+        assert read("hf://datasets/acme/pairs@v1/train.jsonl", "0", "a") == '{"train": 50, "valid": 5, "test": 5}'
+    finally:
+        server.shutdown()
+    # Fetched once: read again with the hub gone and the machine offline, from the cache.
+    assert read("hf://datasets/acme/pairs@v1/train.jsonl", "1", "b") == '{"train": 50, "valid": 5, "test": 5}'
+    missing = read("hf://datasets/acme/pairs@v2/train.jsonl", "1", "c")
+    assert missing.startswith("ERROR") and "not in the local Hugging Face cache" in missing
+    with pytest.raises(SpecError, match=r"field 'data.files.train': .*the revision, a commit or tag, is required"):
+        check_spec(load_spec(spec_file(tmp_path, {"files": {"train": "hf://datasets/acme/pairs/train.jsonl"}})), "x")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from rest_pipeline.core.corpus.fetch import sha256_of
-from rest_pipeline.core.corpus.files import content_sha256, file_paths
+from rest_pipeline.core.corpus.files import content_sha256, file_paths, local_entry
 from rest_pipeline.core.corpus.splits import SplitInfo, prepare_splits
 from rest_pipeline.core.evaluation.checkpoint import eval_splits, evaluate_decodings
 from rest_pipeline.core.paths import atomic_dir
@@ -37,7 +37,7 @@ def data_file_hashes(spec: ExperimentSpec) -> dict[str, str]:
     if files is None:
         return {}
     entries = [e for e in (files.train, files.valid, files.test) if e is not None]
-    return {str(p): content_sha256(p) for e in entries for p in file_paths(e)}
+    return {str(p): content_sha256(p) for e in entries for p in file_paths(local_entry(e))}
 
 
 def check_data_unchanged(spec: ExperimentSpec, store: ExperimentStore, hashes: dict[str, str]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rest_pipeline.core.corpus.files import data_format
+from rest_pipeline.core.corpus.files import data_format, hub_address, is_hub
 from rest_pipeline.core.corpus.registry import DATASETS
 from rest_pipeline.core.corpus.validate import CorpusError
 from rest_pipeline.core.policy.ct2 import CT2_FAMILIES
@@ -53,6 +53,12 @@ def files_problems(files: DataFiles) -> list[tuple[str, str]]:
             (f"data.files.{role}.source", entry.source), (f"data.files.{role}.target", entry.target)
         ]  # fmt: skip
         for where, value in named:
+            if is_hub(value):
+                try:
+                    hub_address(value)
+                except CorpusError as e:
+                    problems.append((where, str(e)))
+                continue
             if not Path(value).exists():
                 problems.append((where, f"{value}: no such file or folder"))
             elif isinstance(entry, str):

@@ -77,6 +77,8 @@ def _anchor_data_files(path: Path, raw: dict) -> None:
     here = path.resolve().parent
 
     def anchor(value: object) -> object:
+        if isinstance(value, str) and value.startswith("hf://"):
+            return value  # a hub dataset file, not a path
         if isinstance(value, str) and not Path(value).expanduser().is_absolute():
             return str(here / value)
         if isinstance(value, str):

@@ -2,9 +2,11 @@
 by save_to_disk, and plain parallel text. Every pair goes through the same line policy as the registry's
 corpora (validate.add_pair), and every defect names the file and line (or row) it was found at.
 
-A `datasets` folder is read with pyarrow from the layout save_to_disk writes (state.json listing Arrow
-stream files; dataset_dict.json and one folder per split for a DatasetDict), so the `datasets` package,
-whose releases conflict with this environment's pins, is not needed to read one.
+A hub dataset file is named `hf://datasets/<org>/<name>@<revision>/<file>` and fetched once into the
+Hugging Face cache at that revision (where the machine is online). A `datasets` folder is read with
+pyarrow from the layout save_to_disk writes (state.json listing Arrow stream files; dataset_dict.json
+and one folder per split for a DatasetDict), so the `datasets` package, whose releases conflict with
+this environment's pins, is not needed to read one.
 """
 
 from __future__ import annotations
@@ -43,6 +45,49 @@ def data_format(path: Path, wanted: str) -> str:
     return fmt
 
 
+HUB_PREFIX = "hf://datasets/"
+
+
+def is_hub(entry: object) -> bool:
+    return isinstance(entry, str) and entry.startswith(HUB_PREFIX)
+
+
+def hub_address(entry: str) -> tuple[str, str, str]:
+    """(repo id, revision, file in the repo) of `hf://datasets/<org>/<name>@<revision>/<file>`; the revision
+    is required, so the same spec reads the same bytes."""
+    rest = entry[len(HUB_PREFIX) :]
+    repo, at, tail = rest.partition("@")
+    revision, slash, filename = tail.partition("/")
+    if not at or not revision or not slash or not filename or repo.count("/") != 1:
+        raise CorpusError(
+            f"{entry}: a hub dataset file is hf://datasets/<org>/<name>@<revision>/<file in the repo> "
+            "(the revision, a commit or tag, is required)"
+        )
+    return repo, revision, filename
+
+
+def fetch_hub_file(entry: str) -> Path:
+    """A hub dataset file at its pinned revision, from the local Hugging Face cache or downloaded into it."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    repo, revision, filename = hub_address(entry)
+    try:
+        return Path(hf_hub_download(repo, filename, repo_type="dataset", revision=revision))
+    except LocalEntryNotFoundError:
+        raise CorpusError(
+            f"{entry}: not in the local Hugging Face cache, and this machine is offline (HF_HUB_OFFLINE); "
+            "run once where online with HF_HUB_OFFLINE=0, or save the file and point data.files at it"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - the hub's errors (404, revision not found, network) named as they are
+        raise CorpusError(f"{entry}: could not be fetched from the hub ({type(e).__name__}: {e})") from None
+
+
+def local_entry(entry: str | TextPair) -> str | TextPair:
+    """The entry with a hub file replaced by its local copy."""
+    return str(fetch_hub_file(entry)) if is_hub(entry) else entry
+
+
 def file_paths(entry: str | TextPair) -> list[Path]:
     """The files one split entry reads (two for a plain text pair)."""
     return [Path(entry)] if isinstance(entry, str) else [Path(entry.source), Path(entry.target)]
@@ -50,6 +95,7 @@ def file_paths(entry: str | TextPair) -> list[Path]:
 
 def read_files(files: DataFiles, role: str, entry: str | TextPair, policy: LinePolicy, limit: int | None):
     """The clean pairs of one split entry, with each pair's 1-based line (row) number in its file."""
+    entry = local_entry(entry)
     if isinstance(entry, TextPair):
         return read_parallel(Path(entry.source), Path(entry.target), policy, limit=limit)
     path = Path(entry)
