@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from rest_pipeline.core.base_stage import DataChangedError, build_corpus
+from rest_pipeline.core.base_stage import build_corpus
 from rest_pipeline.core.corpus.splits import prepare_splits
 from rest_pipeline.core.corpus.validate import CorpusError
 from rest_pipeline.core.spec_check import check_spec
@@ -174,18 +174,21 @@ def test_the_spec_reads_relative_paths_from_its_folder_and_names_bad_fields(tmp_
                                        "files": {"train": "corpus.tsv"}}))  # fmt: skip
 
 
-def test_a_data_file_changed_after_the_corpus_is_refused_by_name(tmp_path):
+def test_a_data_file_changed_after_the_corpus_is_named_and_the_corpus_rebuilt_from_it(tmp_path):
     tsv = write_tsv(tmp_path / "corpus.tsv", [f"{s}\t{t}" for s, t in zip(SRC, TGT, strict=True)])
     spec = load_spec(spec_file(tmp_path, {"files": {"train": "corpus.tsv", "carve_pairs": 5}}))
     store = ExperimentStore(tmp_path / "exp")
-    record = build_corpus(spec, store)
+    said: list[str] = []
+    record = build_corpus(spec, store, log=said.append)
     assert record.dataset == "files" and set(record.files) == {str(tsv)} and len(record.files[str(tsv)]) == 64
-    assert build_corpus(spec, store).files == record.files  # the same contents: rebuilt as before
-    before = store.split_file("train").read_bytes()
-    write_tsv(tsv, [f"{s}\t{t}" for s, t in zip(SRC, TGT, strict=True)][:-1] + ["changed\tline"])
-    with pytest.raises(DataChangedError, match=r"corpus.tsv: changed since experiment 'mine' read it"):
-        build_corpus(spec, store)
-    assert store.split_file("train").read_bytes() == before  # nothing half-rebuilt
+    assert build_corpus(spec, store, log=said.append).files == record.files and said == []  # unchanged: silent
+    write_tsv(tsv, [f"{s}\t{t}" for s, t in zip(SRC, TGT, strict=True)][:-1] + ["geändert\tchanged"])
+    rebuilt = build_corpus(spec, store, log=said.append)
+    assert len(said) == 1 and said[0].startswith(f"corpus: {tsv}: changed since the corpus was built")
+    assert rebuilt.files[str(tsv)] != record.files[str(tsv)]
+    assert "geändert" in set(store.split("train").source) | set(store.split("valid").source) | set(
+        store.split("test").source
+    )
 
 
 def test_the_registry_datasets_still_need_their_split_names():

@@ -98,5 +98,27 @@ def test_a_users_own_data_model_and_served_reward_run_the_whole_graph(tmp_path, 
         assert lineage.returncode == 0, lineage.stderr
         assert tsv_sha in lineage.stdout and weights_hash(work / "my_marian") in lineage.stdout
         assert "chrf@sacrebleu" in lineage.stdout
+
+        # The user fixes their data: the changed file is named, and everything made from the old contents is
+        # re-made under its new content address; nothing sampled by the old BC is left in the grows.
+        old_bc = store.bc_policy_link().key
+        lines = (work / "corpus.tsv").read_text().splitlines()
+        (work / "corpus.tsv").write_text(
+            "".join(f"{ln} x\n" if i % 3 == 0 else f"{ln}\n" for i, ln in enumerate(lines))
+        )
+        (tmp_path / "dagster2").mkdir()
+        with dg.instance_for_test(temp_dir=str(tmp_path / "dagster2")) as instance:
+            results = materialize_experiment(spec, instance, {"storage": RestStorage(home=str(home))})
+            assert all(r.success for r in results)
+            logs = [e.user_message for r in results for e in instance.all_logs(r.run_id)]
+            said = [m for m in logs if "changed since the corpus was built" in m]
+            assert said and str(work / "corpus.tsv") in said[0]
+        assert store.get(CorpusRecord).files[str(work / "corpus.tsv")] == sha256_of(work / "corpus.tsv")
+        assert store.bc_policy_link().key != old_bc
+        base_id = f"base@{weights_hash(store.base_policy_dir)}"
+        grow1 = store.query("SELECT DISTINCT policy FROM candidates WHERE grow = 1 AND origin = 'sample'")
+        assert grow1.policy.tolist() == [base_id]
+        train_hash = sha256_of(store.split_file("train"))[:16]
+        assert all(r.corpus_hash == train_hash for r in store.steps())
     finally:
         server.stop()

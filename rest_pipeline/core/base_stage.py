@@ -27,12 +27,8 @@ from rest_pipeline.core.types import Log
 from rest_pipeline.spec import ExperimentSpec
 
 
-class DataChangedError(ValueError):
-    """A user's data file changed after the experiment's corpus (and what was made from it) was built."""
-
-
 def data_file_hashes(spec: ExperimentSpec) -> dict[str, str]:
-    """sha256 of every file `data.files` names, by the path the spec gives."""
+    """sha256 of every file `data.files` names, by the path the spec gives (a hub file: its local copy)."""
     files = spec.data.files
     if files is None:
         return {}
@@ -40,26 +36,27 @@ def data_file_hashes(spec: ExperimentSpec) -> dict[str, str]:
     return {str(p): content_sha256(p) for e in entries for p in file_paths(local_entry(e))}
 
 
-def check_data_unchanged(spec: ExperimentSpec, store: ExperimentStore, hashes: dict[str, str]) -> None:
-    """Refuse to rebuild a corpus over one made from other contents of the same files: the tokenizer, BC,
-    grows and steps after it were made from the old data, and mixing the two would be silent."""
+def changed_data_files(store: ExperimentStore, hashes: dict[str, str]) -> list[str]:
+    """Lines naming each data file whose contents differ from when the experiment's corpus was built."""
     try:
         before = store.get(CorpusRecord).files
     except (FileNotFoundError, StaleRecordError):
-        return
-    for path, sha in hashes.items():
-        if path in before and before[path] != sha:
-            raise DataChangedError(
-                f"{path}: changed since experiment '{spec.name}' read it (sha256 {before[path][:12]}… then, "
-                f"{sha[:12]}… now); its corpus and everything made from it (tokenizer, BC, grows, Improve steps) "
-                f"come from the old contents. Restore the file, or start a new experiment on the new data "
-                f"(`rest new`), or delete {store.root} to rebuild this one"
-            )
+        return []
+    return [
+        f"{path}: changed since the corpus was built (sha256 {before[path][:12]}… then, {sha[:12]}… now); the "
+        "corpus is rebuilt from it, and everything made from the old contents (tokenizer, BC, grows, Improve "
+        "steps, evaluations) is stale: each is re-made under its new content address, nothing old is mixed in"
+        for path, sha in hashes.items()
+        if path in before and before[path] != sha
+    ]
 
 
-def build_corpus(spec: ExperimentSpec, store: ExperimentStore, mirror: Path | None = None) -> CorpusRecord:
+def build_corpus(
+    spec: ExperimentSpec, store: ExperimentStore, mirror: Path | None = None, log: Log = print
+) -> CorpusRecord:
     hashes = data_file_hashes(spec)
-    check_data_unchanged(spec, store, hashes)
+    for line in changed_data_files(store, hashes):
+        log(f"corpus: {line}")
     infos: dict[str, SplitInfo] = prepare_splits(spec.data, store.split_file, mirror, seed=spec.seed)
     record = CorpusRecord(
         dataset=spec.data.corpus_name,

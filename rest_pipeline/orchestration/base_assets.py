@@ -34,7 +34,7 @@ def experiment_assets(spec: ExperimentSpec) -> list[dg.AssetsDefinition]:
     )
     def corpus(context: dg.AssetExecutionContext, storage: RestStorage) -> dg.MaterializeResult:
         store = storage.store(spec)
-        record = core.build_corpus(spec, store, storage.mirror())
+        record = core.build_corpus(spec, store, storage.mirror(), log=context.log.warning)
         splits = record.splits.values()
         rows = [
             {
