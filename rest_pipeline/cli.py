@@ -251,6 +251,32 @@ def cmd_check_spec(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_reward(args: argparse.Namespace) -> int:
+    """Each reward of an experiment under test: damaged variants of BC's valid outputs, a verdict per family."""
+    import pandas as pd
+
+    from rest_pipeline.core.evaluation.reward_probes import probe_rewards, probe_table
+    from rest_pipeline.core.rewards.factory import make_rewards
+
+    spec = load_checked_spec(args.experiment)
+    store = open_store(spec)
+    try:
+        records = probe_rewards(spec, store, make_rewards(spec, store.reward_model_dir), log=lambda m: None)
+    except FileNotFoundError as e:
+        print(
+            f"rest: {e}; `rest main {args.experiment} --until base_policy_rewards` makes what this needs",
+            file=sys.stderr,
+        )
+        return 2
+    for r in records:
+        bar = f"fails {', '.join(r.failing)}" if r.failing else "passes"
+        print(f"\nreward {r.reward} ({r.reward_version}) on {r.hypotheses}: {bar} (bar: prefers or ties "
+              f"a damaged variant on at most {r.max_prefer_or_tie:.0%} of sentences, reward.probe)")  # fmt: skip
+        with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 40):
+            print(probe_table(r).to_string(index=False))
+    return 1 if any(r.failing for r in records) else 0
+
+
 def cmd_new(args: argparse.Namespace) -> int:
     """Write a commented spec for the user's own data (and model, and reward)."""
     from rest_pipeline.core.corpus.validate import CorpusError
@@ -579,6 +605,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="where to write the spec (default: ./<name>.yaml)")
     p.add_argument("--force", action="store_true", help="overwrite an existing spec")
     p.set_defaults(func=cmd_new)
+    p = sub.add_parser("check-reward", help="the experiment's rewards under test: a verdict per damage family")
+    p.add_argument("experiment")
+    p.set_defaults(func=cmd_check_reward)
     p = sub.add_parser("serve-reward", help="serve a reward model over HTTP on 127.0.0.1 (reward.model: http)")
     p.add_argument("reward", help="chrf, bleu, a plugin, or learned/comet with --experiment")
     p.add_argument("--experiment", help="the experiment whose reward model to serve (for learned, comet)")

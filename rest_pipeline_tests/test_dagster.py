@@ -85,8 +85,11 @@ def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir, monkeyp
         assert corpus_meta["train_pairs"].value == spec.data.max_train_pairs
         checks = result.get_asset_check_evaluations()
         # The first stage holds the PPO baseline too (it needs BC and the reward model only).
-        assert {c.check_name for c in checks} == {"splits_clean", "loads_with_transformers", "no_reward_hacking"}
-        assert all(c.passed for c in checks if c.check_name != "no_reward_hacking")
+        names = {c.check_name for c in checks}
+        assert names == {"splits_clean", "loads_with_transformers", "no_reward_hacking", "rewards_not_fooled"}
+        assert all(c.passed for c in checks if c.check_name not in ("no_reward_hacking", "rewards_not_fooled"))
+        fooled = next(c for c in checks if c.check_name == "rewards_not_fooled")
+        assert fooled.severity == dg.AssetCheckSeverity.WARN and "learned" in " ".join(fooled.metadata)
         _assert_online_rl(instance, ExperimentStore(tmp_path / "home" / "experiments" / "smoke"), spec)
     assert type(AutoModelForSeq2SeqLM.from_pretrained(str(ckpt))).__name__ == "MarianMTModel"
     # Each experiment keeps to its own folder.

@@ -54,7 +54,8 @@ def special(tok) -> dict:
     # M2M100's len() leaves out its language codes, which come after the vocabulary
     ids = [tok.convert_tokens_to_ids(t) for t in [*tok.get_vocab(), *tok.all_special_tokens]]
     ids += list(getattr(tok, "lang_token_to_id", {}).values())
-    return dict(vocab_size=max(len(tok), 1 + max(ids)) + getattr(tok, "num_madeup_words", 0), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+    vocab_size = max(len(tok), 1 + max(ids)) + getattr(tok, "num_madeup_words", 0)
+    return dict(vocab_size=vocab_size, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                 bos_token_id=tok.bos_token_id, decoder_start_token_id=tok.eos_token_id)  # fmt: skip
 
 

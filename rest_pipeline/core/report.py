@@ -14,7 +14,7 @@ from rest_pipeline.core.evaluation.best_of_k import grow_sample_curves, reward_a
 from rest_pipeline.core.evaluation.significance import eval_deltas  # noqa: E402
 from rest_pipeline.core.improve.chain import all_steps, final_step  # noqa: E402
 from rest_pipeline.core.paths import atomic_path  # noqa: E402
-from rest_pipeline.core.rewards.factory import independent_reward  # noqa: E402
+from rest_pipeline.core.rewards.factory import independent_reward, reward_names  # noqa: E402
 from rest_pipeline.core.store.experiment import BASE, CONTROL, ExperimentStore, policy_name  # noqa: E402
 from rest_pipeline.core.store.queries import grow_rewards, grow_sizes  # noqa: E402
 from rest_pipeline.core.store.records import (  # noqa: E402
@@ -26,7 +26,7 @@ from rest_pipeline.core.store.records import (  # noqa: E402
     Report,
     StepRecord,
 )
-from rest_pipeline.core.store.side_records import PHASES, HumanEval, OnlineRL
+from rest_pipeline.core.store.side_records import PHASES, HumanEval, OnlineRL, RewardProbe
 from rest_pipeline.core.tables import md_table  # noqa: E402
 from rest_pipeline.spec import ExperimentSpec  # noqa: E402
 
@@ -440,6 +440,25 @@ def _human_section(store: ExperimentStore) -> list[str]:
     return ["\n## Human evaluation (side by side against BC, 0-6)\n", human_eval_markdown(record)]
 
 
+def _probe_section(spec: ExperimentSpec, store: ExperimentStore) -> list[str]:
+    """Each reward under test (the check `rewards_not_fooled`, or `rest check-reward`), once it has run."""
+    from rest_pipeline.core.evaluation.reward_probes import probe_table
+
+    records = [r for name in reward_names(spec) if (r := store.find(RewardProbe, reward=name)) is not None]
+    if not records:
+        return []
+    text = [
+        "\n## Reward models under test\n",
+        "BC's greedy valid outputs against damaged variants of themselves: how often each reward prefers the "
+        "damaged one or ties it, and the mean reward the damage costs (95 % bootstrap interval), beside chrF and "
+        f"sentence BLEU. A checked family fails above {spec.reward.probe.max_prefer_or_tie:.0%} (`reward.probe`).\n",
+    ]
+    for r in records:
+        text += [f"\n`{r.reward}` ({r.reward_version}), {r.hypotheses}: fails {', '.join(r.failing) or 'nothing'}\n"]
+        text += [md_table(probe_table(r).to_dict("records"))]
+    return text
+
+
 def _save(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
@@ -553,6 +572,7 @@ def build_report(spec: ExperimentSpec, store: ExperimentStore, train_reward: str
                 for r in bc_eval.rows
             ]
         ),
+        *_probe_section(spec, store),
         *_online_rl_section(spec, store, train_reward, out),
         *_human_section(store),
     ]  # fmt: skip

@@ -15,6 +15,7 @@ from rest_pipeline.core.store.experiment import policy_name
 from rest_pipeline.core.store.location import read_table
 from rest_pipeline.core.store.records import Evaluation, SliceRecord, StepRecord
 from rest_pipeline.orchestration import keys
+from rest_pipeline.orchestration.metadata import md_table
 from rest_pipeline.orchestration.resources import RestStorage
 from rest_pipeline.spec import DecodingSpec, ExperimentSpec
 
@@ -54,7 +55,27 @@ def experiment_checks(spec: ExperimentSpec) -> list[dg.AssetChecksDefinition]:
             metadata={"source": source, "translation": out, "class": type(model).__name__},
         )
 
-    return [splits_clean, loads_with_transformers]
+    probe = spec.reward.probe
+
+    @dg.asset_check(asset=keys.eval_key(spec, 0, 0), name="rewards_not_fooled", blocking=probe.block)
+    def rewards_not_fooled(storage: RestStorage) -> dg.AssetCheckResult:
+        """Each reward ranks BC's valid outputs above their damaged variants (repeated, truncated, the source
+        copied, ... core/rewards/probes.py) on all but `reward.probe.max_prefer_or_tie` of sentences; chrF and
+        sentence BLEU beside it. Warns, or blocks what follows when `reward.probe.block`."""
+        from rest_pipeline.core.evaluation.reward_probes import probe_rewards, probe_table
+        from rest_pipeline.core.rewards.factory import make_rewards
+
+        store = storage.store(spec)
+        records = probe_rewards(spec, store, make_rewards(spec, store.reward_model_dir))
+        failing = [f"{r.reward}: {', '.join(r.failing)}" for r in records if r.failing]
+        meta = {
+            f"{r.reward} (version {r.reward_version})": md_table(probe_table(r).to_dict("records")) for r in records
+        }
+        meta["failing"] = "; ".join(failing) or "none"
+        severity = dg.AssetCheckSeverity.ERROR if probe.block else dg.AssetCheckSeverity.WARN
+        return dg.AssetCheckResult(passed=not failing, severity=severity, metadata=meta)
+
+    return [splits_clean, loads_with_transformers, rewards_not_fooled]
 
 
 def grow_checks(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetChecksDefinition]:

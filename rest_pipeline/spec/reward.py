@@ -27,6 +27,23 @@ class HttpRewardSpec(_Strict):
         return self
 
 
+PROBE_FAMILIES = (
+    "repeat", "truncate", "copy_source", "drop_word", "change_number", "swap_entity", "negate", "shuffle", "empty",
+    "hallucinate",
+)  # fmt: skip
+
+
+class RewardProbeSpec(_Strict):
+    """Reward models under test (core/rewards/probes.py): damaged variants of BC's valid outputs. A family
+    the reward prefers (or ties) on more than `max_prefer_or_tie` of sentences fails the check on the BC
+    policy's rewards: a warning, or a block on what follows when `block`."""
+
+    sentences: int = Field(300, ge=10)
+    families: list[Literal[PROBE_FAMILIES]] = ["repeat", "truncate", "copy_source", "empty", "hallucinate"]  # type: ignore[valid-type]
+    max_prefer_or_tie: float = Field(0.05, ge=0.0, le=1.0)
+    block: bool = False
+
+
 class RewardSpec(_Strict):
     """Which reward model trains the policy, and which others are scored alongside it."""
 
@@ -40,6 +57,7 @@ class RewardSpec(_Strict):
     engine: Literal["torch", "ctranslate2"] = "torch"
     compute_type: ComputeType = "int8"
     http: HttpRewardSpec | None = None  # the served reward, for model (or extra) 'http'
+    probe: RewardProbeSpec = RewardProbeSpec()
 
     @model_validator(mode="after")
     def _comet_path(self) -> RewardSpec:

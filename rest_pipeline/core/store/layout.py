@@ -255,6 +255,7 @@ class ExperimentLayout:
             "RatingRound": self._rating_round_file,
             "HumanEval": self._human_eval_file,
             "ShardCost": self._cost_file,
+            "RewardProbe": self._reward_probe_file,
         }
         return files[cls.__name__](*address.values())
 
@@ -293,6 +294,9 @@ class ExperimentLayout:
 
     def _human_eval_file(self) -> Path:
         return self.human_dir / "human_eval.json"
+
+    def _reward_probe_file(self, reward: str) -> Path:
+        return self.root / "reward_probes" / f"{reward}.json"
 
     def _branch_file(self) -> Path:
         return self.root / "branch.json"

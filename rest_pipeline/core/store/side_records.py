@@ -114,6 +114,33 @@ class ShardCost(Record):
     items: int  # candidates sampled, or reward-model inputs newly scored (after dedup and the cache)
 
 
+class ProbeRow(_Frozen):
+    """One damage family under one reward model, beside chrF and sentence BLEU (core/rewards/probes.py)."""
+
+    family: str
+    made_by: str
+    applied: int
+    skipped: int
+    prefer_or_tie: dict[str, float]  # judge -> share of sentences where the damaged variant scores >= the good one
+    mean_drop: dict[str, float]  # judge -> mean reward the damage costs
+    drop_interval: dict[str, tuple[float, float]]  # 95 % bootstrap interval of that mean
+
+
+class RewardProbe(Record):
+    """A reward model under test: its verdict per damage family, and the families that fail the spec's bar."""
+
+    ADDRESS = ("reward",)
+    WHAT = "the probes of reward {reward} (rest check-reward)"
+    reward: str
+    reward_version: str
+    key: str  # the outputs probed, the reward's version and the seed: a probe is reused while they hold
+    hypotheses: str  # what the good hypotheses are, e.g. "BC greedy on valid[:300]"
+    sentences: int
+    max_prefer_or_tie: float
+    failing: list[str]  # checked families whose prefer-or-tie share exceeds the bar
+    rows: list[ProbeRow]
+
+
 class SideRecords(RecordKeeper):
     """Shard costs, the online-RL record, rating rounds and the human evaluation of one experiment."""
 
