@@ -68,6 +68,8 @@ def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir, monkeyp
         }
         assert all(c.passed for c in later if c.check_name != "slice_usable")
         _assert_rest_chain(instance, ExperimentStore(tmp_path / "home" / "experiments" / "smoke"), spec)
+        report_md = (tmp_path / "home" / "experiments" / "smoke" / "report" / "report.md").read_text()
+        assert "## Reward models under test" in report_md and "## What the slices kept that looks damaged" in report_md
         _assert_threshold_change_stales_exactly_downstream(instance, spec)
         meta = instance.get_latest_materialization_event(
             dg.AssetKey(["smoke", "base_policy_eval"])

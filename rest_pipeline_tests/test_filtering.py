@@ -152,3 +152,30 @@ def test_missing_scores_name_the_reward_and_grow(store):
         read_grow(store, 1, "chrf")
     with pytest.raises(FilterError, match="grow 2 has no candidates"):
         read_grow(store, 2, "spelled")
+
+
+class ConstantReward:
+    name, version, needs_reference, normalisation = "const", "v1", False, "identity"
+
+    def score(self, sources, hypotheses, references):
+        return np.full(len(hypotheses), 0.5)
+
+
+def test_each_slice_counts_the_kept_samples_that_look_damaged(tmp_path):
+    """The cheap detectors (repetition, a copy of the source, truncation, empty) against a hand count."""
+    store = ExperimentStore(tmp_path / "exp")
+    samples = {
+        "a": ["the dog runs fast", "the dog runs fast the dog runs fast", "der Hund rennt schnell", ""],
+        "b": ["a cat", "a cat sleeps on the warm sofa", "a cat sleeps on the warm sofa a cat", "  "],
+    }
+    sources = {"a": "der Hund rennt schnell", "b": "eine Katze schläft auf dem warmen Sofa"}
+    store.write_candidates(
+        experiment="t", grow=1, shard=0, source_ids=list(samples), sources=[sources[k] for k in samples],
+        references=["ref a", "ref b"], samples=list(samples.values()), policy="p", decoding="d",
+    )  # fmt: skip
+    score_candidates(store, ConstantReward(), 1, 0)
+    stats = build_slice(store, 1, 1, "const", "threshold", 0.0, mix_originals=True)
+    # repeat: a's second sample (b's third repeats only part of itself); copy: a's third; empty: a's fourth and
+    # b's fourth; truncated (under half the source's characters, not empty): b's first ("a cat").
+    assert stats.detected == {"repeat": 1, "copy_source": 1, "truncated": 1, "empty": 2}
+    assert store.get(SliceRecord, grow=1, step=1).detected == stats.detected

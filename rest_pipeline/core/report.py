@@ -24,6 +24,7 @@ from rest_pipeline.core.store.records import (  # noqa: E402
     Evaluation,
     Finding,
     Report,
+    SliceRecord,
     StepRecord,
 )
 from rest_pipeline.core.store.side_records import PHASES, HumanEval, OnlineRL, RewardProbe
@@ -440,6 +441,26 @@ def _human_section(store: ExperimentStore) -> list[str]:
     return ["\n## Human evaluation (side by side against BC, 0-6)\n", human_eval_markdown(record)]
 
 
+def _slice_damage_section(spec: ExperimentSpec, store: ExperimentStore) -> list[str]:
+    """Per Improve step, the share of the slice's samples that look damaged (the cheap detectors of
+    improve/filtering.py): a blind spot of the reward shows as a share that grows from step to step."""
+    rows = []
+    for g, i in all_steps(spec):
+        sl = store.find(SliceRecord, grow=g, step=i)
+        if sl is None or not sl.detected:
+            continue
+        share = {k: f"{v / max(sl.kept_samples, 1):.2%}" for k, v in sl.detected.items()}
+        rows.append({"step": f"G={g} I={i}", "kept samples": sl.kept_samples, **share})
+    if not rows:
+        return []
+    return [
+        "\n## What the slices kept that looks damaged\n",
+        "Share of each step's kept samples that repeat themselves, copy the source, are under half the "
+        "source's length, or are empty.\n",
+        md_table(rows),
+    ]
+
+
 def _probe_section(spec: ExperimentSpec, store: ExperimentStore) -> list[str]:
     """Each reward under test (the check `rewards_not_fooled`, or `rest check-reward`), once it has run."""
     from rest_pipeline.core.evaluation.reward_probes import probe_table
@@ -573,6 +594,7 @@ def build_report(spec: ExperimentSpec, store: ExperimentStore, train_reward: str
             ]
         ),
         *_probe_section(spec, store),
+        *_slice_damage_section(spec, store),
         *_online_rl_section(spec, store, train_reward, out),
         *_human_section(store),
     ]  # fmt: skip

@@ -25,6 +25,18 @@ class FilterError(ValueError):
     """The store does not hold what a slice needs (missing scores, unknown rule)."""
 
 
+# Cheap detectors of the damage families a reward can be blind to (core/rewards/probes.py), as SQL over a
+# slice's rows: a blind spot of the reward shows as a growing share of the slice's samples.
+DETECTORS = {
+    "repeat": "length(hypothesis) % 2 = 1 AND length(hypothesis) > 2 AND "
+    "left(hypothesis, (length(hypothesis) - 1) // 2) = right(hypothesis, (length(hypothesis) - 1) // 2) AND "
+    "substr(hypothesis, (length(hypothesis) + 1) // 2, 1) = ' '",
+    "copy_source": "trim(hypothesis) = trim(source)",
+    "truncated": "length(trim(hypothesis)) > 0 AND length(hypothesis) < 0.5 * length(source)",
+    "empty": "length(trim(hypothesis)) = 0",
+}
+
+
 def _bar_expression(rule: str, parameter: float) -> str:
     """The bar a row must clear, as SQL over `dg` joined with the per-source sample statistics `st`."""
     if rule == "threshold":
@@ -126,8 +138,14 @@ def build_slice(
     if skip is None and kept_samples == 0:
         # References alone would make the step the originals-only control, not a ReST step.
         skip = f"empty slice: no sample of grow {grow} has {reward} reward clearing {rule} {parameter}"
+    detected = dg.con.execute(
+        "SELECT "
+        + ", ".join(f"count(*) FILTER (WHERE origin = 'sample' AND {sql})" for sql in DETECTORS.values())
+        + " FROM kept"
+    ).fetchall()[0]
     if skip is not None:
         kept = kept_samples = originals = covered = 0
+        detected = [0] * len(DETECTORS)
     record = SliceRecord(
         grow=grow,
         step=step,
@@ -145,6 +163,7 @@ def build_slice(
         sources_covered=covered,
         skip_reason=skip,
         path="",
+        detected=dict(zip(DETECTORS, map(int, detected), strict=True)),
     )
     rows = dg.con.sql("SELECT * FROM kept ORDER BY candidate_id")
     return store.write_slice(record, rows.limit(0) if skip is not None else rows)

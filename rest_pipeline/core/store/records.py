@@ -200,6 +200,7 @@ class SliceRecord(Record):
     sources_covered: int  # sources with at least one sample that cleared the bar
     skip_reason: str | None  # why the step should not train (then the slice is empty)
     path: str  # relative path of the slice's Parquet
+    detected: dict[str, int] = {}  # kept samples that look damaged, per cheap detector (improve/filtering.py)
 
     @property
     def coverage(self) -> float:
