@@ -68,6 +68,7 @@ def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir, monkeyp
         }
         assert all(c.passed for c in later if c.check_name != "slice_usable")
         _assert_rest_chain(instance, ExperimentStore(tmp_path / "home" / "experiments" / "smoke"), spec)
+        _assert_slice_detectors_count_by_hand(ExperimentStore(tmp_path / "home" / "experiments" / "smoke"), spec)
         report_md = (tmp_path / "home" / "experiments" / "smoke" / "report" / "report.md").read_text()
         assert "## Reward models under test" in report_md and "## What the slices kept that looks damaged" in report_md
         _assert_threshold_change_stales_exactly_downstream(instance, spec)
@@ -149,6 +150,31 @@ def _assert_online_rl(instance: dg.DagsterInstance, store: ExperimentStore, spec
     assert validations and all(v > 0 for v in validations)
     grow_1 = sum(c.seconds for c in store.shard_costs(1))
     assert rest["grow_1/improve_1"].seconds == pytest.approx(first.train_seconds + sum(validations) + grow_1, abs=0.1)
+
+
+def _assert_slice_detectors_count_by_hand(store: ExperimentStore, spec) -> None:
+    """Each smoke slice's counts of damaged-looking samples equal a count in Python over its rows."""
+
+    def repeats(h: str) -> bool:
+        half = (len(h) - 1) // 2
+        return len(h) > 2 and len(h) % 2 == 1 and h[:half] == h[-half:] and h[half] == " "
+
+    for g, i in all_steps(spec):
+        record = store.get(SliceRecord, grow=g, step=i)
+        if record.skip_reason:
+            continue
+        rows = store.slice_rows(g, i)
+        samples = rows[rows.origin == "sample"]
+        hand = {
+            "repeat": sum(repeats(h) for h in samples.hypothesis),
+            "copy_source": sum(h.strip() == s.strip() for h, s in zip(samples.hypothesis, samples.source, strict=True)),
+            "truncated": sum(
+                0 < len(h.strip()) and len(h) < 0.5 * len(s)
+                for h, s in zip(samples.hypothesis, samples.source, strict=True)
+            ),  # fmt: skip
+            "empty": sum(not h.strip() for h in samples.hypothesis),
+        }
+        assert record.detected == hand, (g, i)
 
 
 def _assert_rest_chain(instance: dg.DagsterInstance, store: ExperimentStore, spec) -> None:
