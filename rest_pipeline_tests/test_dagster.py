@@ -89,8 +89,11 @@ def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir, monkeyp
         checks = result.get_asset_check_evaluations()
         # The first stage holds the PPO baseline too (it needs BC and the reward model only).
         names = {c.check_name for c in checks}
-        assert names == {"splits_clean", "loads_with_transformers", "no_reward_hacking", "rewards_not_fooled"}
-        assert all(c.passed for c in checks if c.check_name not in ("no_reward_hacking", "rewards_not_fooled"))
+        probes = {"rewards_not_fooled", "not_fooled"}  # BC's rewards' page, and the learned reward's own page
+        assert names == {"splits_clean", "loads_with_transformers", "no_reward_hacking", *probes}
+        assert all(c.passed for c in checks if c.check_name not in ("no_reward_hacking", *probes))
+        on_its_page = next(c for c in checks if c.check_name == "not_fooled")
+        assert on_its_page.asset_key == dg.AssetKey(["smoke", "reward_model"]) and "verdict" in on_its_page.metadata
         fooled = next(c for c in checks if c.check_name == "rewards_not_fooled")
         assert fooled.severity == dg.AssetCheckSeverity.WARN and "learned" in " ".join(fooled.metadata)
         _assert_online_rl(instance, ExperimentStore(tmp_path / "home" / "experiments" / "smoke"), spec)

@@ -75,7 +75,33 @@ def experiment_checks(spec: ExperimentSpec) -> list[dg.AssetChecksDefinition]:
         severity = dg.AssetCheckSeverity.ERROR if probe.block else dg.AssetCheckSeverity.WARN
         return dg.AssetCheckResult(passed=not failing, severity=severity, metadata=meta)
 
-    return [splits_clean, loads_with_transformers, rewards_not_fooled]
+    checks = [splits_clean, loads_with_transformers, rewards_not_fooled]
+    if "learned" not in reward_names(spec):
+        return checks
+
+    @dg.asset_check(
+        asset=keys.reward_model_key(spec),
+        name="not_fooled",
+        blocking=probe.block,
+        additional_deps=[keys.eval_key(spec, 0, 0)],  # the probes damage BC's valid outputs
+    )
+    def not_fooled(storage: RestStorage) -> dg.AssetCheckResult:
+        """The learned reward's verdict per damage family, on its own page (the same probes as the check
+        `rewards_not_fooled` on the BC policy's rewards, computed once)."""
+        from rest_pipeline.core.evaluation.reward_probes import probe_rewards, probe_table
+        from rest_pipeline.core.rewards.factory import make_reward
+
+        store = storage.store(spec)
+        (record,) = probe_rewards(spec, store, [make_reward("learned", spec, store.reward_model_dir)])
+        severity = dg.AssetCheckSeverity.ERROR if probe.block else dg.AssetCheckSeverity.WARN
+        return dg.AssetCheckResult(
+            passed=not record.failing,
+            severity=severity,
+            metadata={"verdict": md_table(probe_table(record).to_dict("records")),
+                      "failing": ", ".join(record.failing) or "none", "probed": record.hypotheses},
+        )  # fmt: skip
+
+    return [*checks, not_fooled]
 
 
 def grow_checks(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetChecksDefinition]:
