@@ -169,7 +169,7 @@ def _repair_before_run(spec: ExperimentSpec) -> None:
     store = open_store(spec)
     if not store.root.is_dir():
         return
-    damage = verify_store(store)
+    damage = verify_store(store, quick=True)
     moved = dict(repair(store, damage))
     for d in damage:
         if d.moves in moved:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 from safetensors import safe_open
 
-from rest_pipeline.core.policy.model import weights_hash
+from rest_pipeline.core.policy.model import weight_files, weights_hash
 from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.core.store.records import (
     SCHEMA_VERSION,
@@ -77,10 +77,18 @@ def _check_json(store: ExperimentStore, path: Path) -> str | None:
     return None
 
 
-def _check_parquet(path: Path) -> str | None:
+# `rest main` checks every artifact before it runs; a file above this size it checks by its structure only
+# (a Parquet footer, a zip's directory), so a multi-GB LLM checkpoint does not cost a full read each run.
+# `rest verify` reads everything.
+QUICK_LIMIT = 256 << 20
+
+
+def _check_parquet(path: Path, quick: bool) -> str | None:
     try:
-        for _ in pq.ParquetFile(path).iter_batches(batch_size=65_536):
-            pass
+        file = pq.ParquetFile(path)
+        if not (quick and path.stat().st_size > QUICK_LIMIT):
+            for _ in file.iter_batches(batch_size=65_536):
+                pass
     except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file; each is damage
         return f"not a readable Parquet file ({type(e).__name__}: {str(e)[:120]})"
     return None
@@ -96,10 +104,10 @@ def _check_safetensors(path: Path) -> str | None:
     return None
 
 
-def _check_zip(path: Path) -> str | None:
+def _check_zip(path: Path, quick: bool) -> str | None:
     try:
         with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
+            bad = None if quick and path.stat().st_size > QUICK_LIMIT else z.testzip()
     except (zipfile.BadZipFile, OSError) as e:
         return f"not a readable checkpoint archive ({e})"
     return f"archive member {bad} is corrupt" if bad else None
@@ -127,8 +135,9 @@ def _roots(store: ExperimentStore) -> list[tuple[Path, bool]]:
     return roots
 
 
-def verify_store(store: ExperimentStore) -> list[Damage]:
-    """Every damaged artifact of the experiment (and of the shared models it uses); [] when all is well."""
+def verify_store(store: ExperimentStore, quick: bool = False) -> list[Damage]:
+    """Every damaged artifact of the experiment (and of the shared models it uses); [] when all is well.
+    `quick` (before each `rest main`): files over QUICK_LIMIT by their structure, weights not re-hashed."""
     found: list[Damage] = []
     for root, shared in _roots(store):
         if not root.is_dir():
@@ -142,11 +151,11 @@ def verify_store(store: ExperimentStore) -> list[Damage]:
             if path.suffix == ".json":
                 why = _check_json(store, path)
             elif path.suffix == ".parquet":
-                why = _check_parquet(path)
+                why = _check_parquet(path, quick)
             elif path.suffix == ".safetensors":
                 why = _check_safetensors(path)
             elif path.suffix in (".pt", ".ckpt"):
-                why = _check_zip(path)
+                why = _check_zip(path, quick)
             if why is None:
                 continue
             if shared:
@@ -158,11 +167,11 @@ def verify_store(store: ExperimentStore) -> list[Damage]:
             else:
                 moves = path
             found.append(Damage(path, why, moves))
-    found += _hash_mismatches(store, {d.moves for d in found})
+    found += _hash_mismatches(store, {d.moves for d in found}, quick)
     return found
 
 
-def _hash_mismatches(store: ExperimentStore, moving: set[Path]) -> list[Damage]:
+def _hash_mismatches(store: ExperimentStore, moving: set[Path], quick: bool = False) -> list[Damage]:
     """Checkpoints whose weights no longer hash to what their step record says (a silently changed file)."""
     out = []
     for path in sorted(store.root.glob("policies/grow_*/improve_*/step.json")):
@@ -178,6 +187,8 @@ def _hash_mismatches(store: ExperimentStore, moving: set[Path]) -> list[Damage]:
         if not ckpt.is_dir():
             out.append(Damage(ckpt, f"missing, though {path} names it", ckpt.parent))
             continue
+        if quick and sum(f.stat().st_size for f in weight_files(ckpt)) > QUICK_LIMIT:
+            continue  # an LLM's gigabytes are re-hashed by `rest verify`, not before every run
         if weights_hash(ckpt) != step.checkpoint_hash:
             out.append(Damage(ckpt, f"weights do not hash to {step.checkpoint_hash} (its step record)", ckpt.parent))
     return out
