@@ -413,9 +413,15 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def render_lineage(
-    chain: list, base_checkpoint: Path, base_hash: str, bc: BCPolicyLink | None = None, data_files: dict | None = None
+    chain: list,
+    base_checkpoint: Path,
+    base_hash: str,
+    bc: BCPolicyLink | None = None,
+    data_files: dict | None = None,
+    engines: dict[int, list[dict]] | None = None,
 ) -> str:
-    """A chain of step records (newest first) for people, ending at the BC policy and the data it learned from."""
+    """A chain of step records (newest first) for people, ending at the BC policy and the data it learned
+    from; `engines`: per grow, the sampling engines its shards ran (engine, version, weights)."""
     lines = []
     for r in chain:
         lines.append(f"{r.name}  [{r.status}]  checkpoint {r.checkpoint_hash}  {r.checkpoint}")
@@ -428,6 +434,8 @@ def render_lineage(
         lines.append(f"    parent: {r.parent} ({r.parent_hash}); fine-tuning loss {r.loss}, lr {r.lr:.2e}")
         lines.append(f"    validation reward: parent {r.parent_valid_reward} -> {r.valid_reward}")
         lines.append(f"    grow {r.grow}: sampled by {r.grow_policy} with {r.grow_decoding}")
+        for engine in (engines or {}).get(r.grow, []):
+            lines.append("    engine: " + ", ".join(f"{k} {v}" for k, v in engine.items()))
         lines.append(f"    reward: {r.reward_model} ({r.reward_version}); corpus {r.corpus_hash}")
     lines.append(f"base (BC policy)  checkpoint {base_hash}  {base_checkpoint}")
     if bc is not None:
@@ -514,7 +522,8 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     else:
         base = store.policy(BASE)
         files = store.get(CorpusRecord).files
-        print(render_lineage(chain, store.rel(base), weights_hash(base), store.bc_policy_link(), files))
+        engines = {g: store.sampling_engines(g) for g in sorted({r.grow for r in chain})}
+        print(render_lineage(chain, store.rel(base), weights_hash(base), store.bc_policy_link(), files, engines))
     if args.dagster:
         from rest_pipeline.orchestration.instance import open_instance
         from rest_pipeline.orchestration.lineage import dagster_chain

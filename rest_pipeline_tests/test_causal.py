@@ -197,15 +197,15 @@ def test_a_missing_model_or_a_wrong_backend_is_a_clear_error(monkeypatch, tmp_pa
         load_tokenizer("nobody-here/no-such-model")
     with pytest.raises(FileNotFoundError, match="config.json missing"):
         load_policy(tmp_path)
-    spec = tmp_path / "llm_ct2.yaml"
+    spec = tmp_path / "marian_vllm.yaml"
     spec.write_text(
         "data: {dataset: multi30k_de_en, source_lang: de, target_lang: en, train: train, valid: val, "
-        "test: test_2016_flickr}\npolicy: {kind: causal_lm}\ngrow: {backend: ctranslate2}\n"
+        "test: test_2016_flickr}\npolicy: {kind: marian_scratch}\ngrow: {backend: vllm}\n"
     )
-    with pytest.raises(SpecError, match="grow.backend: 'ctranslate2' decodes encoder-decoders only"):
+    with pytest.raises(SpecError, match="grow.backend: 'vllm' samples decoder-only policies"):
         load_spec(spec)
-    spec.write_text(spec.read_text().replace("policy: {kind: causal_lm}", "policy: {kind: causal_lm, prompt: x}")
-                    .replace("grow: {backend: ctranslate2}", "grow: {backend: hf}"))  # fmt: skip
+    spec.write_text(spec.read_text().replace("policy: {kind: marian_scratch}", "policy: {kind: causal_lm, prompt: x}")
+                    .replace("grow: {backend: vllm}", "grow: {backend: ctranslate2}"))  # fmt: skip
     with pytest.raises(SpecError, match="policy.prompt must contain"):
         load_spec(spec)
 
@@ -249,6 +249,75 @@ def test_an_encoder_decoder_lora_step_converts_to_ctranslate2_merged(tmp_path):
     assert CT2Policy.from_checkpoint(adapter).translate(sources, GREEDY) == hf
 
 
+def _sources(n: int) -> list[str]:
+    return pairs(n, seed=9)[0]
+
+
+def _perturbed_adapter(parent, tok, out, scale=0.3):
+    """A LoRA step on `parent` whose adapters are moved off their zero start, so they change outputs."""
+    wrapped = with_lora(load_policy(parent), LoraSpec(r=2, alpha=4, target_modules=["q_proj", "v_proj"]), parent)
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, scale)
+    return save_policy(wrapped.eval(), tok, out)
+
+
+def _mean_logprob(checkpoint, sources, samples) -> tuple[float, float]:
+    """Mean and standard error of the samples' total log-probability under the policy."""
+    import numpy as np
+
+    from rest_pipeline.core.improve.finetune import behaviour_logprobs
+
+    flat_src = [s for s, hyps in zip(sources, samples, strict=True) for _ in hyps]
+    flat_hyp = [h for hyps in samples for h in hyps]
+    totals = np.array([sum(t) for t in behaviour_logprobs(checkpoint, (flat_src, flat_hyp), 32)])
+    return float(totals.mean()), float(totals.std(ddof=1) / np.sqrt(len(totals)))
+
+
+def test_ctranslate2_runs_a_causal_lm_like_transformers(trained, tmp_path):
+    """CTranslate2's Generator on a causal LM and on a LoRA chain's cached merge: greedy equal to HF,
+    seeded samples independent of the lanes that drew them, and drawn from the same distribution
+    (samples' mean log-probability under the policy within the noise of HF's own samples)."""
+    from rest_pipeline.core.grow.sampling import CT2Sampler, sample_candidates
+    from rest_pipeline.core.policy.ct2 import CT2Policy
+    from rest_pipeline.core.policy.tokenizer import load_tokenizer
+
+    _, result = trained
+    parent = tmp_path / "bc"
+    shutil.copytree(result.best_dir, parent)
+    tok = load_tokenizer(parent)
+    step1 = _perturbed_adapter(parent, tok, tmp_path / "g1" / "best")
+    step2 = _perturbed_adapter(step1, tok, tmp_path / "g2" / "best", scale=0.2)  # a chain of two adapters
+    sources = _sources(60)
+    for checkpoint in (parent, step1, step2):
+        hf = translate(load_policy(checkpoint).eval(), tok, sources, GREEDY)
+        assert CT2Policy.from_checkpoint(checkpoint).translate(sources, GREEDY) == hf, checkpoint
+    assert hf != translate(load_policy(parent).eval(), tok, sources, GREEDY)  # the adapters matter
+    # The chain is merged once, beside it, keyed by the chain's hash; a changed adapter re-makes it.
+    merged = tmp_path / "g2" / ".best.merged"
+    stamp = (merged / "rest_merged_from").read_text()
+    assert stamp == weights_hash(step2) and weights_hash(merged) != weights_hash(step1)
+    made = (merged / "model.safetensors").stat().st_mtime_ns
+    CT2Sampler(step2, 32)
+    assert (merged / "model.safetensors").stat().st_mtime_ns == made
+    settings = SamplingSpec(n=4, temperature=1.0, max_new_tokens=12, seed=5)
+    one, two = CT2Sampler(step2, 32), CT2Sampler(step2, 32)
+    one.policy.lanes = one.lanes = 1
+    two.policy.lanes = two.lanes = 2
+    first = sample_candidates(one, sources, settings, batch_tokens=200)
+    assert sample_candidates(two, sources, settings, batch_tokens=200) == first  # lanes change nothing
+    other = sample_candidates(one, sources, settings.model_copy(update={"seed": 6}), batch_tokens=200)
+    assert other != first and [len(c) for c in first] == [4] * len(sources)
+    assert one.engine["engine"] == "ctranslate2" and one.engine["merged"] == weights_hash(merged)
+    two.close()
+    # Same distribution: 480 samples each, at temperature 1.
+    many = SamplingSpec(n=8, temperature=1.0, max_new_tokens=12, seed=7)
+    ct2_mean, ct2_se = _mean_logprob(step2, sources, sample_candidates(one, sources, many))
+    hf_mean, hf_se = _mean_logprob(step2, sources, sample_candidates(HFSampler(step2, 32), sources, many))
+    assert abs(ct2_mean - hf_mean) < 4 * (ct2_se**2 + hf_se**2) ** 0.5, (ct2_mean, hf_mean, ct2_se, hf_se)
+
+
 @pytest.mark.parametrize("loss", ["gold", "bvmpo", "oac"])
 def test_every_improve_loss_trains_a_causal_lm(trained, tmp_path, loss):
     """The offline-RL losses see a causal LM's completion logits (OAC's critic its prompt states)."""
@@ -276,3 +345,60 @@ def test_every_improve_loss_trains_a_causal_lm(trained, tmp_path, loss):
                    signals=signals)  # fmt: skip
     assert out.steps == 6 and all(torch.isfinite(torch.tensor(r["valid_loss"])) for r in out.history)
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.slow
+def test_vllm_samples_a_causal_lm_like_transformers(trained, tmp_path):
+    """vLLM in its own environment (built on first use): greedy equal to HF on a LoRA chain's merge,
+    seeded samples reproducible, the same distribution as HF's samples, and failures that name the log."""
+    from rest_pipeline.core.grow.sampling import VLLMSampler, sample_candidates
+    from rest_pipeline.core.policy.tokenizer import load_tokenizer
+    from rest_pipeline.core.policy.vllm_engine import VLLMError, ensure_env
+
+    assert ensure_env().is_file()
+    _, result = trained
+    parent = tmp_path / "bc"
+    shutil.copytree(result.best_dir, parent)
+    tok = load_tokenizer(parent)
+    step = _perturbed_adapter(_perturbed_adapter(parent, tok, tmp_path / "g1" / "best"), tok, tmp_path / "g2" / "best")
+    sources = _sources(60)
+    sampler = VLLMSampler(step, 32)
+    try:
+        family = sampler.family
+        greedy = sampler._started().generate(
+            family.encode_sources(sources, 32), n=1, temperature=0.0, top_k=None, top_p=None, max_tokens=12,
+            stop_token_ids=sorted(family.stops), seeds=[0] * len(sources),
+        )  # fmt: skip
+        assert [family.decode(g)[0] for g in greedy] == translate(load_policy(step).eval(), tok, sources, GREEDY)
+        settings = SamplingSpec(n=8, temperature=1.0, max_new_tokens=12, seed=5)
+        first = sample_candidates(sampler, sources, settings, batch_tokens=200)
+        assert sample_candidates(sampler, sources, settings, batch_tokens=200) == first
+        assert sample_candidates(sampler, sources, settings.model_copy(update={"seed": 6}), batch_tokens=200) != first
+        assert sampler.engine == {"engine": "vllm", "version": "0.32.0", "dtype": "float32",
+                                  "weights": weights_hash(tmp_path / "g2" / ".best.merged")}  # fmt: skip
+        vllm_mean, vllm_se = _mean_logprob(step, sources, first)
+        hf_mean, hf_se = _mean_logprob(step, sources, sample_candidates(HFSampler(step, 32), sources, settings))
+        assert abs(vllm_mean - hf_mean) < 4 * (vllm_se**2 + hf_se**2) ** 0.5, (vllm_mean, hf_mean, vllm_se, hf_se)
+        pid = sampler._engine.proc.pid
+    finally:
+        sampler.close()
+    assert sampler._engine.proc.poll() is not None and not _alive(pid)
+    # A model vLLM cannot load: a clear error naming the engine's log, and no engine left behind.
+    broken = tmp_path / "broken"
+    shutil.copytree(parent, broken)
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "hidden_size": 63}))
+    bad = VLLMSampler(broken, 32)
+    with pytest.raises(VLLMError, match=r"(?s)vllm: the engine did not start .*its log: .*\.broken\.vllm\.log"):
+        bad.sample(sources[:2], settings, batch_seed=1)
+    assert bad._engine is None or bad._engine.proc.poll() is not None
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

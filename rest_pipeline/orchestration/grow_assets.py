@@ -11,6 +11,7 @@ from rest_pipeline.core.policy.model import weights_hash
 from rest_pipeline.core.rewards.factory import make_rewards
 from rest_pipeline.core.store.experiment import policy_name
 from rest_pipeline.core.store.location import read_table
+from rest_pipeline.core.store.side_records import ShardCost
 from rest_pipeline.orchestration import keys
 from rest_pipeline.orchestration.automation import grow_condition
 from rest_pipeline.orchestration.metadata import histogram_md, md_table
@@ -85,8 +86,10 @@ def grow_assets(spec: ExperimentSpec, grow: int = 1) -> list[dg.AssetsDefinition
         context.log.info(f"grow {grow} shard {shard}: sampling from {policy_id} ({policy_dir})")
         df = grow_shard(spec, store, grow, shard, policy_dir, policy_id=policy_id, log=context.log.info)
         samples = df[df.origin == "sample"]
+        cost = store.find(ShardCost, grow=grow, shard=shard, stage="sample")
         return dg.MaterializeResult(
             metadata={
+                "engine": dg.MetadataValue.json(cost.engine if cost is not None else {}),
                 "candidates": len(df),
                 "sources": int(df.source_id.nunique()),
                 "distinct_rate": round(samples.pair_hash.nunique() / max(len(samples), 1), 4),

@@ -100,14 +100,13 @@ class ExperimentSpec(_Strict):
     online_rl: OnlineRLSpec = OnlineRLSpec()
 
     @model_validator(mode="after")
-    def _causal_lm_backends(self) -> ExperimentSpec:
-        if self.policy.kind == "causal_lm":
-            for field, value in (("grow.backend", self.grow.backend), ("evaluation.backend", self.evaluation.backend)):
-                if value != "hf":
-                    raise ValueError(
-                        f"{field}: '{value}' decodes encoder-decoders only; a causal_lm policy samples and "
-                        "decodes with 'hf' (transformers' generate)"
-                    )
+    def _engines_fit_the_policy(self) -> ExperimentSpec:
+        """vLLM runs decoder-only policies here; CTranslate2 and transformers run either family."""
+        if self.policy.kind != "causal_lm" and self.grow.backend == "vllm":
+            raise ValueError(
+                "grow.backend: 'vllm' samples decoder-only policies (policy.kind: causal_lm); an encoder-decoder "
+                "samples with 'ctranslate2' or 'hf'"
+            )
         return self
 
     @model_validator(mode="after")

@@ -46,8 +46,11 @@ class GrowSpec(_Strict):
     # policy has not yet been fine-tuned on and G grows cover G blocks of D at one block's cost.
     rotate_sources: bool = False
     shards: int = Field(4, ge=1)  # partitions of a grow: run, fail and resume independently
-    backend: Literal["hf", "ctranslate2"] = "hf"
-    # CTranslate2 only: weights' precision while sampling (int8 on CPU, float16 on CUDA; float32 = exact).
+    # hf: transformers' generate; ctranslate2: either family, several lanes on CPU; vllm: decoder-only
+    # policies, in its own environment (.venv-vllm, built on first use; core/policy/vllm_engine.py).
+    backend: Literal["hf", "ctranslate2", "vllm"] = "hf"
+    # CTranslate2 and vLLM: weights' precision while sampling (CTranslate2: int8 on CPU, float16 on CUDA;
+    # vLLM: float32, float16 or bfloat16; float32 = exact).
     compute_type: ComputeType = "float32"
     batch_tokens: int = Field(4000, ge=64)
     include_references: bool = True  # D_g = samples + original pairs, as in the paper

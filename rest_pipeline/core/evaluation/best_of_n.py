@@ -4,6 +4,7 @@ policy and the final ReST policy (the paper: ReST with N < 10 matches BC with N 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,8 @@ def best_of_n(
     n_max = max(ns)
     if settings.n < n_max:
         raise ValueError(f"best-of-n: {settings.n} samples per source cannot give best-of-{n_max}")
-    sampler = make_sampler(backend, checkpoint, max_length, compute_type)
-    samples = sample_candidates(sampler, list(sources), settings)
+    with closing(make_sampler(backend, checkpoint, max_length, compute_type)) as sampler:
+        samples = sample_candidates(sampler, list(sources), settings)
     flat_src = [s for s, hyps in zip(sources, samples, strict=True) for _ in hyps]
     flat_ref = [r for r, hyps in zip(references, samples, strict=True) for _ in hyps]
     flat_hyp = [h for hyps in samples for h in hyps]

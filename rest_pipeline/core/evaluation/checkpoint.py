@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -182,9 +183,9 @@ def evaluate_policy(
         log(f"eval {policy}: {split}: BLEU {scores[split].bleu}, chrF {scores[split].chrf}, rewards {means}")
     probe = None
     if diversity is not None and "valid" in splits:
-        sampler = make_sampler(backend, checkpoint, max_length, compute_type)
         sources = list(splits["valid"].source[:diversity_sources])
-        samples = sample_candidates(sampler, sources, diversity)
+        with closing(make_sampler(backend, checkpoint, max_length, compute_type)) as sampler:
+            samples = sample_candidates(sampler, sources, diversity)
         probe = Diversity(
             samples_per_source=diversity.n,
             temperature=diversity.temperature,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +71,10 @@ def grow_shard(
             log(f"grow {grow} shard {shard}: sampled {done}/{total} sources")
 
     t0 = time.perf_counter()
-    samples = sample_candidates(
-        sampler, list(df.source), settings, batch_tokens=spec.grow.batch_tokens, progress=progress
-    )
+    with closing(sampler):
+        samples = sample_candidates(
+            sampler, list(df.source), settings, batch_tokens=spec.grow.batch_tokens, progress=progress
+        )
     seconds, n = time.perf_counter() - t0, sum(len(s) for s in samples)
     # The scoring cost priced the candidates about to be replaced; dropped first, so a kill in between
     # cannot leave it beside the new ones.
@@ -89,7 +91,7 @@ def grow_shard(
         decoding=decoding,
         include_references=spec.grow.include_references,
     )
-    store.put(ShardCost(grow=grow, shard=shard, stage="sample", seconds=seconds, items=n))
+    store.put(ShardCost(grow=grow, shard=shard, stage="sample", seconds=seconds, items=n, engine=sampler.engine))
     return written
 
 

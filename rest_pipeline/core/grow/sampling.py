@@ -14,9 +14,9 @@ from typing import Literal, Protocol
 
 import torch
 
-from rest_pipeline.core.policy.family import family_of
+from rest_pipeline.core.policy.family import PromptFormat, family_of
 from rest_pipeline.core.policy.generate import length_batches
-from rest_pipeline.core.policy.model import load_policy
+from rest_pipeline.core.policy.model import load_policy, policy_config, weights_hash
 from rest_pipeline.core.policy.tokenizer import load_tokenizer
 from rest_pipeline.spec import ExperimentSpec, GrowSpec, SamplingSpec
 
@@ -41,11 +41,16 @@ def sampling_for(spec: ExperimentSpec, use: SamplingUse, grow: int = 0, shard: i
 
 
 class SamplingBackend(Protocol):
-    name: str
+    name: str  # in every candidate's `decoding`: part of the shard's cache key
     lanes: int  # batches sampled concurrently
+    engine: dict[str, str]  # for lineage: the engine, its version, and the weights it actually ran
 
     def sample(self, sources: Sequence[str], settings: SamplingSpec, batch_seed: int) -> list[list[str]]:
         """Return `settings.n` hypotheses for each source, in order."""
+        ...
+
+    def close(self) -> None:
+        """Stop whatever the backend started (lanes, an engine process)."""
         ...
 
 
@@ -56,9 +61,16 @@ class HFSampler:
     lanes = 1  # torch parallelises inside each batch
 
     def __init__(self, checkpoint: Path, max_source_length: int = 128):
+        import transformers
+
         self.model = load_policy(checkpoint).eval()
         self.family = family_of(self.model, load_tokenizer(checkpoint))
         self.max_source_length = max_source_length
+        self.engine = {"engine": "transformers", "version": transformers.__version__,
+                       "weights": weights_hash(checkpoint)}  # fmt: skip
+
+    def close(self) -> None:
+        pass
 
     @torch.inference_mode()
     def sample(self, sources: Sequence[str], settings: SamplingSpec, batch_seed: int) -> list[list[str]]:
@@ -122,6 +134,10 @@ class CT2Sampler:
         # In every candidate's `decoding`: shards sampled by another conversion or precision are re-sampled.
         suffix = "" if self.policy.compute_type == "float32" else f"-{self.policy.compute_type}"
         self.name = f"ctranslate2-{CT2_LAYOUT}{suffix}"
+        self.engine = self.policy.engine_record(Path(checkpoint))
+
+    def close(self) -> None:
+        self.policy.close()
 
     def sample(self, sources: Sequence[str], settings: SamplingSpec, batch_seed: int) -> list[list[str]]:
         return self.policy.sample(
@@ -133,6 +149,71 @@ class CT2Sampler:
             max_new_tokens=settings.max_new_tokens,
             seed=batch_seed,
         )
+
+
+class VLLMSampler:
+    """Random sampling with vLLM in its own environment (core/policy/vllm_engine.py) for decoder-only
+    policies: the family encodes prompts and decodes completions, the engine only sees token ids. The
+    engine starts at the first batch (a grow shard already in the store starts none) on the checkpoint's
+    merge (a LoRA chain merged once, cached by the chain's hash) and stops when the sampler closes."""
+
+    lanes = 1  # vLLM schedules the prompts of a batch itself
+
+    def __init__(self, checkpoint: Path, max_source_length: int = 128, compute_type: str = "float32"):
+        from rest_pipeline.core.policy.family import CausalLM
+        from rest_pipeline.core.policy.vllm_engine import VLLM_PINS, machine_kind
+
+        if compute_type not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"grow.compute_type: vLLM samples in float32, float16 or bfloat16, not '{compute_type}'")
+        self.checkpoint, self.compute_type = Path(checkpoint), compute_type
+        config = policy_config(self.checkpoint)
+        if not config.get("rest_prompt"):
+            raise ValueError(
+                f"grow.backend 'vllm': {checkpoint} is not a decoder-only policy (no rest_prompt in its config)"
+            )
+        self.family = CausalLM(load_tokenizer(checkpoint), PromptFormat(**config["rest_prompt"]))
+        self.max_source_length = max_source_length
+        self.max_model_len = int(min(config.get("max_position_embeddings") or 4096, 4096))
+        pin = VLLM_PINS[machine_kind()]
+        suffix = "" if compute_type == "float32" else f"-{compute_type}"
+        self.name = f"vllm-{pin.split('==')[1]}{suffix}"  # in every candidate's `decoding`
+        self._engine = None
+
+    def _started(self):
+        from rest_pipeline.core.policy.model import merged_checkpoint
+        from rest_pipeline.core.policy.vllm_engine import VLLMEngine
+
+        if self._engine is None:
+            self.merged = merged_checkpoint(self.checkpoint)
+            log = self.checkpoint.parent / f".{self.checkpoint.name}.vllm.log"
+            self._engine = VLLMEngine(self.merged, dtype=self.compute_type, seed=0, max_model_len=self.max_model_len,
+                                      log_file=log)  # fmt: skip
+        return self._engine
+
+    @property
+    def engine(self) -> dict[str, str]:
+        engine = self._started()
+        record = {"engine": "vllm", "version": engine.version, "dtype": self.compute_type,
+                  "weights": weights_hash(self.merged)}  # fmt: skip
+        return record
+
+    def sample(self, sources: Sequence[str], settings: SamplingSpec, batch_seed: int) -> list[list[str]]:
+        prompts = self.family.encode_sources(sources, self.max_source_length)
+        outputs = self._started().generate(
+            prompts,
+            n=settings.n,
+            temperature=settings.temperature,
+            top_k=settings.top_k,
+            top_p=settings.top_p,
+            max_tokens=settings.max_new_tokens,
+            stop_token_ids=sorted(self.family.stops),
+            seeds=[(batch_seed * 1_009 + i) % 2**63 for i in range(len(prompts))],
+        )
+        return [self.family.decode(per_prompt) for per_prompt in outputs]
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
 
 
 def sampler_id(grow: GrowSpec) -> str:
@@ -147,4 +228,6 @@ def make_sampler(
         return HFSampler(checkpoint, max_source_length)
     if backend == "ctranslate2":
         return CT2Sampler(checkpoint, max_source_length, compute_type)
-    raise ValueError(f"grow.backend: unknown sampling backend '{backend}' (hf, ctranslate2)")
+    if backend == "vllm":
+        return VLLMSampler(checkpoint, max_source_length, compute_type)
+    raise ValueError(f"grow.backend: unknown sampling backend '{backend}' (hf, ctranslate2, vllm)")

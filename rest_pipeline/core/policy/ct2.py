@@ -10,6 +10,7 @@ two cores do ~1.5-1.9x the work of one translator with two threads (bench/throug
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -23,8 +24,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rest_pipeline.core.devices import keep_torch_threads
 from rest_pipeline.core.paths import atomic_dir
 from rest_pipeline.core.policy.ct2_lane import LanePool, sample_tokens
-from rest_pipeline.core.policy.family import Seq2Seq, Seq2SeqFormat
-from rest_pipeline.core.policy.model import weights_hash
+from rest_pipeline.core.policy.family import CausalLM, PromptFormat, Seq2Seq, Seq2SeqFormat
+from rest_pipeline.core.policy.model import policy_config, weights_hash
 from rest_pipeline.core.policy.tokenizer import load_tokenizer
 from rest_pipeline.spec import DecodingSpec
 
@@ -118,28 +119,37 @@ def _converter(path: str):
 
 
 def convert(checkpoint: Path, out: Path, compute_type: str = "float32") -> Path:
-    """Convert an HF checkpoint folder; weights are stored already quantized, so loading is a memory map."""
+    """Convert an HF checkpoint folder (a LoRA chain: its cached merge); weights are stored already
+    quantized, so loading is a memory map. Decoder-only models become a CTranslate2 Generator."""
 
-    from rest_pipeline.core.policy.model import LINEAGE_FILE, export_merged
+    from rest_pipeline.core.policy.model import merged_checkpoint
 
     quantization = None if compute_type == "float32" else compute_type
-    config = json.loads((checkpoint / "config.json").read_text()) if (checkpoint / "config.json").is_file() else {}
+    source = merged_checkpoint(checkpoint)
+    config = json.loads((source / "config.json").read_text()) if (source / "config.json").is_file() else {}
     if config.get("is_encoder_decoder") and config.get("model_type", "marian") not in CT2_FAMILIES:
         raise ValueError(
             f"{checkpoint}: a {config['model_type']} model; CTranslate2 decodes {', '.join(CT2_FAMILIES)} "
             "encoder-decoders here (outputs checked equal to transformers'); set grow.backend and "
             "evaluation.backend to hf"
         )
-    with (
-        _CONVERT_LOCK,
-        tempfile.TemporaryDirectory(prefix="rest-merged-") as merged,
-        atomic_dir(out) as tmp,
-        _exact_marian_loader(),
-    ):
-        source = checkpoint
-        if (checkpoint / LINEAGE_FILE).is_file():  # a LoRA adapter: convert the merged model
-            source = export_merged(checkpoint, Path(merged) / "hf")
-        _converter(str(source)).convert(str(tmp), quantization=quantization, force=True)
+    with _CONVERT_LOCK, atomic_dir(out) as tmp, _exact_marian_loader():
+        try:
+            _converter(str(source)).convert(str(tmp), quantization=quantization, force=True)
+        except ValueError as e:
+            if "No conversion is registered" not in str(e) and "not supported" not in str(e):
+                raise
+            raise ValueError(
+                f"{checkpoint}: CTranslate2 cannot convert a {config.get('model_type')} model ({e}); "
+                "set grow.backend and evaluation.backend to hf"
+            ) from e
+        engine_config = tmp / "config.json"
+        written = json.loads(engine_config.read_text())
+        if "bos_token" in written and written["bos_token"] is None:
+            # A Generator needs a start token by name even when every prompt brings its own (our
+            # SentencePiece vocabulary has no BOS): name EOS, which it then never inserts.
+            written["bos_token"] = written["eos_token"]
+            engine_config.write_text(json.dumps(written, indent=2))
     return out
 
 
@@ -159,13 +169,12 @@ def converted(checkpoint: Path, compute_type: str = "float32") -> Path:
     return out
 
 
-def _hf_config(checkpoint: Path) -> dict:
-    """The transformers config a checkpoint decodes with (an adapter's: its base model's)."""
-    from rest_pipeline.core.policy.model import LINEAGE_FILE, adapter_parent
-
-    while not (checkpoint / "config.json").is_file() and (checkpoint / LINEAGE_FILE).is_file():
-        checkpoint = adapter_parent(checkpoint)
-    return json.loads((checkpoint / "config.json").read_text())
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 class CT2Policy:
@@ -186,10 +195,20 @@ class CT2Policy:
         # The family (from the checkpoint's own config) encodes sources (a language code, a task prefix)
         # and names the target code every output starts with.
         config = hf_config or {}
-        fmt = Seq2SeqFormat(**(config.get("rest_seq2seq") or {}))
-        self.family = Seq2Seq(tokenizer, 0, fmt, config.get("model_type", "marian"))
-        code = self.family.target_code_id
-        self.target_prefix = tokenizer.convert_ids_to_tokens([code]) if code is not None else None
+        # A decoder-only LM (its config carries the prompt, family.py) runs as a Generator continuing
+        # each prompt until one of its end tokens.
+        self.causal = bool(config.get("rest_prompt"))
+        self.family: Seq2Seq | CausalLM
+        self.target_prefix: list[str] | None = None
+        self.end_ids: list[int] | None = None
+        if self.causal:
+            self.family = CausalLM(tokenizer, PromptFormat(**(config.get("rest_prompt") or {})))
+            self.end_ids = sorted(self.family.stops)
+        else:
+            fmt = Seq2SeqFormat(**(config.get("rest_seq2seq") or {}))
+            self.family = Seq2Seq(tokenizer, 0, fmt, config.get("model_type", "marian"))
+            code = self.family.target_code_id
+            self.target_prefix = tokenizer.convert_ids_to_tokens([code]) if code is not None else None
         self.compute_type = resolve_compute_type(compute_type)
         self.device = device()
         self.lanes = lanes or default_lanes()
@@ -201,7 +220,7 @@ class CT2Policy:
     @classmethod
     def from_checkpoint(cls, checkpoint: Path, compute_type: str = "float32", **kw) -> CT2Policy:
         compute_type = resolve_compute_type(compute_type)
-        config = _hf_config(Path(checkpoint))
+        config = policy_config(Path(checkpoint))
         ct2_dir = converted(checkpoint, compute_type)
         return cls(ct2_dir, load_tokenizer(checkpoint), compute_type=compute_type, hf_config=config, **kw)
 
@@ -223,17 +242,19 @@ class CT2Policy:
         ids = self.family.encode_sources(list(sources), self.max_source_length)
         return [self.tokenizer.convert_ids_to_tokens(x) for x in ids]
 
-    def _detok(self, tokens: Sequence[str]) -> str:
-        ids = self.tokenizer.convert_tokens_to_ids(list(tokens))
+    def _detok(self, output: Sequence[str] | Sequence[int]) -> str:
+        """One output's text: a Translator's tokens, or a Generator's completion ids."""
+        ids = output if self.causal else self.tokenizer.convert_tokens_to_ids(list(output))
         return self.family.decode([list(ids) + [self.family.eos_id]])[0]
 
     def _new_translator(self, inter: int):
-        """`inter` translators in one; each thread gets its share of the cores (no oversubscription)."""
+        """`inter` translators (or generators) in one; each thread gets its share of the cores."""
         import ctranslate2
 
         intra = 0 if self.device.startswith("cuda") else max(1, (os.cpu_count() or 1) // self.lanes)
+        engine = ctranslate2.Generator if self.causal else ctranslate2.Translator
         with keep_torch_threads():
-            return ctranslate2.Translator(
+            return engine(
                 str(self.model_dir),
                 **engine_device(self.device),
                 compute_type=self.compute_type,
@@ -254,6 +275,20 @@ class CT2Policy:
             return []
         if self._translator is None:
             self._translator = self._new_translator(self.lanes)
+        if self.causal:
+            generated = self._translator.generate_batch(
+                self.tokens(sources),
+                max_batch_size=max(batch_tokens // decoding.num_beams, 64),
+                batch_type="tokens",
+                beam_size=decoding.num_beams,
+                length_penalty=decoding.length_penalty,
+                max_length=decoding.max_new_tokens,
+                end_token=self.end_ids,
+                include_prompt_in_result=False,
+            )
+            if progress:
+                progress(len(sources), len(sources))
+            return [self._detok(r.sequences_ids[0]) for r in generated]
         results = self._translator.translate_batch(
             self.tokens(sources),
             max_batch_size=max(batch_tokens // decoding.num_beams, 64),
@@ -293,15 +328,38 @@ class CT2Policy:
             top_k or 0,
             top_p or 1.0,
             max_new_tokens,
-            [[self.tokenizer.pad_token]],  # like HF's bad_words_ids in our configs
+            # Like HF's bad_words_ids in our Marian configs; a causal LM's generate suppresses nothing.
+            None if self.causal else [[self.tokenizer.pad_token]],
             seed,
             self.target_prefix,
+            self.end_ids,
         )
         if self.lanes == 1:
             hyps = sample_tokens(*args)
         else:
             hyps = self._lane_pool().run(args)
         return [[self._detok(h) for h in r] for r in hyps]
+
+    def engine_record(self, checkpoint: Path) -> dict[str, str]:
+        """What lineage says ran: CTranslate2's version, the converted weights' hash and, for a LoRA
+        chain, the merged folder's (core/policy/model.py `merged_checkpoint`)."""
+        import ctranslate2
+
+        from rest_pipeline.core.policy.model import merged_checkpoint
+
+        record = {"engine": "ctranslate2", "version": ctranslate2.__version__, "compute_type": self.compute_type,
+                  "weights": _file_hash(self.model_dir / "model.bin")}  # fmt: skip
+        merged = merged_checkpoint(checkpoint)
+        if merged != Path(checkpoint):
+            record["merged"] = weights_hash(merged)
+        return record
+
+    def close(self) -> None:
+        """Stop the sampling lanes now (they also stop when the policy is garbage-collected)."""
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
 
     def _lane_pool(self) -> LanePool:
         with self._pool_lock:

@@ -29,18 +29,22 @@ def sample_tokens(
     top_k: int,
     top_p: float,
     max_new_tokens: int,
-    suppress: list[list[str]],
+    suppress: list[list[str]] | None,
     seed: int,
     target_prefix: list[str] | None = None,
-) -> list[list[list[str]]]:
+    end_ids: list[int] | None = None,
+) -> list[list[list[str]]] | list[list[list[int]]]:
+    """`n` samples per input: a Translator's output tokens, or (`end_ids` given: a decoder-only model)
+    a Generator's completion ids after each prompt in `tokens`, stopped at any of `end_ids`."""
     import ctranslate2
 
     ctranslate2.set_random_seed(seed % (2**31))
     from rest_pipeline.core.devices import keep_torch_threads
 
     kind, _, index = device.partition(":")  # 'cpu' or 'cuda:<index>', as ct2.device() spells it
+    engine = ctranslate2.Translator if end_ids is None else ctranslate2.Generator
     with keep_torch_threads():  # in-process (one lane): torch must not inherit intra_threads=1
-        translator = ctranslate2.Translator(
+        translator = engine(
             model_dir,
             device=kind,
             device_index=int(index or 0),
@@ -48,6 +52,19 @@ def sample_tokens(
             inter_threads=1,
             intra_threads=intra_threads,
         )
+    if end_ids is not None:
+        generated = translator.generate_batch(
+            tokens,
+            beam_size=1,
+            num_hypotheses=n,
+            sampling_topk=top_k,
+            sampling_topp=top_p,
+            sampling_temperature=temperature,
+            max_length=max_new_tokens,
+            end_token=end_ids,
+            include_prompt_in_result=False,
+        )
+        return [r.sequences_ids for r in generated]
     results = translator.translate_batch(
         tokens,
         beam_size=1,

@@ -157,6 +157,14 @@ def adapter_parent(path: Path) -> Path:
     return parent
 
 
+def policy_config(checkpoint: Path) -> dict:
+    """The transformers config a checkpoint runs with (an adapter's: its base model's), as stored."""
+    checkpoint = Path(checkpoint)
+    while not (checkpoint / "config.json").is_file() and (checkpoint / LINEAGE_FILE).is_file():
+        checkpoint = adapter_parent(checkpoint)
+    return json.loads((checkpoint / "config.json").read_text())
+
+
 def adapter_lineage(path: Path) -> dict | None:
     """For a LoRA checkpoint: the model it applies to (path, weights hash) and its own adapter's hash."""
     path = Path(path)
@@ -246,6 +254,31 @@ def export_merged(checkpoint: Path, out: Path) -> Path:
     from rest_pipeline.core.policy.tokenizer import load_tokenizer
 
     return save_policy(load_policy(checkpoint, torch.device("cpu")), load_tokenizer(checkpoint), out)
+
+
+def merged_checkpoint(checkpoint: Path) -> Path:
+    """A folder an inference engine can load: `checkpoint` itself when it holds full weights; for a LoRA
+    chain, its merge, written once beside it (`.<name>.merged`) and re-made when the chain's hash (its
+    weights_hash: every parent's hash and every adapter) changes. Engines without runtime LoRA
+    (CTranslate2, vLLM here) read this, so a grow merges its policy once, not per batch or lane."""
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / LINEAGE_FILE).is_file():
+        return checkpoint
+    out = checkpoint.parent / f".{checkpoint.name}.merged"
+    stamp, marker = weights_hash(checkpoint), out / "rest_merged_from"
+    if marker.is_file() and marker.read_text() == stamp and is_checkpoint(out):
+        return out
+    from filelock import FileLock
+
+    with FileLock(str(out.with_name(out.name + ".lock"))):  # two shards may need it at once
+        if not (marker.is_file() and marker.read_text() == stamp and is_checkpoint(out)):
+            with atomic_dir(out) as tmp:
+                export_merged(checkpoint, tmp / "hf")
+                for f in (tmp / "hf").iterdir():
+                    f.rename(tmp / f.name)
+                (tmp / "hf").rmdir()
+                (tmp / "rest_merged_from").write_text(stamp)
+    return out
 
 
 def count_parameters(model: torch.nn.Module) -> int:

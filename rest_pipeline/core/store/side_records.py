@@ -112,6 +112,8 @@ class ShardCost(Record):
     stage: str  # sample | score
     seconds: float
     items: int  # candidates sampled, or reward-model inputs newly scored (after dedup and the cache)
+    # sample: the engine that drew them (engine, version, the weights it ran: converted or merged), for lineage
+    engine: dict[str, str] = {}
 
 
 class ProbeRow(_Frozen):
@@ -154,6 +156,14 @@ class SideRecords(RecordKeeper):
         """The sampling and scoring costs recorded for a grow's shards (none for stores made before them)."""
         folder = self._cost_file(grow, 0, "sample").parent
         return [self._read(f, ShardCost, "a shard's cost") for f in sorted(folder.glob("*.json"))]
+
+    def sampling_engines(self, grow: int) -> list[dict[str, str]]:
+        """The distinct engines that sampled a grow's shards, as recorded with each shard's cost."""
+        distinct: list[dict[str, str]] = []
+        for cost in self.shard_costs(grow):
+            if cost.stage == "sample" and cost.engine and cost.engine not in distinct:
+                distinct.append(dict(cost.engine))
+        return distinct
 
     def rating_rounds(self) -> list[RatingRound]:
         return [
