@@ -570,6 +570,20 @@ def test_llm_smoke_graph_materializes_with_a_causal_lm_and_lora_lineage(tmp_path
         # Grow 2 sampled from what grow 1 handed on (adapters merged by the sampler).
         g2 = store.query("SELECT DISTINCT policy FROM candidates WHERE grow = 2 AND origin = 'sample'")
         assert g2.policy.tolist() == [f"grow_1/improve_2@{chain[2].checkpoint_hash}"]
+        # CTranslate2 sampled both grows; lineage names its version and the weights it ran (grow 2: the
+        # LoRA chain's merge, cached beside the adapter).
+        import ctranslate2
+
+        from rest_pipeline.core.policy.model import merged_checkpoint
+
+        assert [e["engine"] for g in (1, 2) for e in store.sampling_engines(g)] == ["ctranslate2"] * 2
+        (engine,) = store.sampling_engines(2)
+        assert engine["version"] == ctranslate2.__version__ and len(engine["weights"]) == 16
+        assert engine["merged"] == weights_hash(merged_checkpoint(store.resolve(chain[2].checkpoint)))
+        meta = instance.get_latest_materialization_event(
+            dg.AssetKey(["llm_smoke", "grow_2", "candidates"])
+        ).asset_materialization.metadata
+        assert meta["engine"].value == engine
     report = store.get(Report)
     assert [r["checkpoint"] for r in report.checkpoints][0] == "BC" and set(report.best_of_n.curves) == {"bc", "rest"}
     assert [m.name for m in store.get(OnlineRL).marks] == ["ppo/c00000016", "ppo/c00000032"]
