@@ -3,8 +3,10 @@
     python bench/gpu_check.py --data ../shared/data --out bench/results/gpu.json
 
 BC training throughput (target tokens/s), HF sampling (candidates/s), one Improve step with a
-chrF reward, and a greedy evaluation: each on CUDA when present, with a CPU baseline measured
-in the same process. Uses only the functional core (no Dagster), so it runs on a bare GPU box.
+chrF reward, a greedy evaluation, and causal-LM sampling engines (a ~100M Llama-shaped model with
+random weights: transformers, CTranslate2 at float16, vLLM when `.venv-vllm` is already built there;
+bench/engine_bench.py): each on CUDA when present, with a CPU baseline measured in the same process.
+Uses only the functional core (no Dagster), so it runs on a bare GPU box.
 """
 
 from __future__ import annotations
@@ -210,6 +212,19 @@ def main() -> None:
             "sentences": len(hyps),
         },
     )
+    # Causal-LM sampling: the engines behind grow.backend on a ~100M Llama-shaped model (random weights).
+    from engine_bench import bench_policy, random_llama
+
+    from rest_pipeline.core.policy.family import PromptFormat
+    from rest_pipeline.core.policy.vllm_engine import env_dir
+
+    prompt = PromptFormat(template="Translate German to English: {source} =>", chat_template=False).to_config()
+    llama = random_llama(tok_dir, args.work / "llama100m", prompt, layers=12, hidden=768, ffn=2304, heads=12)
+    engines = [("hf", "float32"), ("ctranslate2", "float16" if gpu == "cuda" else "int8")]
+    if (env_dir() / "rest_vllm_pin").is_file():  # the box cannot install it without the package index
+        engines.append(("vllm", "float16" if gpu == "cuda" else "float32"))
+    settings = SamplingSpec(n=4, temperature=1.0, max_new_tokens=48, seed=3)
+    emit("causal_sampling", {"device": gpu, "engines": bench_policy(llama, sources[:256], settings, 1, engines)})
     b, c = report["bc_gpu"], report["bc_cpu"]
     s, sc = report["sampling_gpu"], report["sampling_cpu"]
     print(

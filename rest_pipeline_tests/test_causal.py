@@ -351,6 +351,8 @@ def test_every_improve_loss_trains_a_causal_lm(trained, tmp_path, loss):
 def test_vllm_samples_a_causal_lm_like_transformers(trained, tmp_path):
     """vLLM in its own environment (built on first use): greedy equal to HF on a LoRA chain's merge,
     seeded samples reproducible, the same distribution as HF's samples, and failures that name the log."""
+    from contextlib import closing
+
     from rest_pipeline.core.grow.sampling import VLLMSampler, sample_candidates
     from rest_pipeline.core.policy.tokenizer import load_tokenizer
     from rest_pipeline.core.policy.vllm_engine import VLLMError, ensure_env
@@ -367,13 +369,19 @@ def test_vllm_samples_a_causal_lm_like_transformers(trained, tmp_path):
         family = sampler.family
         greedy = sampler._started().generate(
             family.encode_sources(sources, 32), n=1, temperature=0.0, top_k=None, top_p=None, max_tokens=12,
-            stop_token_ids=sorted(family.stops), seeds=[0] * len(sources),
+            stop_token_ids=sorted(family.stops), seed=0,
         )  # fmt: skip
         assert [family.decode(g)[0] for g in greedy] == translate(load_policy(step).eval(), tok, sources, GREEDY)
         settings = SamplingSpec(n=8, temperature=1.0, max_new_tokens=12, seed=5)
         first = sample_candidates(sampler, sources, settings, batch_tokens=200)
         assert sample_candidates(sampler, sources, settings, batch_tokens=200) == first
         assert sample_candidates(sampler, sources, settings.model_copy(update={"seed": 6}), batch_tokens=200) != first
+        # One batch of 480 sequences: vLLM chunks its prefill (a seeded request's generator would then be
+        # rewound, which a CPU generator cannot do); the samples still repeat, on this engine and a new one.
+        whole = sample_candidates(sampler, sources, settings, batch_tokens=100_000)
+        assert sample_candidates(sampler, sources, settings, batch_tokens=100_000) == whole
+        with closing(VLLMSampler(step, 32)) as fresh:
+            assert sample_candidates(fresh, sources, settings, batch_tokens=100_000) == whole
         assert sampler.engine == {"engine": "vllm", "version": "0.32.0", "dtype": "float32",
                                   "weights": weights_hash(tmp_path / "g2" / ".best.merged")}  # fmt: skip
         vllm_mean, vllm_se = _mean_logprob(step, sources, first)

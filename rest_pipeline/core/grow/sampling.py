@@ -207,7 +207,7 @@ class VLLMSampler:
             top_p=settings.top_p,
             max_tokens=settings.max_new_tokens,
             stop_token_ids=sorted(self.family.stops),
-            seeds=[(batch_seed * 1_009 + i) % 2**63 for i in range(len(prompts))],
+            seed=batch_seed,
         )
         return [self.family.decode(per_prompt) for per_prompt in outputs]
 

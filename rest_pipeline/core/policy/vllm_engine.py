@@ -146,13 +146,13 @@ class VLLMEngine:
         top_p: float | None,
         max_tokens: int,
         stop_token_ids: Sequence[int],
-        seeds: Sequence[int],
+        seed: int,
     ) -> list[list[list[int]]]:
-        """`n` completions (token ids, the stop token excluded) per prompt; prompt i sampled with seeds[i]
-        (temperature 0: greedy). One request at a time: vLLM batches the prompts of a request itself."""
+        """`n` completions (token ids, the stop token excluded) per prompt, a function of the prompts, the
+        settings and `seed` (temperature 0: greedy). One request at a time: vLLM batches its prompts itself."""
         request = {"prompts": [list(p) for p in prompts], "n": n, "temperature": temperature, "top_k": top_k,
                    "top_p": top_p, "max_tokens": max_tokens, "stop_token_ids": list(stop_token_ids),
-                   "seeds": list(seeds)}  # fmt: skip
+                   "seed": seed % 2**63}  # fmt: skip
         with self._lock:
             assert self.proc.stdin is not None
             try:

