@@ -13,6 +13,7 @@ import yaml
 
 from rest_pipeline.core.rewards.probes import FAMILIES, make_probes, verdicts
 from rest_pipeline.core.store.experiment import ExperimentStore
+from rest_pipeline.core.store.records import SliceRecord
 from rest_pipeline.core.store.side_records import RewardProbe
 from rest_pipeline.orchestration.headless import materialize_experiment
 from rest_pipeline.orchestration.resources import RestStorage
@@ -82,7 +83,8 @@ def test_a_reward_blind_to_repetition_is_caught_where_chrf_is_not():
 @pytest.mark.parametrize("block", [False, True])
 def test_the_check_on_bc_rewards_warns_or_blocks_a_reward_blind_to_a_family(tmp_path, data_dir, block):
     raw = yaml.safe_load((ROOT / "rest_pipeline" / "specs" / "smoke.yaml").read_text())
-    raw["reward"] = {"model": "chrf", "extra": ["rest_pipeline_tests.test_probes:recall_reward"],
+    # The blind reward trains, named by import path: the spec, the store and the checks call it 'recall_reward'.
+    raw["reward"] = {"model": "rest_pipeline_tests.test_probes:recall_reward", "extra": ["chrf"],
                      "probe": {"families": ["repeat"], "sentences": 20, "block": block}}  # fmt: skip
     path = tmp_path / "probed.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -95,10 +97,14 @@ def test_the_check_on_bc_rewards_warns_or_blocks_a_reward_blind_to_a_family(tmp_
         )  # fmt: skip
         checks = {c.check_name: c for r in results for c in r.get_asset_check_evaluations()}
         verdict = checks["rewards_not_fooled"]
-        assert not verdict.passed and "recall: repeat" in verdict.metadata["failing"].text
+        assert not verdict.passed and "recall_reward: repeat" in verdict.metadata["failing"].text
         assert verdict.severity == (dg.AssetCheckSeverity.ERROR if block else dg.AssetCheckSeverity.WARN)
         step = instance.get_latest_materialization_event(dg.AssetKey(["probed", "grow_1", "improve_1", "policy"]))
         assert (step is None) == block  # a blocking check stops what follows; a warning does not
-    record = ExperimentStore(tmp_path / "home" / "experiments" / "probed").get(RewardProbe, reward="recall")
+    store = ExperimentStore(tmp_path / "home" / "experiments" / "probed")
+    record = store.get(RewardProbe, reward="recall_reward")
     assert record.failing == ["repeat"] and record.sentences == 20
     assert {r.family for r in record.rows} == set(FAMILIES)
+    if not block:  # the step trained on a slice of the reward named by import path (its scores' column)
+        kept = store.get(SliceRecord, grow=1, step=1)
+        assert kept.reward == "recall_reward" and kept.kept > 0

@@ -156,6 +156,7 @@ def test_a_branch_at_grow_0_shares_bc_and_samples_its_own_grows(tmp_path, monkey
         ("reward: {model: nosuchreward}\n", "reward", "unknown reward model 'nosuchreward'"),
         ("reward: {model: chrf, extra: [nosuch]}\n", "reward", r"reward\.extra\[0\]': unknown reward model"),
         ("reward: {model: 'nosuchpkg.mod:make'}\n", "reward", "could not be imported"),
+        ("reward: {model: 'a.b:f', extra: ['c.d:f']}\n", "reward", "would both be called 'f'"),
         ("bc: {lr: .inf}\n", "bc.lr", "finite"),
         ("bc: {max_steps: true}\n", "bc.max_steps", "integer"),
         ("grow: {sampling: {n: '3'}}\n", "grow.sampling.n", "integer"),
@@ -167,6 +168,18 @@ def test_check_spec_refuses_what_would_fail_later(tmp_path, body, field, why):
     with pytest.raises(SpecError) as e:
         load_checked_spec(str(_write(tmp_path, "late", BASE + body)))
     assert f"field '{field}" in str(e.value) and re.search(why, str(e.value)), str(e.value)
+
+
+def test_a_reward_named_by_import_path_has_one_name_from_spec_to_store(tmp_path):
+    """'pkg.mod:factory' is called 'factory' in the spec, the model the factory made and the store."""
+    from rest_pipeline.core.rewards.factory import make_rewards
+
+    spec = load_checked_spec(str(_write(tmp_path, "mine", BASE + "reward: {model: 'rest_pipeline_tests.test_probes:"
+                                        "recall_reward', extra: [chrf]}\n")))  # fmt: skip
+    assert (spec.reward.model, spec.reward.extra) == ("recall_reward", ["chrf"])
+    assert spec.reward.imports == {"recall_reward": "rest_pipeline_tests.test_probes:recall_reward"}
+    assert [m.name for m in make_rewards(spec, tmp_path)] == ["recall_reward", "chrf"]  # the factory's says 'recall'
+    assert type(spec.reward).model_validate(spec.reward.model_dump()) == spec.reward  # a dump reads back the same
 
 
 def test_unknown_dataset_language_pair_and_split_are_refused_at_check_time(tmp_path):

@@ -113,7 +113,9 @@ def reward_problems(reward: RewardSpec) -> list[tuple[str, str]]:
     """(field, why) for each reward name that does not resolve."""
     named = [("reward.model", reward.model)] + [(f"reward.extra[{i}]", n) for i, n in enumerate(reward.extra)]
     return [
-        (where, why) for where, name in named if (why := check_reward_name(name, also=("learned", "comet", "http")))
+        (where, why)
+        for where, name in named
+        if (why := check_reward_name(reward.imports.get(name, name), also=("learned", "comet", "http")))
     ]
 
 

@@ -47,8 +47,12 @@ class RewardProbeSpec(_Strict):
 class RewardSpec(_Strict):
     """Which reward model trains the policy, and which others are scored alongside it."""
 
-    model: str = "learned"  # built-in name (chrf, bleu, comet, learned, http) or 'package.module:factory'
+    # A built-in (chrf, bleu, comet, learned, http), an installed plugin, or 'package.module:factory'. A
+    # reward named by import path is called by the factory's name ('factory') everywhere after loading:
+    # its scores' column, slices, reports; the path itself moves to `imports`.
+    model: str = "learned"
     extra: list[str] = []  # independent rewards scored too (e.g. chrf as a reward-hacking check)
+    imports: dict[str, str] = {}  # name -> 'package.module:factory', filled from model and extra
     comet_path: str | None = None  # a local COMET checkpoint directory for model 'comet'
     learned_max_rows: int | None = Field(None, ge=50)  # subsample the judgements (smoke runs)
     learned_epochs: int = Field(60, ge=1)
@@ -58,6 +62,35 @@ class RewardSpec(_Strict):
     compute_type: ComputeType = "int8"
     http: HttpRewardSpec | None = None  # the served reward, for model (or extra) 'http'
     probe: RewardProbeSpec = RewardProbeSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name_per_reward(cls, data: object) -> object:
+        """Each reward gets one name, the same in the spec, the store and the reports: an import path
+        'pkg.mod:factory' is called 'factory', a name the store can use as a column."""
+        if not isinstance(data, dict):
+            return data
+        imports = dict(data.get("imports") or {})
+
+        def named(value: object, field: str) -> object:
+            if not isinstance(value, str) or ":" not in value:
+                return value
+            name = value.rsplit(":", 1)[1]
+            if not name.isidentifier():
+                raise ValueError(f"{field}: '{value}' must end in ':<factory>', a Python name")
+            if imports.get(name, value) != value:
+                raise ValueError(f"{field}: '{value}' and '{imports[name]}' would both be called '{name}'")
+            imports[name] = value
+            return name
+
+        out = dict(data)
+        if "model" in out:
+            out["model"] = named(out["model"], "reward.model")
+        if isinstance(out.get("extra"), list):
+            out["extra"] = [named(v, f"reward.extra[{i}]") for i, v in enumerate(out["extra"])]
+        if imports:
+            out["imports"] = imports
+        return out
 
     @model_validator(mode="after")
     def _comet_path(self) -> RewardSpec:

@@ -29,7 +29,13 @@ def make_reward(name: str, spec: ExperimentSpec, learned_dir: Path) -> RewardMod
         if spec.reward.http is None:
             raise RewardError("reward 'http' needs reward.http: {url: http://host:port, ...}")
         return HttpReward(spec.reward.http)
-    return load_reward(name)
+    model = load_reward(spec.reward.imports.get(name, name))
+    if model.name != name:  # the spec's name is the reward's name in the store (a plugin may call itself otherwise)
+        try:
+            model.name = name
+        except AttributeError as e:
+            raise RewardError(f"reward '{name}': its model's name '{model.name}' cannot be set to the spec's") from e
+    return model
 
 
 def make_rewards(spec: ExperimentSpec, learned_dir: Path) -> list[RewardModel]:
