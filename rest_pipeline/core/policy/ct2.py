@@ -275,29 +275,25 @@ class CT2Policy:
             return []
         if self._translator is None:
             self._translator = self._new_translator(self.lanes)
+        search = {"max_batch_size": max(batch_tokens // decoding.num_beams, 64), "batch_type": "tokens",
+                  "beam_size": decoding.num_beams, "length_penalty": decoding.length_penalty}  # fmt: skip
         if self.causal:
             generated = self._translator.generate_batch(
                 self.tokens(sources),
-                max_batch_size=max(batch_tokens // decoding.num_beams, 64),
-                batch_type="tokens",
-                beam_size=decoding.num_beams,
-                length_penalty=decoding.length_penalty,
                 max_length=decoding.max_new_tokens,
                 end_token=self.end_ids,
                 include_prompt_in_result=False,
+                **search,
             )
             if progress:
                 progress(len(sources), len(sources))
             return [self._detok(r.sequences_ids[0]) for r in generated]
         results = self._translator.translate_batch(
             self.tokens(sources),
-            max_batch_size=max(batch_tokens // decoding.num_beams, 64),
-            batch_type="tokens",
-            beam_size=decoding.num_beams,
-            length_penalty=decoding.length_penalty,
             max_decoding_length=decoding.max_new_tokens,
             suppress_sequences=[[self.tokenizer.pad_token]],  # like HF's bad_words_ids in our configs
             target_prefix=[self.target_prefix] * len(sources) if self.target_prefix else None,
+            **search,
         )
         if progress:
             progress(len(sources), len(sources))

@@ -52,29 +52,19 @@ def sample_tokens(
             inter_threads=1,
             intra_threads=intra_threads,
         )
+    sampling = {"beam_size": 1, "num_hypotheses": n, "sampling_topk": top_k, "sampling_topp": top_p,
+                "sampling_temperature": temperature}  # fmt: skip
     if end_ids is not None:
         generated = translator.generate_batch(
-            tokens,
-            beam_size=1,
-            num_hypotheses=n,
-            sampling_topk=top_k,
-            sampling_topp=top_p,
-            sampling_temperature=temperature,
-            max_length=max_new_tokens,
-            end_token=end_ids,
-            include_prompt_in_result=False,
+            tokens, max_length=max_new_tokens, end_token=end_ids, include_prompt_in_result=False, **sampling
         )
         return [r.sequences_ids for r in generated]
     results = translator.translate_batch(
         tokens,
-        beam_size=1,
-        num_hypotheses=n,
-        sampling_topk=top_k,
-        sampling_topp=top_p,
-        sampling_temperature=temperature,
         max_decoding_length=max_new_tokens,
         suppress_sequences=suppress,
         target_prefix=[target_prefix] * len(tokens) if target_prefix else None,
+        **sampling,
     )
     return [r.hypotheses for r in results]
 
