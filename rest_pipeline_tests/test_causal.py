@@ -197,17 +197,20 @@ def test_a_missing_model_or_a_wrong_backend_is_a_clear_error(monkeypatch, tmp_pa
         load_tokenizer("nobody-here/no-such-model")
     with pytest.raises(FileNotFoundError, match="config.json missing"):
         load_policy(tmp_path)
-    spec = tmp_path / "marian_vllm.yaml"
-    spec.write_text(
+    data = (
         "data: {dataset: multi30k_de_en, source_lang: de, target_lang: en, train: train, valid: val, "
-        "test: test_2016_flickr}\npolicy: {kind: marian_scratch}\ngrow: {backend: vllm}\n"
+        "test: test_2016_flickr}\n"
     )
-    with pytest.raises(SpecError, match="grow.backend: 'vllm' samples decoder-only policies"):
-        load_spec(spec)
-    spec.write_text(spec.read_text().replace("policy: {kind: marian_scratch}", "policy: {kind: causal_lm, prompt: x}")
-                    .replace("grow: {backend: vllm}", "grow: {backend: ctranslate2}"))  # fmt: skip
-    with pytest.raises(SpecError, match="policy.prompt must contain"):
-        load_spec(spec)
+    spec = tmp_path / "engines.yaml"
+    for body, why in [
+        ("policy: {kind: marian_scratch}\ngrow: {backend: vllm}\n", "grow.backend: 'vllm' samples decoder-only"),
+        ("policy: {kind: causal_lm}\ngrow: {backend: vllm, compute_type: int8}\n",
+         "grow.compute_type: vLLM samples in float32, float16 or bfloat16, not 'int8'"),
+        ("policy: {kind: causal_lm, prompt: x}\ngrow: {backend: ctranslate2}\n", "policy.prompt must contain"),
+    ]:  # fmt: skip
+        spec.write_text(data + body)
+        with pytest.raises(SpecError, match=why):
+            load_spec(spec)
 
 
 def test_the_documented_llm_spec_validates(monkeypatch):

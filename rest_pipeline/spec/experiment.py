@@ -107,6 +107,10 @@ class ExperimentSpec(_Strict):
                 "grow.backend: 'vllm' samples decoder-only policies (policy.kind: causal_lm); an encoder-decoder "
                 "samples with 'ctranslate2' or 'hf'"
             )
+        if self.grow.backend == "vllm" and self.grow.compute_type not in ("float32", "float16", "bfloat16"):
+            raise ValueError(
+                f"grow.compute_type: vLLM samples in float32, float16 or bfloat16, not '{self.grow.compute_type}'"
+            )
         return self
 
     @model_validator(mode="after")

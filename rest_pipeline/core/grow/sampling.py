@@ -16,7 +16,7 @@ import torch
 
 from rest_pipeline.core.policy.family import PromptFormat, family_of
 from rest_pipeline.core.policy.generate import length_batches
-from rest_pipeline.core.policy.model import load_policy, policy_config, weights_hash
+from rest_pipeline.core.policy.model import load_policy, merged_weights_hash, policy_config
 from rest_pipeline.core.policy.tokenizer import load_tokenizer
 from rest_pipeline.spec import ExperimentSpec, GrowSpec, SamplingSpec
 
@@ -66,8 +66,8 @@ class HFSampler:
         self.model = load_policy(checkpoint).eval()
         self.family = family_of(self.model, load_tokenizer(checkpoint))
         self.max_source_length = max_source_length
-        self.engine = {"engine": "transformers", "version": transformers.__version__,
-                       "weights": weights_hash(checkpoint)}  # fmt: skip
+        # The weights are the checkpoint's own, named with their hash in every candidate's `policy`.
+        self.engine = {"engine": "transformers", "version": transformers.__version__}
 
     def close(self) -> None:
         pass
@@ -193,9 +193,8 @@ class VLLMSampler:
     @property
     def engine(self) -> dict[str, str]:
         engine = self._started()
-        record = {"engine": "vllm", "version": engine.version, "dtype": self.compute_type,
-                  "weights": weights_hash(self.merged)}  # fmt: skip
-        return record
+        return {"engine": "vllm", "version": engine.version, "dtype": self.compute_type,
+                "weights": merged_weights_hash(self.merged)}  # fmt: skip
 
     def sample(self, sources: Sequence[str], settings: SamplingSpec, batch_seed: int) -> list[list[str]]:
         prompts = self.family.encode_sources(sources, self.max_source_length)

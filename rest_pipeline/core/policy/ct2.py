@@ -33,6 +33,7 @@ from rest_pipeline.spec import DecodingSpec
 # Marian, M2M100/NLLB (model_type m2m_100, the target code as target prefix) and T5.
 CT2_FAMILIES = ("marian", "m2m_100", "t5")
 CT2_LAYOUT = "exact-start-v1"  # part of the conversion cache key: bump when the conversion changes
+CONVERTED_WEIGHTS_FILE = "rest_weights"  # the converted model.bin's hash, written with the conversion
 
 
 def device() -> str:
@@ -165,6 +166,7 @@ def converted(checkpoint: Path, compute_type: str = "float32") -> Path:
         with FileLock(str(out.with_name(out.name + ".lock"))):  # two steps may need it at once
             if not marker.is_file() or marker.read_text() != stamp:
                 convert(checkpoint, out, compute_type)
+                (out / CONVERTED_WEIGHTS_FILE).write_text(_file_hash(out / "model.bin"))  # for lineage, once
                 marker.write_text(stamp)
     return out
 
@@ -341,13 +343,15 @@ class CT2Policy:
         chain, the merged folder's (core/policy/model.py `merged_checkpoint`)."""
         import ctranslate2
 
-        from rest_pipeline.core.policy.model import merged_checkpoint
+        from rest_pipeline.core.policy.model import merged_checkpoint, merged_weights_hash
 
+        recorded = self.model_dir / CONVERTED_WEIGHTS_FILE
+        weights = recorded.read_text() if recorded.is_file() else _file_hash(self.model_dir / "model.bin")
         record = {"engine": "ctranslate2", "version": ctranslate2.__version__, "compute_type": self.compute_type,
-                  "weights": _file_hash(self.model_dir / "model.bin")}  # fmt: skip
+                  "weights": weights}  # fmt: skip
         merged = merged_checkpoint(checkpoint)
         if merged != Path(checkpoint):
-            record["merged"] = weights_hash(merged)
+            record["merged"] = merged_weights_hash(merged)
         return record
 
     def close(self) -> None:

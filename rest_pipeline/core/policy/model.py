@@ -277,8 +277,19 @@ def merged_checkpoint(checkpoint: Path) -> Path:
                 for f in (tmp / "hf").iterdir():
                     f.rename(tmp / f.name)
                 (tmp / "hf").rmdir()
+                (tmp / MERGED_WEIGHTS_FILE).write_text(weights_hash(tmp))  # hashed once, for lineage
                 (tmp / "rest_merged_from").write_text(stamp)
     return out
+
+
+MERGED_WEIGHTS_FILE = "rest_merged_weights"
+
+
+def merged_weights_hash(merged: Path) -> str:
+    """The weights hash of a `merged_checkpoint` folder, recorded when it was made (no re-read of an
+    LLM's gigabytes per sampler)."""
+    recorded = Path(merged) / MERGED_WEIGHTS_FILE
+    return recorded.read_text() if recorded.is_file() else weights_hash(merged)
 
 
 def count_parameters(model: torch.nn.Module) -> int:
