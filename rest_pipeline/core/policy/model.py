@@ -34,6 +34,7 @@ from rest_pipeline.spec import LoraSpec, PolicySpec
 
 ADAPTER_FILE = "adapter_model.safetensors"
 LINEAGE_FILE = "rest_adapter.json"  # an adapter folder's parent: relative path + weights hash
+MERGED_WEIGHTS_FILE = "rest_merged_weights"  # in a merged LoRA chain's folder: its weights hash
 
 
 def pick_device() -> torch.device:
@@ -280,9 +281,6 @@ def merged_checkpoint(checkpoint: Path) -> Path:
                 (tmp / MERGED_WEIGHTS_FILE).write_text(weights_hash(tmp))  # hashed once, for lineage
                 (tmp / "rest_merged_from").write_text(stamp)
     return out
-
-
-MERGED_WEIGHTS_FILE = "rest_merged_weights"
 
 
 def merged_weights_hash(merged: Path) -> str:
