@@ -13,16 +13,16 @@ def reward_names(spec: ExperimentSpec) -> list[str]:
 
 
 def make_reward(name: str, spec: ExperimentSpec, learned_dir: Path) -> RewardModel:
-    from rest_pipeline.core.rewards.learned import CometReward
+    from rest_pipeline.core.rewards.learned import comet_reward
 
     if name == "learned":
         if not (learned_dir / "checkpoints" / "model.ckpt").is_file():
             raise RewardError(f"{learned_dir}: the learned reward model is not trained yet (asset reward_model)")
-        return CometReward(learned_dir, name="learned")
+        return comet_reward(learned_dir, name="learned")
     if name == "comet":
         if not spec.reward.comet_path:
             raise RewardError("reward.comet_path must name a local COMET checkpoint folder for reward 'comet'")
-        return CometReward(Path(spec.reward.comet_path), name="comet")
+        return comet_reward(Path(spec.reward.comet_path), name="comet")
     if name == "http":
         from rest_pipeline.core.rewards.http import HttpReward
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -454,3 +455,22 @@ class CometReward:
 
     def score(self, sources, hypotheses, references) -> np.ndarray:
         return np.clip(self.unclipped_scores(sources, hypotheses, references), 0.0, 1.0)
+
+
+_LOADED: dict[tuple, CometReward] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def comet_reward(path: Path, name: str) -> CometReward:
+    """The COMET reward in `path`, loaded once per process while its checkpoint file stays the same one:
+    a graph run in one process builds a reward in every scoring asset (~0.5 s a load). Scoring keeps no
+    state, so one object serves all; a checkpoint rewritten (re-trained, repaired) is loaded afresh."""
+    ckpt = Path(path) / "checkpoints" / "model.ckpt"
+    stat = ckpt.stat() if ckpt.is_file() else None
+    key = (str(Path(path).resolve()), name, stat and (stat.st_ino, stat.st_mtime_ns, stat.st_size))
+    with _LOADED_LOCK:
+        if key not in _LOADED:
+            if len(_LOADED) >= 2:  # two reward models at most stay in memory
+                _LOADED.pop(next(iter(_LOADED)))
+            _LOADED[key] = CometReward(path, name=name)
+        return _LOADED[key]
