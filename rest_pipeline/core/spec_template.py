@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from rest_pipeline.core.corpus.files import data_format
+from rest_pipeline.core.policy.ct2 import CT2_FAMILIES
 
 TEMPLATE = """\
 # {name}: ReST on your own data, written by `rest new` — edit freely, then
@@ -124,13 +125,13 @@ def _policy(model: str | None, spec_dir: Path, source: str, target: str) -> str:
 
 def _backend(model: str | None) -> str:
     """CTranslate2 where its outputs are checked equal to transformers' for the family (Marian, M2M100/NLLB,
-    T5, and Llama-shaped causal LMs), transformers otherwise (CTranslate2 converts Mistral, Qwen, Gemma and
+    mBART, T5, and Llama-shaped causal LMs), transformers otherwise (CTranslate2 converts Mistral, Qwen, Gemma and
     Phi too: set the backend by hand after checking its outputs)."""
     if model is None:
         return "ctranslate2"
     config = Path(model) / "config.json"
     kind = json.loads(config.read_text()).get("model_type") if config.is_file() else None
-    return "ctranslate2" if kind in ("marian", "m2m_100", "t5", "llama") else "hf"
+    return "ctranslate2" if kind in (*CT2_FAMILIES, "llama") else "hf"
 
 
 def _reward(reward: str) -> str:

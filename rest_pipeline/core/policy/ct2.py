@@ -32,7 +32,7 @@ from rest_pipeline.spec import DecodingSpec
 
 # Encoder-decoder families whose CTranslate2 outputs are checked equal to transformers' (greedy, float32):
 # Marian, M2M100/NLLB (model_type m2m_100, the target code as target prefix) and T5.
-CT2_FAMILIES = ("marian", "m2m_100", "t5")
+CT2_FAMILIES = ("marian", "m2m_100", "mbart", "t5")
 CT2_LAYOUT = "exact-start-v1"  # part of the conversion cache key: bump when the conversion changes
 CONVERTED_WEIGHTS_FILE = "rest_weights"  # the converted model.bin's hash, written with the conversion
 
@@ -68,13 +68,18 @@ def resolve_compute_type(compute_type: str) -> str:
 
 
 @contextlib.contextmanager
-def _exact_marian_loader() -> Iterator[None]:
-    """Convert Marian checkpoints without CTranslate2's opus-mt shortcut.
+def _exact_loaders() -> Iterator[None]:
+    """CTranslate2's Marian and mBART loaders, made to convert our checkpoints exactly.
 
-    Its stock loader drops <pad> from the vocabulary and starts decoding from a zero embedding,
+    Marian: the stock loader drops <pad> from the vocabulary and starts decoding from a zero embedding,
     which matches opus-mt (whose pad row stays zero) but not our checkpoints: their embeddings are
     tied to the output layer, so the <pad> row (the decoder start token) is trained and non-zero.
     With the shortcut the first sampled token is wrong ("men stand ..." for "Two men stand ...").
+
+    mBART: the stock loader reads fairseq's `normalize_before`, which transformers' MBartConfig no longer
+    carries (a model made with it fails to convert); transformers' mBART is always pre-norm with an
+    embedding layer norm. Our mBART starts its decoder from the target code (family.py), so the
+    converted model has no start token of its own and takes the code, given as the target prefix.
     """
     from ctranslate2.converters import transformers as ct2t
 
@@ -95,15 +100,26 @@ def _exact_marian_loader() -> Iterator[None]:
         def get_vocabulary(self, model, tokenizer):
             return ct2t.BartLoader.get_vocabulary(self, model, tokenizer)
 
-    stock = ct2t._MODEL_LOADERS["MarianConfig"]
-    ct2t._MODEL_LOADERS["MarianConfig"] = ExactMarianLoader()
+    class ExactMBartLoader(ct2t.MBartLoader):
+        def get_model_spec(self, model):
+            model.config.normalize_before = True
+            model.config.normalize_embedding = True
+            return super().get_model_spec(model)
+
+        def set_config(self, config, model, tokenizer):
+            super().set_config(config, model, tokenizer)
+            config.decoder_start_token = None
+
+    ours = {"MarianConfig": ExactMarianLoader(), "MBartConfig": ExactMBartLoader()}
+    stock = {name: ct2t._MODEL_LOADERS[name] for name in ours}
+    ct2t._MODEL_LOADERS.update(ours)
     try:
         yield
     finally:
-        ct2t._MODEL_LOADERS["MarianConfig"] = stock
+        ct2t._MODEL_LOADERS.update(stock)
 
 
-_CONVERT_LOCK = threading.Lock()  # the loader swap above is process-global
+_CONVERT_LOCK = threading.Lock()  # the loader swaps above are process-global
 
 
 @contextlib.contextmanager
@@ -148,7 +164,7 @@ def convert(checkpoint: Path, out: Path, compute_type: str = "float32") -> Path:
             "encoder-decoders here (outputs checked equal to transformers'); set grow.backend and "
             "evaluation.backend to hf"
         )
-    with _CONVERT_LOCK, atomic_dir(out) as tmp, _exact_marian_loader(), _heap_frozen():
+    with _CONVERT_LOCK, atomic_dir(out) as tmp, _exact_loaders(), _heap_frozen():
         try:
             _converter(str(source)).convert(str(tmp), quantization=quantization, force=True)
         except ValueError as e:
