@@ -218,3 +218,19 @@ def test_the_spec_names_a_family_option_mismatch(tmp_path):
     with pytest.raises(ValueError, match=r"policy.target_lang_code: 'xx_YY' is not a language code"):
         model.config.rest_seq2seq = {**model.config.rest_seq2seq, "target_lang_code": "xx_YY"}
         family_of(model, load_tokenizer(folder))
+
+
+@pytest.mark.parametrize("family", ["marian", "m2m100", "nllb", "mbart", "t5"])
+def test_decoding_drops_special_tokens_as_transformers_does(tmp_path, family):
+    """The family's decode drops special ids itself on slow tokenizers (family.decode_skipping_special):
+    the same text as `batch_decode(skip_special_tokens=True)` on ids mixing words, codes and specials."""
+    from rest_pipeline.core.policy.family import decode_skipping_special
+
+    folder, _ = build(family, tmp_path / "made")
+    tok = load_tokenizer(folder)
+    gen = torch.Generator().manual_seed(3)
+    special = sorted(set(tok.all_special_ids))
+    rows = [torch.randint(0, len(tok), (12,), generator=gen).tolist() for _ in range(40)]
+    rows = [r[:4] + [special[i % len(special)]] + r[4:] for i, r in enumerate(rows)]
+    assert decode_skipping_special(tok, rows) == tok.batch_decode(rows, skip_special_tokens=True)
+    assert any(i in special for r in rows for i in r) and any(i not in special for r in rows for i in r)

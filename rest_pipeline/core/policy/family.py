@@ -65,6 +65,17 @@ def language_code_id(tokenizer: PreTrainedTokenizerBase, code: str, field: str) 
     return int(idx)
 
 
+def decode_skipping_special(tokenizer: PreTrainedTokenizerBase, ids: Sequence[Sequence[int]]) -> list[str]:
+    """`batch_decode(ids, skip_special_tokens=True)`, the same text faster: a slow (Python) tokenizer
+    rebuilds its list of special tokens for every token it looks at (0.18 ms an output for our Marian,
+    ~35 s of a default grow's 192k candidates); dropping their ids first and decoding the rest takes
+    0.07 ms. A fast tokenizer skips them in Rust, as it is."""
+    if tokenizer.is_fast:
+        return tokenizer.batch_decode(ids, skip_special_tokens=True)
+    special = set(tokenizer.all_special_ids)
+    return tokenizer.batch_decode([[i for i in x if i not in special] for x in ids], skip_special_tokens=False)
+
+
 @dataclass
 class Batch:
     """One training batch of either family; `labels` is [B, T] with IGNORE where there is no target."""
@@ -161,7 +172,7 @@ class Seq2Seq:
         """Text of each output, up to its first EOS (a language code is never text, whatever the tokenizer
         counts as special)."""
         cut = [[t for t in _cut(list(x), {self.eos_id}, self.pad_id) if t != self.target_code_id] for x in ids]
-        return [t.strip() for t in self.tokenizer.batch_decode(cut, skip_special_tokens=True)]
+        return [t.strip() for t in decode_skipping_special(self.tokenizer, cut)]
 
 
 class CausalLM:
@@ -250,7 +261,7 @@ class CausalLM:
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
         """Text of each completion, up to its first end (EOS, or a newline when the spec stops there)."""
         cut = [_cut(list(x), {self.eos_id}, self.pad_id) for x in ids]
-        texts = self.tokenizer.batch_decode(cut, skip_special_tokens=True)
+        texts = decode_skipping_special(self.tokenizer, cut)
         return [t.split("\n", 1)[0].strip() if self.prompt.stop == "newline" else t.strip() for t in texts]
 
 
