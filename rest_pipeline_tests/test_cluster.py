@@ -2,7 +2,7 @@
 CPU each: two workers), a real PostgreSQL server for the Dagster instance (where the machine has one)
 and a real S3-compatible server (moto) holding the candidate tables. One smoke run goes through all
 three (up to Grow 1's rewards; REST_TEST_RAY_FULL=1: the whole graph); its Grow 1 (candidates and
-scores) is compared with a multiprocess run of the same spec."""
+scores) is compared with an in-process run of the same spec."""
 
 from __future__ import annotations
 
@@ -209,20 +209,20 @@ def _overlap(jobs: list) -> bool:
     return b.start_time < a.end_time
 
 
-def test_smoke_on_ray_with_postgres_and_s3_equals_a_multiprocess_run(
+def test_smoke_on_ray_with_postgres_and_s3_equals_an_in_process_run(
     tmp_path, data_dir, ray_cluster, postgres, s3_server, monkeypatch
 ):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REST_", "DAGSTER_", "RAY_", "AWS_"))}
     env.update(REST_DATA_DIR=str(data_dir), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
 
-    # The reference: the same spec on Dagster's multiprocess executor, SQLite instance, local tables.
-    # One torch thread per step, as each Ray step gets (compute.cpus_per_step = 1): the same float
-    # arithmetic, so the same BC weights and the same samples.
+    # The reference: the same spec in one process (Dagster's in-process executor), SQLite instance, local
+    # tables. One torch thread, as each Ray step gets (compute.cpus_per_step = 1): the same float
+    # arithmetic, so the same BC weights and the same samples (a shard's samples depend on its seed only).
     ref_env = {
         **env,
         "REST_HOME": str(tmp_path / "ref"),
-        "REST_EXECUTOR": "multiprocess",
+        "REST_EXECUTOR": "in_process",
         "DAGSTER_HOME": str(tmp_path / "ref_dagster"),
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
@@ -273,7 +273,7 @@ def test_smoke_on_ray_with_postgres_and_s3_equals_a_multiprocess_run(
         last = ["report"] if FULL else ["grow_1", "rewards"]
         assert instance.get_latest_materialization_event(dg.AssetKey(["smoke", *last])) is not None
 
-        # The tables are on S3, not in the experiment folder; Grow 1 holds what the multiprocess run holds.
+        # The tables are on S3, not in the experiment folder; Grow 1 holds what the in-process run holds.
         ray_store = ExperimentStore(tmp_path / "ray" / "experiments" / "smoke")
         assert str(ray_store.tables_root).startswith(f"s3://{BUCKET}/cluster-test/")
         assert not (tmp_path / "ray" / "experiments" / "smoke" / "store").exists()
