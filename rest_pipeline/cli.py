@@ -319,7 +319,7 @@ def cmd_serve_reward(args: argparse.Namespace) -> int:
     try:
         if args.experiment:
             spec = load_checked_spec(args.experiment)
-            model = make_reward(args.reward, spec, open_store(spec).reward_model_dir())
+            model = make_reward(args.reward, spec, open_store(spec).reward_model_dir)
         elif args.reward in ("learned", "comet", "http"):
             print(f"rest: reward '{args.reward}' belongs to an experiment; add --experiment <name>", file=sys.stderr)
             return 2

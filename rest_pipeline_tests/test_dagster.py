@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pytest
 from transformers import AutoModelForSeq2SeqLM
 
@@ -117,6 +118,36 @@ def test_smoke_graph_materializes_in_a_real_instance(tmp_path, data_dir, monkeyp
         _assert_a_branch_reuses_its_parents_grow(tmp_path, instance, spec, storage, monkeypatch)
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:  # last: it re-samples a shard
         _assert_rotation_resamples_shard_by_shard(instance, spec, storage)
+    _assert_served_learned_reward(tmp_path / "home", data_dir, spec)
+
+
+def _assert_served_learned_reward(home: Path, data_dir: Path, spec) -> None:
+    """`rest serve-reward learned --experiment smoke` serves the experiment's own learned reward: over
+    HTTP the same scores as in the process."""
+    from rest_pipeline.core.rewards.factory import make_reward
+    from rest_pipeline.core.rewards.http import HttpReward
+    from rest_pipeline.spec import HttpRewardSpec
+
+    env = {**os.environ, "REST_HOME": str(home), "REST_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "rest_pipeline.cli", "serve-reward", "learned", "--experiment", "smoke", "--port", "0"]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        while not lines or ("serving reward" not in lines[-1] and lines[-1]):  # COMET prints first
+            lines.append(proc.stdout.readline())
+        line = lines[-1]
+        assert "serving reward 'learned'" in line, "".join(lines) + proc.stdout.read()
+        store = ExperimentStore(home / "experiments" / "smoke")
+        valid = store.split("valid").head(12)
+        src, ref = valid["source"].tolist(), valid["target"].tolist()
+        hyp = [r if i % 2 else " ".join(r.split()[::-1]) for i, r in enumerate(ref)]
+        local = make_reward("learned", spec, store.reward_model_dir).score(src, hyp, ref)
+        served = HttpReward(HttpRewardSpec(url=line.split(" on ")[-1].strip(), batch_size=5)).score(src, hyp, ref)
+        np.testing.assert_allclose(served, local, atol=1e-6)
+        assert len(set(np.round(local, 4))) > 6  # real scores, not one clipped value
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def _assert_online_rl(instance: dg.DagsterInstance, store: ExperimentStore, spec) -> None:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from rest_pipeline.core.corpus.files import data_format
-from rest_pipeline.core.policy.ct2 import CT2_FAMILIES
 
 TEMPLATE = """\
 # {name}: ReST on your own data, written by `rest new` — edit freely, then
@@ -127,6 +126,8 @@ def _backend(model: str | None) -> str:
     """CTranslate2 where its outputs are checked equal to transformers' for the family (Marian, M2M100/NLLB,
     mBART, T5, and Llama-shaped causal LMs), transformers otherwise (CTranslate2 converts Mistral, Qwen, Gemma and
     Phi too: set the backend by hand after checking its outputs)."""
+    from rest_pipeline.core.policy.ct2 import CT2_FAMILIES  # here: `rest new` starts without torch otherwise
+
     if model is None:
         return "ctranslate2"
     config = Path(model) / "config.json"

@@ -31,7 +31,8 @@ from rest_pipeline.core.policy.tokenizer import load_tokenizer
 from rest_pipeline.spec import DecodingSpec
 
 # Encoder-decoder families whose CTranslate2 outputs are checked equal to transformers' (greedy, float32):
-# Marian, M2M100/NLLB (model_type m2m_100, the target code as target prefix) and T5.
+# Marian, M2M100/NLLB (model_type m2m_100, the target code as target prefix), mBART (the code as the
+# prefix that starts the decoder) and T5.
 CT2_FAMILIES = ("marian", "m2m_100", "mbart", "t5")
 CT2_LAYOUT = "exact-start-v1"  # part of the conversion cache key: bump when the conversion changes
 CONVERTED_WEIGHTS_FILE = "rest_weights"  # the converted model.bin's hash, written with the conversion

@@ -462,12 +462,13 @@ _LOADED_LOCK = threading.Lock()
 
 
 def comet_reward(path: Path, name: str) -> CometReward:
-    """The COMET reward in `path`, loaded once per process while its checkpoint file stays the same one:
+    """The COMET reward in `path`, loaded once per process while its files stay the same ones:
     a graph run in one process builds a reward in every scoring asset (~0.5 s a load). Scoring keeps no
-    state, so one object serves all; a checkpoint rewritten (re-trained, repaired) is loaded afresh."""
-    ckpt = Path(path) / "checkpoints" / "model.ckpt"
-    stat = ckpt.stat() if ckpt.is_file() else None
-    key = (str(Path(path).resolve()), name, stat and (stat.st_ino, stat.st_mtime_ns, stat.st_size))
+    state, so one object serves all; a folder whose files were rewritten (re-trained, repaired, edited) is
+    loaded afresh."""
+    files = [Path(path) / f for f in ("checkpoints/model.ckpt", "hparams.yaml", "rest_reward.json")]
+    stats = [(s.st_ino, s.st_mtime_ns, s.st_size) for s in (f.stat() for f in files if f.is_file())]
+    key = (str(Path(path).resolve()), name, *stats)
     with _LOADED_LOCK:
         if key not in _LOADED:
             if len(_LOADED) >= 2:  # two reward models at most stay in memory
