@@ -487,21 +487,21 @@ def _assert_threshold_change_stales_exactly_downstream(instance: dg.DagsterInsta
 
 
 def test_asset_graph_lineage_and_groups():
-    default = load_spec(find_spec("default"))
-    defs = build_definitions([load_spec(find_spec("smoke")), default])
+    paper = load_spec(find_spec("paper"))  # the paper's schedule: two grows of three steps
+    defs = build_definitions([load_spec(find_spec("smoke")), paper])
     graph = defs.resolve_asset_graph()
-    for exp in ("smoke", "default"):
+    for exp in ("smoke", "paper"):
         policy = dg.AssetKey([exp, "base_policy"])
         assert graph.get(policy).parent_keys == {dg.AssetKey([exp, "tokenizer"]), dg.AssetKey([exp, "corpus"])}
         assert graph.get(policy).group_name == exp
         assert graph.get(policy).code_version
     # The chain of checkpoints is the path through the graph.
-    last = f"improve_{default.improve.steps}"  # grow 1's last step hands its policy on
-    g2i1 = dg.AssetKey(["default", "grow_2", "improve_1", "policy"])
-    assert dg.AssetKey(["default", "grow_1", last, "policy"]) in graph.get(g2i1).parent_keys
-    assert dg.AssetKey(["default", "grow_2", "improve_1", "slice"]) in graph.get(g2i1).parent_keys
-    g2 = graph.get(dg.AssetKey(["default", "grow_2", "candidates"])).parent_keys
-    assert g2 == {dg.AssetKey(["default", "grow_1", last, k]) for k in ("policy", "eval")}
+    last = f"improve_{paper.improve.steps}"  # grow 1's last step hands its policy on
+    g2i1 = dg.AssetKey(["paper", "grow_2", "improve_1", "policy"])
+    assert dg.AssetKey(["paper", "grow_1", last, "policy"]) in graph.get(g2i1).parent_keys
+    assert dg.AssetKey(["paper", "grow_2", "improve_1", "slice"]) in graph.get(g2i1).parent_keys
+    g2 = graph.get(dg.AssetKey(["paper", "grow_2", "candidates"])).parent_keys
+    assert g2 == {dg.AssetKey(["paper", "grow_1", last, k]) for k in ("policy", "eval")}
 
 
 def test_definitions_validate_cli():

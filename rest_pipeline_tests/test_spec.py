@@ -103,28 +103,26 @@ def test_only_implemented_losses_are_accepted(tmp_path):
 
 def test_a_branch_takes_its_parent_and_may_not_change_what_it_reuses(tmp_path, monkeypatch):
     monkeypatch.setenv("REST_EXPERIMENTS_DIR", str(tmp_path))
-    child = load_spec(
-        _write(tmp_path, "child", "branch: {from: default, at: grow_1}\nimprove: {grows: 1, loss: gold}\n")
-    )
-    default = load_spec(find_spec("default"))
-    assert child.branch.parent == "default" and child.branch.grow == 1
-    assert (child.data, child.bc, child.reward, child.seed) == (default.data, default.bc, default.reward, default.seed)
+    child = load_spec(_write(tmp_path, "child", "branch: {from: paper, at: grow_1}\nimprove: {grows: 1, loss: gold}\n"))
+    paper = load_spec(find_spec("paper"))
+    assert child.branch.parent == "paper" and child.branch.grow == 1
+    assert (child.data, child.bc, child.reward, child.seed) == (paper.data, paper.bc, paper.reward, paper.seed)
     assert child.improve.loss == "gold" and child.improve.grows == 1
-    assert child.improve.filter == default.improve.filter and child.improve.train == default.improve.train
-    other = "branch: {from: default, at: grow_1}\nimprove: {grows: 1, filter: {kind: threshold, values: [0.5]}}\n"
+    assert child.improve.filter == paper.improve.filter and child.improve.train == paper.improve.train
+    other = "branch: {from: paper, at: grow_1}\nimprove: {grows: 1, filter: {kind: threshold, values: [0.5]}}\n"
     assert load_spec(_write(tmp_path, "thr", other)).improve.filter.kind == "threshold"  # replaced whole
     with pytest.raises(SpecError, match=r"field 'bc': a branch reuses its parent's bc"):
-        load_spec(_write(tmp_path, "bad", "branch: {from: default, at: grow_1}\nbc: {lr: 0.1}\n"))
-    beyond = default.improve.grows + 1
-    with pytest.raises(SpecError, match=f"has only {default.improve.grows} grows"):
-        load_spec(_write(tmp_path, "far", f"branch: {{from: default, at: grow_{beyond}}}\n"))
-    steps = default.improve.steps
+        load_spec(_write(tmp_path, "bad", "branch: {from: paper, at: grow_1}\nbc: {lr: 0.1}\n"))
+    beyond = paper.improve.grows + 1
+    with pytest.raises(SpecError, match=f"has only {paper.improve.grows} grows"):
+        load_spec(_write(tmp_path, "far", f"branch: {{from: paper, at: grow_{beyond}}}\n"))
+    steps = paper.improve.steps
     other_count = "{kind: percentile, values: [" + ", ".join(["90"] * (steps + 1)) + "]}"
-    at_2 = "branch: {from: default, at: grow_2}\n"
+    at_2 = "branch: {from: paper, at: grow_2}\n"
     with pytest.raises(SpecError, match=rf"field 'improve.filter.values'.* {steps} step\(s\) each; it has {steps + 1}"):
         load_spec(_write(tmp_path, "g2", at_2 + f"improve: {{filter: {other_count}}}\n"))
     assert load_spec(_write(tmp_path, "g2ok", at_2 + "improve: {loss: gold}\n")).improve.steps == steps
-    at_1 = "branch: {from: default, at: grow_1}\n"  # reuses no step of the parent: any count
+    at_1 = "branch: {from: paper, at: grow_1}\n"  # reuses no step of the parent: any count
     g1 = load_spec(_write(tmp_path, "g1", at_1 + f"improve: {{grows: 2, filter: {other_count}}}\n"))
     assert g1.improve.steps == steps + 1
     with pytest.raises(SpecError, match="unknown experiment 'nope'"):
