@@ -8,8 +8,12 @@ Needs an experiment whose corpus and tokenizer exist (`./scripts/rest main defau
 default/tokenizer`). Each run trains the spec's policy from the same seed on the same batches for
 `--updates` updates with the spec's BC settings (real `train_policy`, validation only at the end), then
 reports target tokens/s over the training time and the validation loss and greedy BLEU after it.
-Runs alternate old/new so machine drift hits both. Also prints the padding share of the batches
-(how much of each padded batch is real tokens). Writes bench/results/bc.json (no absolute paths).
+Runs alternate old/new so machine drift hits both. A first round per path (`--warmup`, on by default)
+is run but left out of the medians and kept as `warmup_runs`: bf16 matmuls on a CPU go through oneDNN,
+which builds kernels per new batch shape, and a BC run of many epochs meets each epoch's shapes again, so
+the warm rate is what it pays after its first epoch (the cold rate is kept beside it). Also prints the
+padding share of the batches (how much of each padded batch is real tokens). Writes bench/results/bc.json
+(no absolute paths).
 """
 
 from __future__ import annotations
@@ -112,6 +116,7 @@ def main() -> None:
     )
     ap.add_argument("--updates", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=1, help="rounds per path run first and left out of the medians")
     ap.add_argument("--valid-pairs", type=int, default=500)
     ap.add_argument("--out", default="bench/results/bc.json")
     args = ap.parse_args()
@@ -119,11 +124,12 @@ def main() -> None:
     spec = store_spec(store)
     paths = ["old", "new"] + (["bf16"] if resolve_precision("auto", torch.device("cpu")) == "bf16" else [])
     runs: dict[str, list[dict]] = {p: [] for p in paths}
-    for r in range(args.repeats):
+    warmup: dict[str, list[dict]] = {p: [] for p in paths}
+    for r in range(args.warmup + args.repeats):
         for path in paths:
             row = one_run(store, path, args.updates, args.valid_pairs)
-            runs[path].append(row)
-            print(f"repeat {r + 1} {path}: {row}", flush=True)
+            (warmup if r < args.warmup else runs)[path].append(row)
+            print(f"{'warm-up' if r < args.warmup else 'repeat'} {r + 1} {path}: {row}", flush=True)
 
     def summary(rows: list[dict]) -> dict:
         return {
@@ -135,7 +141,8 @@ def main() -> None:
 
     out: dict = {
         "what": f"BC training, {args.updates} updates of spec '{spec.name}' (bc.max_tokens {spec.bc.max_tokens}), "
-        "same seed and batches; tokens/s over training time (validation excluded)",
+        "same seed and batches; tokens/s over training time (validation excluded); medians over the repeats "
+        f"after {args.warmup} warm-up round(s) per path",
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()},
         "batches": padding_share(store, spec.bc.max_tokens, spec.tokenizer.max_length),
@@ -143,7 +150,7 @@ def main() -> None:
     old = summary(runs["old"])
     for path in paths:
         s = summary(runs[path])
-        out[path] = {"precision": PATHS[path][0], "fused_adamw": PATHS[path][1], **s}
+        out[path] = {"precision": PATHS[path][0], "fused_adamw": PATHS[path][1], **s, "warmup_runs": warmup[path]}
         if path != "old":
             out[f"{path}_over_old_tok_per_s"] = round(s["tgt_tok_per_s_median"] / old["tgt_tok_per_s_median"], 3)
             loss_delta = statistics.mean(s["valid_loss"]) - statistics.mean(old["valid_loss"])

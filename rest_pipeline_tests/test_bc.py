@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rest_pipeline.core.policy.family import Seq2Seq
+from rest_pipeline.core.policy.family import Seq2Seq, family_of
 from rest_pipeline.core.training.batching import make_batches
-from rest_pipeline.core.training.trainer import lr_at, train_policy
+from rest_pipeline.core.training.trainer import forward_precision, lr_at, train_policy
 from rest_pipeline.spec import BCSpec
 from rest_pipeline_tests.synthetic import pairs, tiny_model, tokenizer_dir
 
@@ -164,6 +164,31 @@ def test_empty_training_set_is_a_clear_error(tmp_path):
     model, tok = tiny_model(tokenizer_dir(tmp_path))
     with pytest.raises(ValueError, match="training set is empty"):
         train_policy(model, tok, ([], []), pairs(5), SPEC, tmp_path / "w", seed=1, max_length=32, fingerprint="x")
+
+
+def test_bf16_bc_learns_the_task_and_its_cpu_attention_avoids_the_slow_flash_backward(tmp_path):
+    """bf16 autocast trains as well as fp32 on the tiny task. On a CPU its attention takes SDPA's math
+    kernel (the bf16 flash kernel's backward was ~15x slower), and the forward really runs in bf16."""
+    spec = SPEC.model_copy(update={"precision": "bf16"})
+    out = run_tiny(str(tmp_path / "run"), str(tokenizer_dir(tmp_path)), spec.model_dump_json())
+    h = [r for r in out["history"] if "averaged_snapshots" not in r]
+    assert h[-1]["valid_loss"] < h[0]["valid_loss"] - 0.5
+    assert out["best"] > 20.0
+
+    model, tok = tiny_model(tokenizer_dir(tmp_path))
+    family = family_of(model, tok)
+    sources, targets = pairs(8, seed=3)
+    batch = family.collate(family.encode_sources(sources, 32), family.encode_targets(targets, 32))
+    head_dtypes: list[torch.dtype] = []
+    model.lm_head.register_forward_hook(lambda _m, _i, out: head_dtypes.append(out.dtype))
+    kernels = {}
+    for precision in ("fp32", "bf16"):
+        with torch.profiler.profile() as prof, forward_precision(precision, torch.device("cpu")):
+            family.forward(model, batch).logits.float().sum().backward()
+        kernels[precision] = {e.key for e in prof.key_averages()}
+    assert head_dtypes == [torch.float32, torch.bfloat16]
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu_backward" in kernels["fp32"]
+    assert not any("flash_attention" in k for k in kernels["bf16"])
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

@@ -14,9 +14,11 @@ Layout of `work_dir`:  last/ (resume point)  best/ (HF checkpoint)  snapshots/  
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rest_pipeline.core.evaluation.metrics import corpus_scores
@@ -40,6 +43,11 @@ from rest_pipeline.core.training.losses import NLLLoss, SequenceLoss
 from rest_pipeline.core.training.pairs import Chunk, ExampleSignals, Pairs, SlicePairs, TrainingPairs
 from rest_pipeline.core.types import Log
 from rest_pipeline.spec import BCSpec, DecodingSpec
+
+# bf16 matmuls on a CPU run through oneDNN, which builds a kernel per new shape (~1.5 ms each here) and
+# keeps 1,024 of them; token-bucketed batches bring a few hundred shapes an epoch, ~25 kernels each, so the
+# default cache rebuilds kernels every step. Read once, at the first bf16 matmul; a user's own setting wins.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 
 # AdamW as one fused kernel (False: torch's per-tensor loop, the old path bench/bc_bench.py compares).
 FUSED_OPTIMIZER = True
@@ -97,6 +105,18 @@ def resolve_precision(wanted: str, device: torch.device) -> str:
     cpu = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else ""
     native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or "AMX" in str(cpu).upper()
     return "bf16" if native else "fp32"
+
+
+def forward_precision(precision: str, device: torch.device) -> contextlib.ExitStack:
+    """The context of one training forward pass: bf16 autocast when `precision` is bf16. On a CPU its
+    attention runs on SDPA's math kernel: the bf16 flash kernel's backward took ~15x fp32's time on the
+    default's short batches (profiled: research/log.md), and the math kernel is as accurate."""
+    stack = contextlib.ExitStack()
+    if precision == "bf16":
+        stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
+        if device.type == "cpu":
+            stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+    return stack
 
 
 def _seed_all(seed: int) -> None:
@@ -310,14 +330,14 @@ def _epoch_batches(run: _Run, epoch: int) -> Iterator[_TrainBatch]:
                 produced += 1
 
 
-def _train_step(run: _Run, tb: _TrainBatch, autocast, budget: float | None) -> float:
+def _train_step(run: _Run, tb: _TrainBatch, precision: str, budget: float | None) -> float:
     """One update; returns the batch's summed loss."""
     spec, b = run.spec, tb.batch
     used = run.elapsed / budget if budget else 0.0
     for g in run.optimizer.param_groups:
         g["lr"] = lr_at(run.step, spec, run.total_steps, used)
     progress = max(run.step / run.total_steps, used)
-    with autocast:
+    with forward_precision(precision, next(run.model.parameters()).device):
         out = run.family.forward(run.model, b)
         loss_sum = run.loss_fn(tb.signals.batch(tb.idx, out, b, progress, spec.label_smoothing))
     loss = loss_sum / b.target_tokens
@@ -434,7 +454,6 @@ def train_policy(
     budget = None if spec.time_budget_minutes is None else spec.time_budget_minutes * 60  # seconds
     stopped = "max_steps" if spec.max_steps else "epochs"
     precision = resolve_precision(spec.precision, next(model.parameters()).device)
-    autocast = torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     if precision != "fp32":
         log(f"bc: forward passes in {precision} autocast (weights, optimizer and gradients stay fp32)")
     model.train()
@@ -445,7 +464,7 @@ def train_policy(
         for tb in itertools.islice(_epoch_batches(run, epoch), pos, None):
             if run.step >= run.total_steps:
                 break
-            window_loss += _train_step(run, tb, autocast, budget)
+            window_loss += _train_step(run, tb, precision, budget)
             window_tokens += tb.batch.target_tokens
             run.elapsed = time.perf_counter() - t_start
             step = run.step
