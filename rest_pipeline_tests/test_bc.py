@@ -1,5 +1,6 @@
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -70,6 +71,30 @@ def test_batches_respect_token_budget_and_cover_everything(tmp_path):
     # The decoder reads the target shifted by one: position t sees target t-1.
     first = batches[0][0]
     assert b.inputs["decoder_input_ids"][0, 1 : len(tgt[first])].tolist() == tgt[first][:-1]
+
+
+def test_exact_bucketing_pads_less_than_jittered_and_still_varies_by_epoch():
+    rng = random.Random(3)
+    src = [[1] * rng.randint(1, 40) for _ in range(600)]
+    tgt = [[1] * rng.randint(1, 40) for _ in range(600)]
+
+    def real_share(batches: list[list[int]]) -> float:
+        real = sum(len(src[i]) + len(tgt[i]) for b in batches for i in b)
+        padded = sum(len(b) * (max(len(src[i]) for i in b) + max(len(tgt[i]) for i in b)) for b in batches)
+        return real / padded
+
+    exact = make_batches(src, tgt, 400, seed=1, epoch=0, bucketing="exact")
+    jittered = make_batches(src, tgt, 400, seed=1, epoch=0, bucketing="jittered")
+    for batches in (exact, jittered):
+        assert sorted(i for b in batches for i in b) == list(range(600))
+        assert all((max(len(src[i]) for i in b) + max(len(tgt[i]) for i in b)) * len(b) <= 400 for b in batches)
+    assert real_share(exact) > real_share(jittered) + 0.1
+    assert exact == make_batches(src, tgt, 400, seed=1, epoch=0)  # exact is the default, a pure function
+    assert {tuple(sorted(b)) for b in exact} != {
+        tuple(sorted(b)) for b in make_batches(src, tgt, 400, seed=1, epoch=1)
+    }  # ties fall in another order each epoch: not the same batches every epoch
+    with pytest.raises(ValueError, match="bucketing"):
+        make_batches(src, tgt, 400, seed=1, epoch=0, bucketing="sorted")
 
 
 def test_lr_schedule_warms_up_then_decays():

@@ -115,3 +115,26 @@ def test_unknown_loss_is_refused():
     assert isinstance(make_loss("bvmpo", options={"eps_eta": 0.05}), BVMPOLoss)
     with pytest.raises(ValueError, match="not implemented"):
         make_loss("ppo")
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_bc_loss_equals_torch_cross_entropy_in_value_and_gradient(smoothing):
+    """The one-pass smoothed cross-entropy BC trains with is F.cross_entropy's value and gradient, padding
+    rows left out, from fp32 or bf16 (autocast) logits."""
+    gen = torch.Generator().manual_seed(3)
+    for dtype in (torch.float32, torch.bfloat16):
+        logits = (3 * torch.randn(3, 5, 50, generator=gen)).to(dtype).requires_grad_()
+        labels = torch.randint(0, 50, (3, 5), generator=gen)
+        labels[0, 2:], labels[2, 4:] = -100, -100
+        b = batch([1.0, 1.0, 1.0], logits=logits, labels=labels)
+        b.label_smoothing = smoothing
+        ours = NLLLoss()(b)
+        (grad_ours,) = torch.autograd.grad(2.5 * ours, logits)
+        ref = F.cross_entropy(
+            logits.flatten(0, 1).float(), labels.flatten(), label_smoothing=smoothing, reduction="sum"
+        )
+        (grad_ref,) = torch.autograd.grad(2.5 * ref, logits)
+        assert ours.dtype == torch.float32 and grad_ours.dtype == dtype
+        assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
+        assert torch.allclose(grad_ours.float(), grad_ref.float(), atol=1e-6 if dtype == torch.float32 else 1e-2)
+        assert grad_ours[0, 2:].abs().sum() == 0  # padding gets no gradient

@@ -255,7 +255,8 @@ def _set_up(
         **rest,
     )
     run.batches_per_epoch = sum(
-        len(make_batches(*_encode(run, chunk), spec.max_tokens, seed, 0)) for chunk in data.chunks(seed, 0)
+        len(make_batches(*_encode(run, chunk), spec.max_tokens, seed, 0, spec.bucketing))
+        for chunk in data.chunks(seed, 0)
     )
     run.total_steps = spec.max_steps or spec.epochs * run.batches_per_epoch
     return run
@@ -323,7 +324,7 @@ def _epoch_batches(run: _Run, epoch: int) -> Iterator[_TrainBatch]:
     while True:
         for chunk in run.data.chunks(run.seed, epoch):
             src, tgt = _encode(run, chunk)
-            for idx in make_batches(src, tgt, run.spec.max_tokens, run.seed, epoch):
+            for idx in make_batches(src, tgt, run.spec.max_tokens, run.seed, epoch, run.spec.bucketing):
                 if produced == run.batches_per_epoch:
                     return
                 yield _TrainBatch(idx, chunk.signals, run.family.collate([src[i] for i in idx], [tgt[i] for i in idx]))
