@@ -1,30 +1,31 @@
 """BC training speed: the old path (fp32, AdamW as a loop over tensors, F.cross_entropy, jittered length
 buckets) against the new one (fused AdamW, a one-pass smoothed cross-entropy, exact length buckets, bf16
-autocast where the CPU computes it natively) and the steps between, side by side in one run, with
-quality after the same number of updates.
+autocast where the CPU computes it natively) and the steps between, side by side in one process, with
+the validation loss after the same number of updates.
 
-    python bench/bc_bench.py --experiment default --updates 200 --repeats 2
+    python bench/bc_bench.py --experiment default --updates 300
 
-Needs an experiment whose corpus and tokenizer exist (`./scripts/rest main default --until
-tokenizer`). Each run trains the spec's policy from the same seed (on its path's batches) for
-`--updates` updates with the spec's BC settings (real `train_policy`, validation only at the end), then
-reports target tokens/s over the training time and the validation loss and greedy BLEU after it.
-Paths run in turn, in reverse order every other round, so machine drift hits all. A first round per path (`--warmup`, on by default)
-is run but left out of the medians and kept as `warmup_runs`: bf16 matmuls on a CPU go through oneDNN,
-which builds kernels per new batch shape, and a BC run of many epochs meets each epoch's shapes again, so
-the warm rate is what it pays after its first epoch (the cold rate is kept beside it). Also prints the
-padding share of the batches under each bucketing (how much of each padded batch is real tokens). Writes
-bench/results/bc.json (no absolute paths).
+Needs an experiment whose corpus and tokenizer exist (`./scripts/rest main default --until tokenizer`).
+Every path builds the spec's policy from the same seed and trains it with the real trainer on its own
+batches. The paths take turns of `--segment` updates (the order reversed every turn) after `--warmup`
+untimed updates each, so a host whose speed drifts by 10 % within minutes (these shared machines do:
+separate two-minute runs of one path gave 1,453 and 1,723 tokens/s) charges every path alike; the ratio
+is reported over the whole run and per turn, with a bootstrap interval over turns. The warm-up also
+builds oneDNN's bf16 kernels for the first shapes, as a BC of many epochs has them after its first.
+Also prints the padding share of the batches under each bucketing (how much of each padded batch is real
+tokens). Writes bench/results/bc.json (no absolute paths).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import itertools
 import json
 import platform
+import random
 import statistics
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,7 +38,8 @@ from rest_pipeline.core.store.experiment import ExperimentStore
 from rest_pipeline.core.training import losses
 from rest_pipeline.core.training import trainer as bc_module
 from rest_pipeline.core.training.batching import make_batches
-from rest_pipeline.core.training.trainer import TrainResult, resolve_precision, train_policy
+from rest_pipeline.core.training.pairs import TrainingPairs
+from rest_pipeline.core.training.trainer import resolve_precision
 from rest_pipeline.spec import find_spec, load_spec
 
 
@@ -99,57 +101,60 @@ PATHS = {
 }
 
 
-def train_spec_bc(store: ExperimentStore, **overrides: object) -> tuple[TrainResult, str]:
-    """The experiment's BC from its seed with `overrides` on its bc settings (one validation, at the end),
-    in a scratch folder; the result and the sha256 of the weights it kept. bc_repro.py uses it too."""
-    spec = store_spec(store)
-    torch.manual_seed(spec.seed)
-    tok = load_tokenizer(store.tokenizer_dir)
-    model = build_policy(spec.policy, tok, spec.tokenizer.max_length)
-    train, valid = store.split("train"), store.split("valid")
-    updates = overrides["max_steps"]
-    bc = spec.bc.model_copy(
-        update={"time_budget_minutes": None, "validate_every_steps": updates, "save_every_steps": 10**9,
-                "average_last": 1, "patience": None, **overrides}
-    )  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        result = train_policy(
-            model,
-            tok,
-            (list(train.source), list(train.target)),
-            (list(valid.source), list(valid.target)),
-            bc,
-            Path(tmp),
-            seed=spec.seed,
-            max_length=spec.tokenizer.max_length,
-            fingerprint="bench",
-            log=lambda _m: None,
+class PathRun:
+    """One path's BC in training: its own model (the spec's seed), optimizer and batches, stepped a segment
+    at a time so that all paths share the machine's drift."""
+
+    def __init__(self, name: str, store: ExperimentStore, tmp: Path):
+        spec = store_spec(store)
+        self.name, self.how = name, PATHS[name]
+        torch.manual_seed(spec.seed)
+        tok = load_tokenizer(store.tokenizer_dir)
+        model = build_policy(spec.policy, tok, spec.tokenizer.max_length)
+        train, valid = store.split("train"), store.split("valid")
+        bc = spec.bc.model_copy(update={"precision": self.how.precision, "bucketing": self.how.bucketing,
+                                        "time_budget_minutes": None})  # fmt: skip
+        bc_module.FUSED_OPTIMIZER = self.how.fused_adamw  # read when the optimizer is built
+        data = TrainingPairs(list(train.source), list(train.target))
+        self.run = bc_module._set_up(
+            model, tok, data, (list(valid.source), list(valid.target)), bc, tmp / name, spec.seed,
+            spec.tokenizer.max_length, fingerprint="bench", log=lambda _m: None, reward_fn=None, loss_fn=None,
             decode_backend=spec.evaluation.backend,
-        )
-        weights = hashlib.sha256((Path(tmp) / "best" / "model.safetensors").read_bytes()).hexdigest()[:16]
-    return result, weights
+        )  # fmt: skip
+        self.precision = resolve_precision(self.how.precision, torch.device("cpu"))
+        self.batches = itertools.chain.from_iterable(bc_module._epoch_batches(self.run, e) for e in itertools.count())
+        self.seconds, self.tokens, self.segments = 0.0, 0, []
+        model.train()
+
+    def step(self, updates: int, timed: bool = True) -> None:
+        """`updates` updates; their seconds and target tokens count when `timed`."""
+        losses.FUSED_CROSS_ENTROPY = self.how.fused_cross_entropy
+        todo = [next(self.batches) for _ in range(updates)]  # batches built outside the timed span
+        t0 = time.perf_counter()
+        for tb in todo:
+            bc_module._train_step(self.run, tb, self.precision, None)
+        seconds, tokens = time.perf_counter() - t0, sum(tb.batch.target_tokens for tb in todo)
+        if timed:
+            self.seconds, self.tokens = self.seconds + seconds, self.tokens + tokens
+            self.segments.append(tokens / seconds)
+
+    def summary(self) -> dict:
+        v = self.run.valid
+        loss = bc_module.validation_loss(self.run.model, self.run.family, v.src_ids, v.tgt_ids, 5000)
+        return {**asdict(self.how), "precision": self.precision, "updates": self.run.step,
+                "target_tokens": self.tokens, "train_seconds": round(self.seconds, 1),
+                "tgt_tok_per_s": round(self.tokens / self.seconds, 1), "valid_loss": round(loss, 4),
+                "segment_tok_per_s": [round(r, 1) for r in self.segments]}  # fmt: skip
 
 
-def one_run(store: ExperimentStore, path: str, updates: int, valid_pairs: int) -> dict:
-    how = PATHS[path]
-    bc_module.FUSED_OPTIMIZER, losses.FUSED_CROSS_ENTROPY = how.fused_adamw, how.fused_cross_entropy
-    result, _ = train_spec_bc(
-        store, precision=how.precision, bucketing=how.bucketing, max_steps=updates, validate_pairs=valid_pairs
-    )
-    last = result.history[-1]
-    return {
-        "path": path,
-        "precision": result.precision,
-        "fused_adamw": how.fused_adamw,
-        "fused_cross_entropy": how.fused_cross_entropy,
-        "bucketing": how.bucketing,
-        "updates": result.steps,
-        "train_seconds": result.train_seconds,
-        "target_tokens": last["target_tokens"],
-        "tgt_tok_per_s": round(last["target_tokens"] / result.train_seconds, 1),
-        "valid_loss": last["valid_loss"],
-        "valid_bleu": last["valid_bleu"],
-    }
+def paired_ratio(new: list[float], old: list[float], resamples: int = 4000) -> dict:
+    """Median over segments of new/old tokens/s (segment i of each ran back to back) and a 95 % bootstrap
+    interval of that median."""
+    ratios = [a / b for a, b in zip(new, old, strict=True)]
+    rng = random.Random(0)
+    boot = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    return {"median": round(statistics.median(ratios), 3),
+            "ci95": [round(boot[int(0.025 * resamples)], 3), round(boot[int(0.975 * resamples)], 3)]}  # fmt: skip
 
 
 def main() -> None:
@@ -157,56 +162,47 @@ def main() -> None:
     ap.add_argument(
         "--experiment", default="default", help="experiment whose corpus and tokenizer exist (under REST_HOME)"
     )
-    ap.add_argument("--updates", type=int, default=200)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=1, help="rounds per path run first and left out of the medians")
-    ap.add_argument("--valid-pairs", type=int, default=500)
+    ap.add_argument("--updates", type=int, default=300, help="timed updates per path")
+    ap.add_argument("--segment", type=int, default=10, help="updates per path before the next path's turn")
+    ap.add_argument("--warmup", type=int, default=20, help="untimed updates per path first")
     ap.add_argument("--out", default="bench/results/bc.json")
     args = ap.parse_args()
     store = ExperimentStore.open(args.experiment)
     spec = store_spec(store)
     native_bf16 = resolve_precision("auto", torch.device("cpu")) == "bf16"
     # Where bf16 is emulated (slower), `auto` trains in fp32 and there is no bf16 path to show.
-    paths = ["old", "new_jittered", "bf16_jittered", "new"] if native_bf16 else ["old", "new_jittered", "new"]
-    runs: dict[str, list[dict]] = {p: [] for p in paths}
-    warmup: dict[str, list[dict]] = {p: [] for p in paths}
-    for r in range(args.warmup + args.repeats):
-        # Every other round in reverse: a host that slows through a round would otherwise always charge
-        # the paths run last (the first EPYC run had the fused optimizer 5 % slower than the loop, which
-        # alone runs 5x faster).
-        for path in paths if r % 2 == 0 else paths[::-1]:
-            row = one_run(store, path, args.updates, args.valid_pairs)
-            (warmup if r < args.warmup else runs)[path].append(row)
-            print(f"{'warm-up' if r < args.warmup else 'repeat'} {r + 1} {path}: {row}", flush=True)
-
-    def summary(rows: list[dict]) -> dict:
-        return {
-            "tgt_tok_per_s_median": statistics.median(r["tgt_tok_per_s"] for r in rows),
-            "valid_loss": [r["valid_loss"] for r in rows],
-            "valid_bleu": [r["valid_bleu"] for r in rows],
-            "runs": rows,
-        }
-
+    names = ["old", "new_jittered", "bf16_jittered", "new"] if native_bf16 else ["old", "new_jittered", "new"]
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [PathRun(name, store, Path(tmp)) for name in names]
+        for p in paths:
+            p.step(args.warmup, timed=False)
+        for seg in range(args.updates // args.segment):
+            for p in paths if seg % 2 == 0 else paths[::-1]:  # alternate who goes first
+                p.step(args.segment)
+            if seg % 5 == 4:
+                print(f"segment {seg + 1}: " + ", ".join(f"{p.name} {p.segments[-1]:.0f}" for p in paths), flush=True)
+        rows = {p.name: p.summary() for p in paths}
+    old = paths[0]
     out: dict = {
-        "what": f"BC training, {args.updates} updates of spec '{spec.name}' (bc.max_tokens {spec.bc.max_tokens}), "
-        "same seed (batches per the path's bucketing); tokens/s over training time (validation excluded); "
-        f"medians over the repeats after {args.warmup} warm-up round(s) per path",
+        "what": f"BC training of spec '{spec.name}' (bc.max_tokens {spec.bc.max_tokens}), every path from the "
+        f"same seed on its own batches: {args.warmup} untimed updates each, then {args.updates} timed updates "
+        f"in turns of {args.segment} (order reversed every turn), one process; target tokens/s over training "
+        "time; validation loss after the same number of updates",
         "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16},
         "batches": {b: padding_share(store, spec.bc.max_tokens, spec.tokenizer.max_length, b)
                     for b in ("jittered", "exact")},
+        **rows,
     }  # fmt: skip
-    old = summary(runs["old"])
-    for path in paths:
-        s = summary(runs[path])
-        out[path] = {**asdict(PATHS[path]), **s, "warmup_runs": warmup[path]}
-        if path != "old":
-            out[f"{path}_over_old_tok_per_s"] = round(s["tgt_tok_per_s_median"] / old["tgt_tok_per_s_median"], 3)
-            loss_delta = statistics.mean(s["valid_loss"]) - statistics.mean(old["valid_loss"])
-            out[f"{path}_minus_old_valid_loss"] = round(loss_delta, 4)
+    for p in paths[1:]:
+        out[f"{p.name}_over_old_tok_per_s"] = {
+            "whole": round(rows[p.name]["tgt_tok_per_s"] / rows["old"]["tgt_tok_per_s"], 3),
+            "per_turn": paired_ratio(p.segments, old.segments),
+        }
+        out[f"{p.name}_minus_old_valid_loss"] = round(rows[p.name]["valid_loss"] - rows["old"]["valid_loss"], 4)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in out.items() if k not in paths}, indent=1))
+    print(json.dumps({k: v for k, v in out.items() if k not in rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -11,17 +11,54 @@ their seconds differ. Writes bench/results/bc_repro.json (no absolute paths).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-from bc_bench import train_spec_bc  # bench/ is the script's folder, first on sys.path
+import torch
+from bc_bench import store_spec  # bench/ is the script's folder, first on sys.path
 
+from rest_pipeline.core.policy.model import build_policy
+from rest_pipeline.core.policy.tokenizer import load_tokenizer
 from rest_pipeline.core.store.experiment import ExperimentStore
+from rest_pipeline.core.training.trainer import TrainResult, train_policy
 
 BURN = "import time\nt = time.time()\nwhile time.time() - t < 3600: pass"
+
+
+def train_spec_bc(store: ExperimentStore, **overrides: object) -> tuple[TrainResult, str]:
+    """The experiment's BC from its seed with `overrides` on its bc settings (one validation, at the end),
+    in a scratch folder; the result and the sha256 of the weights it kept."""
+    spec = store_spec(store)
+    torch.manual_seed(spec.seed)
+    tok = load_tokenizer(store.tokenizer_dir)
+    model = build_policy(spec.policy, tok, spec.tokenizer.max_length)
+    train, valid = store.split("train"), store.split("valid")
+    updates = overrides["max_steps"]
+    bc = spec.bc.model_copy(
+        update={"time_budget_minutes": None, "validate_every_steps": updates, "save_every_steps": 10**9,
+                "average_last": 1, "patience": None, **overrides}
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train_policy(
+            model,
+            tok,
+            (list(train.source), list(train.target)),
+            (list(valid.source), list(valid.target)),
+            bc,
+            Path(tmp),
+            seed=spec.seed,
+            max_length=spec.tokenizer.max_length,
+            fingerprint="bench",
+            log=lambda _m: None,
+            decode_backend=spec.evaluation.backend,
+        )
+        weights = hashlib.sha256((Path(tmp) / "best" / "model.safetensors").read_bytes()).hexdigest()[:16]
+    return result, weights
 
 
 def one_run(store: ExperimentStore, updates: int) -> dict:
