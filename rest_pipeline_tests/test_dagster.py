@@ -143,7 +143,9 @@ def _assert_served_learned_reward(home: Path, data_dir: Path, spec) -> None:
         hyp = [r if i % 2 else " ".join(r.split()[::-1]) for i, r in enumerate(ref)]
         local = make_reward("learned", spec, store.reward_model_dir).score(src, hyp, ref)
         served = HttpReward(HttpRewardSpec(url=line.split(" on ")[-1].strip(), batch_size=5)).score(src, hyp, ref)
-        np.testing.assert_allclose(served, local, atol=1e-6)
+        # Batches of 5 served against the local batching: other padded shapes, other float rounding (1.1e-5 on an
+        # AVX2 EPYC's MKL, under 1e-6 on an AMX Xeon); a wrong model or text would be off by far more.
+        np.testing.assert_allclose(served, local, atol=1e-4)
         assert len(set(np.round(local, 4))) > 6  # real scores, not one clipped value
     finally:
         proc.kill()
