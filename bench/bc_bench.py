@@ -1,6 +1,7 @@
-"""BC training speed: the old path (fp32, AdamW as a loop over tensors, F.cross_entropy, jittered length
-buckets) against the new one (fused AdamW, a one-pass smoothed cross-entropy, exact length buckets, bf16
-autocast where the CPU computes it natively) and the steps between, side by side in one process, with
+"""BC training speed: the old path (fp32, AdamW as a loop over tensors, F.cross_entropy, torch's dropout
+masks, Marian's zero logits bias added, jittered length buckets) against the new one (fused AdamW, a
+one-pass smoothed cross-entropy, numpy dropout masks, no zero-bias pass, exact length buckets, bf16 autocast
+where the CPU computes it natively) and the steps between, side by side in one process, with
 the validation loss after the same number of updates.
 
     python bench/bc_bench.py --experiment default --updates 300
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from rest_pipeline.core.policy import family as family_module
 from rest_pipeline.core.policy.family import family_of
 from rest_pipeline.core.policy.model import build_policy
 from rest_pipeline.core.policy.tokenizer import load_tokenizer
@@ -88,16 +90,18 @@ class TrainPath:
     precision: str  # fp32, bf16, or auto (what this machine's `auto` takes)
     fused_adamw: bool  # AdamW as one kernel, or torch's loop over tensors
     fused_cross_entropy: bool  # losses.smoothed_cross_entropy_sum, or F.cross_entropy
+    numpy_dropout: bool  # dropout masks drawn by numpy (core/training/dropout.py), or torch's bernoulli_
+    skip_zero_logits_bias: bool  # Seq2Seq.forward without Marian's all-zero logits bias, or the model's forward
     bucketing: str  # exact or jittered (core/training/batching.py)
 
 
 # The old path, the new one on the old path's batches (same batches: quality must match), bf16 on those
 # batches where the CPU computes it natively, and everything together ("new").
 PATHS = {
-    "old": TrainPath("fp32", False, False, "jittered"),
-    "new_jittered": TrainPath("fp32", True, True, "jittered"),
-    "bf16_jittered": TrainPath("bf16", True, True, "jittered"),
-    "new": TrainPath("auto", True, True, "exact"),
+    "old": TrainPath("fp32", False, False, False, False, "jittered"),
+    "new_jittered": TrainPath("fp32", True, True, True, True, "jittered"),
+    "bf16_jittered": TrainPath("bf16", True, True, True, True, "jittered"),
+    "new": TrainPath("auto", True, True, True, True, "exact"),
 }
 
 
@@ -129,6 +133,8 @@ class PathRun:
     def step(self, updates: int, timed: bool = True) -> None:
         """`updates` updates; their seconds and target tokens count when `timed`."""
         losses.FUSED_CROSS_ENTROPY = self.how.fused_cross_entropy
+        bc_module.NUMPY_DROPOUT = self.how.numpy_dropout
+        family_module.SKIP_ZERO_LOGITS_BIAS = self.how.skip_zero_logits_bias
         todo = [next(self.batches) for _ in range(updates)]  # batches built outside the timed span
         t0 = time.perf_counter()
         for tb in todo:

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from rest_pipeline.core.policy.family import Seq2Seq, family_of
 from rest_pipeline.core.training.batching import make_batches
-from rest_pipeline.core.training.trainer import forward_precision, lr_at, train_policy
+from rest_pipeline.core.training.trainer import lr_at, train_policy, training_forward
 from rest_pipeline.spec import BCSpec
 from rest_pipeline_tests.synthetic import pairs, tiny_model, tokenizer_dir
 
@@ -208,7 +208,7 @@ def test_bf16_bc_learns_the_task_and_its_cpu_attention_avoids_the_slow_flash_bac
     model.lm_head.register_forward_hook(lambda _m, _i, out: head_dtypes.append(out.dtype))
     kernels = {}
     for precision in ("fp32", "bf16"):
-        with torch.profiler.profile() as prof, forward_precision(precision, torch.device("cpu")):
+        with torch.profiler.profile() as prof, training_forward(precision, torch.device("cpu")):
             family.forward(model, batch).logits.float().sum().backward()
         kernels[precision] = {e.key for e in prof.key_averages()}
     assert head_dtypes == [torch.float32, torch.bfloat16]

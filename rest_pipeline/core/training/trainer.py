@@ -39,6 +39,7 @@ from rest_pipeline.core.policy.family import Batch, Family, family_of
 from rest_pipeline.core.policy.generate import translate_model
 from rest_pipeline.core.policy.model import is_checkpoint, save_policy
 from rest_pipeline.core.training.batching import make_batches
+from rest_pipeline.core.training.dropout import numpy_masked_dropout
 from rest_pipeline.core.training.losses import NLLLoss, SequenceLoss
 from rest_pipeline.core.training.pairs import Chunk, ExampleSignals, Pairs, SlicePairs, TrainingPairs
 from rest_pipeline.core.types import Log
@@ -51,6 +52,8 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 
 # AdamW as one fused kernel (False: torch's per-tensor loop, the old path bench/bc_bench.py compares).
 FUSED_OPTIMIZER = True
+# Dropout masks drawn by numpy on a CPU (False: torch's bernoulli_, the old path bench/bc_bench.py compares).
+NUMPY_DROPOUT = True
 
 # (sources, hypotheses, references) -> mean reward: validation by reward instead of BLEU (Improve).
 RewardFn = Callable[[list[str], list[str], list[str]], float]
@@ -107,11 +110,14 @@ def resolve_precision(wanted: str, device: torch.device) -> str:
     return "bf16" if native else "fp32"
 
 
-def forward_precision(precision: str, device: torch.device) -> contextlib.ExitStack:
+def training_forward(precision: str, device: torch.device) -> contextlib.ExitStack:
     """The context of one training forward pass: bf16 autocast when `precision` is bf16. On a CPU its
     attention runs on SDPA's math kernel: the bf16 flash kernel's backward took ~15x fp32's time on the
-    default's short batches (profiled: research/log.md), and the math kernel is as accurate."""
+    default's short batches (profiled: research/log.md), and the math kernel is as accurate. On a CPU its
+    dropout masks come from numpy (core/training/dropout.py: torch's own took ~7 % of an update)."""
     stack = contextlib.ExitStack()
+    if device.type == "cpu" and NUMPY_DROPOUT:
+        stack.enter_context(numpy_masked_dropout())
     if precision == "bf16":
         stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
         if device.type == "cpu":
@@ -338,7 +344,7 @@ def _train_step(run: _Run, tb: _TrainBatch, precision: str, budget: float | None
     for g in run.optimizer.param_groups:
         g["lr"] = lr_at(run.step, spec, run.total_steps, used)
     progress = max(run.step / run.total_steps, used)
-    with forward_precision(precision, next(run.model.parameters()).device):
+    with training_forward(precision, next(run.model.parameters()).device):
         out = run.family.forward(run.model, b)
         loss_sum = run.loss_fn(tb.signals.batch(tb.idx, out, b, progress, spec.label_smoothing))
     loss = loss_sum / b.target_tokens

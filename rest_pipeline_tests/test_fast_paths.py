@@ -1,0 +1,83 @@
+"""The BC speed paths that must not change what is trained: numpy-masked dropout (the distribution of
+F.dropout, reproducible from torch's seed) and the Marian forward without its all-zero logits bias (the
+same logits, number for number)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rest_pipeline.core.policy.family import family_of
+from rest_pipeline.core.training.dropout import numpy_masked_dropout, pcg_dropout
+from rest_pipeline_tests.synthetic import pairs, tiny_model, tokenizer_dir
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_numpy_dropout_keeps_one_minus_p_scaled_and_backpropagates_through_the_same_mask(p):
+    x = torch.rand(400, 250) + 0.5  # no zeros of its own
+    x.requires_grad_(True)
+    torch.manual_seed(0)
+    y = pcg_dropout(x, p, training=True)
+    kept = y != 0
+    n = x.numel()
+    # Kept share within 5 binomial standard deviations of 1 - p.
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
+    torch.testing.assert_close(y[kept], x[kept] / (1 - p), rtol=1e-6, atol=0)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / (1 - p), rtol=1e-6, atol=0)
+
+
+def test_numpy_dropout_is_a_function_of_torchs_seed_and_fresh_every_call():
+    x = torch.ones(64, 64)
+    torch.manual_seed(7)
+    a, b = pcg_dropout(x, 0.1), pcg_dropout(x, 0.1)
+    torch.manual_seed(7)
+    a2 = pcg_dropout(x, 0.1)
+    assert torch.equal(a, a2)
+    assert not torch.equal(a, b)
+
+
+def test_numpy_dropout_leaves_eval_zero_p_and_in_place_to_torch():
+    x = torch.randn(8, 8)
+    assert torch.equal(pcg_dropout(x, 0.1, training=False), x)
+    assert torch.equal(pcg_dropout(x, 0.0, training=True), x)
+    assert torch.equal(pcg_dropout(x, 1.0, training=True), torch.zeros_like(x))
+    z = x.clone()
+    pcg_dropout(z, 0.5, training=True, inplace=True)  # torch's own, in place
+    assert ((z == 0) | (z == 2 * x)).all() and (z == 0).any()
+
+
+def test_the_swap_holds_only_inside_the_block_even_when_it_raises(tmp_path):
+    model, tok = tiny_model(tokenizer_dir(tmp_path))
+    model.train()
+    family = family_of(model, tok)
+    src, tgt = pairs(6)
+    batch = family.collate(family.encode_sources(src, 32), family.encode_targets(tgt, 32))
+    with pytest.raises(RuntimeError), numpy_masked_dropout():
+        assert F.dropout is pcg_dropout
+        torch.manual_seed(3)
+        inside = family.forward(model, batch).logits
+        torch.manual_seed(3)
+        assert torch.equal(inside, family.forward(model, batch).logits)  # the model's dropouts go through it
+        raise RuntimeError("a failing step")
+    assert F.dropout is not pcg_dropout
+    torch.manual_seed(3)
+    assert not torch.equal(inside, family.forward(model, batch).logits)  # torch's masks again
+
+
+def test_marian_forward_without_its_zero_bias_gives_the_same_logits_and_keeps_a_trained_bias(tmp_path):
+    model, tok = tiny_model(tokenizer_dir(tmp_path))
+    model.eval()
+    family = family_of(model, tok)
+    src, tgt = pairs(6)
+    batch = family.collate(family.encode_sources(src, 32), family.encode_targets(tgt, 32))
+    own = model(**batch.inputs)
+    ours = family.forward(model, batch)
+    assert family._zero_logits_bias(model)
+    assert torch.equal(ours.logits, own.logits)
+    assert torch.equal(ours.states, own.encoder_last_hidden_state)
+    model.final_logits_bias[0, 3] = 2.0  # a checkpoint that trained its bias: the model's own forward
+    assert not family._zero_logits_bias(model)
+    assert torch.equal(family.forward(model, batch).logits, model(**batch.inputs).logits)
+    assert not torch.equal(family.forward(model, batch).logits, ours.logits)
