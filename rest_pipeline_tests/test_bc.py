@@ -30,6 +30,10 @@ SPEC = BCSpec(
     save_every_steps=10,
     average_last=2,
     label_smoothing=0.0,
+    # This 300-pair task of 2-6 words learns unreliably in batches of one length (exact buckets: final
+    # valid loss 1.24, 0.54, 0.36 over seeds 1-3, against 0.22, 0.27, 0.55 jittered; research/log.md,
+    # eighth session), so the trainer's tests batch it the first way; exact buckets are tested above.
+    bucketing="jittered",
 )
 
 
