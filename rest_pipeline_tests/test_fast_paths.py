@@ -48,12 +48,17 @@ def test_numpy_dropout_leaves_eval_zero_p_and_in_place_to_torch():
     assert ((z == 0) | (z == 2 * x)).all() and (z == 0).any()
 
 
-def test_the_swap_holds_only_inside_the_block_even_when_it_raises(tmp_path):
+def _tiny_batch(tmp_path):
+    """An untrained tiny Marian, its family and one batch of six synthetic pairs."""
     model, tok = tiny_model(tokenizer_dir(tmp_path))
-    model.train()
     family = family_of(model, tok)
     src, tgt = pairs(6)
-    batch = family.collate(family.encode_sources(src, 32), family.encode_targets(tgt, 32))
+    return model, family, family.collate(family.encode_sources(src, 32), family.encode_targets(tgt, 32))
+
+
+def test_the_swap_holds_only_inside_the_block_even_when_it_raises(tmp_path):
+    model, family, batch = _tiny_batch(tmp_path)
+    model.train()
     with pytest.raises(RuntimeError), numpy_masked_dropout():
         assert F.dropout is pcg_dropout
         torch.manual_seed(3)
@@ -67,11 +72,8 @@ def test_the_swap_holds_only_inside_the_block_even_when_it_raises(tmp_path):
 
 
 def test_marian_forward_without_its_zero_bias_gives_the_same_logits_and_keeps_a_trained_bias(tmp_path):
-    model, tok = tiny_model(tokenizer_dir(tmp_path))
+    model, family, batch = _tiny_batch(tmp_path)
     model.eval()
-    family = family_of(model, tok)
-    src, tgt = pairs(6)
-    batch = family.collate(family.encode_sources(src, 32), family.encode_targets(tgt, 32))
     own = model(**batch.inputs)
     ours = family.forward(model, batch)
     assert family._zero_logits_bias(model)

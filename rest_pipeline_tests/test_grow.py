@@ -147,6 +147,7 @@ def trained_policy(tmp_path_factory):
         validate_every_steps=150,
         validate_pairs=10,
         label_smoothing=0.0,
+        bucketing="jittered",  # this tiny task learns unreliably in one-length batches (test_bc.SPEC says more)
     )
     train_policy(
         model,
