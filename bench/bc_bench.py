@@ -1,20 +1,21 @@
 """BC training speed: the old path (fp32, AdamW as a loop over tensors, F.cross_entropy, torch's dropout
-masks, Marian's zero logits bias added, jittered length buckets) against the new one (fused AdamW, a
-one-pass smoothed cross-entropy, numpy dropout masks, no zero-bias pass, exact length buckets, bf16 autocast
-where the CPU computes it natively) and the steps between, side by side in one process, with
-the validation loss after the same number of updates.
+masks, Marian's zero logits bias added, glibc's allocator defaults, jittered length buckets) against the
+new one (fused AdamW, a one-pass smoothed cross-entropy, numpy dropout masks, no zero-bias pass, freed
+memory kept for reuse, exact length buckets, bf16 autocast where the CPU computes it natively) and the
+steps between, taking turns, with the validation loss after the same number of updates.
 
     python bench/bc_bench.py --experiment default --updates 300
 
 Needs an experiment whose corpus and tokenizer exist (`./scripts/rest main default --until tokenizer`).
 Every path builds the spec's policy from the same seed and trains it with the real trainer on its own
-batches. The paths take turns of `--segment` updates (the order reversed every turn) after `--warmup`
-untimed updates each, so a host whose speed drifts by 10 % within minutes (these shared machines do:
-separate two-minute runs of one path gave 1,453 and 1,723 tokens/s) charges every path alike; the ratio
-is reported over the whole run and per turn, with a bootstrap interval over turns. The warm-up also
-builds oneDNN's bf16 kernels for the first shapes, as a BC of many epochs has them after its first.
-Also prints the padding share of the batches under each bucketing (how much of each padded batch is real
-tokens). Writes bench/results/bc.json (no absolute paths).
+batches, in a process of its own (the allocator setting is process-wide; one path computes at a time).
+The paths take turns of `--segment` updates (the order reversed every turn) after `--warmup` untimed
+updates each, so a host whose speed drifts by 10 % within minutes (these shared machines do: separate
+two-minute runs of one path gave 1,453 and 1,723 tokens/s) charges every path alike; the ratio is
+reported over the whole run and per turn, with a bootstrap interval over turns. The warm-up also builds
+oneDNN's bf16 kernels for the first shapes, as a BC of many epochs has them after its first. Also prints
+the padding share of the batches under each bucketing (how much of each padded batch is real tokens).
+Writes bench/results/bc.json (no absolute paths).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import multiprocessing
+import os
 import platform
 import random
 import statistics
@@ -92,22 +95,24 @@ class TrainPath:
     fused_cross_entropy: bool  # losses.smoothed_cross_entropy_sum, or F.cross_entropy
     numpy_dropout: bool  # dropout masks drawn by numpy (core/training/dropout.py), or torch's bernoulli_
     skip_zero_logits_bias: bool  # Seq2Seq.forward without Marian's all-zero logits bias, or the model's forward
+    keep_freed_memory: bool  # glibc thresholds raised (core/training/allocator.py), or its defaults
     bucketing: str  # exact or jittered (core/training/batching.py)
 
 
 # The old path, the new one on the old path's batches (same batches: quality must match), bf16 on those
 # batches where the CPU computes it natively, and everything together ("new").
 PATHS = {
-    "old": TrainPath("fp32", False, False, False, False, "jittered"),
-    "new_jittered": TrainPath("fp32", True, True, True, True, "jittered"),
-    "bf16_jittered": TrainPath("bf16", True, True, True, True, "jittered"),
-    "new": TrainPath("auto", True, True, True, True, "exact"),
+    "old": TrainPath("fp32", False, False, False, False, False, "jittered"),
+    "new_jittered": TrainPath("fp32", True, True, True, True, True, "jittered"),
+    "bf16_jittered": TrainPath("bf16", True, True, True, True, True, "jittered"),
+    "new": TrainPath("auto", True, True, True, True, True, "exact"),
 }
 
 
 class PathRun:
-    """One path's BC in training: its own model (the spec's seed), optimizer and batches, stepped a segment
-    at a time so that all paths share the machine's drift."""
+    """One path's BC in training, in a process of its own (`_serve`: the allocator setting is process-wide):
+    its own model (the spec's seed), optimizer and batches, stepped a segment at a time so that all paths
+    share the machine's drift."""
 
     def __init__(self, name: str, store: ExperimentStore, tmp: Path):
         spec = store_spec(store)
@@ -163,6 +168,18 @@ def paired_ratio(new: list[float], old: list[float], resamples: int = 4000) -> d
             "ci95": [round(boot[int(0.025 * resamples)], 3), round(boot[int(0.975 * resamples)], 3)]}  # fmt: skip
 
 
+def _serve(name: str, experiment: str, tmp: str, conn) -> None:
+    """A path's process: builds its PathRun, then runs the turns the parent sends ((updates, timed)),
+    answering each with its tokens/s, until asked for its summary. Only one path computes at a time."""
+    os.environ["REST_KEEP_FREED_MEMORY"] = "1" if PATHS[name].keep_freed_memory else "0"
+    run = PathRun(name, ExperimentStore.open(experiment), Path(tmp))
+    while (msg := conn.recv()) != "summary":
+        updates, timed = msg
+        run.step(updates, timed)
+        conn.send(run.segments[-1] if timed else None)
+    conn.send(run.summary())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -178,21 +195,37 @@ def main() -> None:
     native_bf16 = resolve_precision("auto", torch.device("cpu")) == "bf16"
     # Where bf16 is emulated (slower), `auto` trains in fp32 and there is no bf16 path to show.
     names = ["old", "new_jittered", "bf16_jittered", "new"] if native_bf16 else ["old", "new_jittered", "new"]
+    spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
-        paths = [PathRun(name, store, Path(tmp)) for name in names]
-        for p in paths:
-            p.step(args.warmup, timed=False)
+        conns, procs = {}, []
+        for name in names:
+            conns[name], child = spawn.Pipe()
+            procs.append(spawn.Process(target=_serve, args=(name, args.experiment, tmp, child), daemon=True))
+            procs[-1].start()
+
+        def turn(name: str, updates: int, timed: bool = True):
+            conns[name].send((updates, timed))
+            return conns[name].recv()
+
+        for name in names:
+            turn(name, args.warmup, timed=False)
+        segments: dict[str, list[float]] = {name: [] for name in names}
         for seg in range(args.updates // args.segment):
-            for p in paths if seg % 2 == 0 else paths[::-1]:  # alternate who goes first
-                p.step(args.segment)
+            for name in names if seg % 2 == 0 else names[::-1]:  # alternate who goes first
+                segments[name].append(turn(name, args.segment))
             if seg % 5 == 4:
-                print(f"segment {seg + 1}: " + ", ".join(f"{p.name} {p.segments[-1]:.0f}" for p in paths), flush=True)
-        rows = {p.name: p.summary() for p in paths}
-    old = paths[0]
+                print(f"segment {seg + 1}: " + ", ".join(f"{n} {segments[n][-1]:.0f}" for n in names), flush=True)
+        rows = {}
+        for name in names:
+            conns[name].send("summary")
+            rows[name] = conns[name].recv()
+        for proc in procs:
+            proc.join()
     out: dict = {
         "what": f"BC training of spec '{spec.name}' (bc.max_tokens {spec.bc.max_tokens}), every path from the "
         f"same seed on its own batches: {args.warmup} untimed updates each, then {args.updates} timed updates "
-        f"in turns of {args.segment} (order reversed every turn), one process; target tokens/s over training "
+        f"in turns of {args.segment} (order reversed every turn), a process per path; target tokens/s over "
+        "training "
         "time; validation loss after the same number of updates",
         "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16},
@@ -200,12 +233,12 @@ def main() -> None:
                     for b in ("jittered", "exact")},
         **rows,
     }  # fmt: skip
-    for p in paths[1:]:
-        out[f"{p.name}_over_old_tok_per_s"] = {
-            "whole": round(rows[p.name]["tgt_tok_per_s"] / rows["old"]["tgt_tok_per_s"], 3),
-            "per_turn": paired_ratio(p.segments, old.segments),
+    for name in names[1:]:
+        out[f"{name}_over_old_tok_per_s"] = {
+            "whole": round(rows[name]["tgt_tok_per_s"] / rows["old"]["tgt_tok_per_s"], 3),
+            "per_turn": paired_ratio(segments[name], segments["old"]),
         }
-        out[f"{p.name}_minus_old_valid_loss"] = round(rows[p.name]["valid_loss"] - rows["old"]["valid_loss"], 4)
+        out[f"{name}_minus_old_valid_loss"] = round(rows[name]["valid_loss"] - rows["old"]["valid_loss"], 4)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps({k: v for k, v in out.items() if k not in rows}, indent=1))

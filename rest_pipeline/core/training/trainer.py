@@ -38,6 +38,7 @@ from rest_pipeline.core.paths import atomic_dir, atomic_path
 from rest_pipeline.core.policy.family import Batch, Family, family_of
 from rest_pipeline.core.policy.generate import translate_model
 from rest_pipeline.core.policy.model import is_checkpoint, save_policy
+from rest_pipeline.core.training.allocator import keep_freed_memory
 from rest_pipeline.core.training.batching import make_batches
 from rest_pipeline.core.training.dropout import numpy_masked_dropout
 from rest_pipeline.core.training.losses import NLLLoss, SequenceLoss
@@ -225,6 +226,7 @@ def _set_up(
     ):
         raise ValueError(f"bc: loss '{loss_fn.name}' needs the behaviour policy's token log-probabilities")
     device = next(model.parameters()).device
+    keep_freed_memory()  # a step's big tensors reuse freed heap instead of faulting in fresh pages
     work_dir.mkdir(parents=True, exist_ok=True)
     _seed_all(seed)
     family = family_of(model, tokenizer)
