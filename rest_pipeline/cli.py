@@ -154,8 +154,13 @@ class _NoInterruptTraces:
 
     def write(self, text: str) -> int:
         interrupted = ("interrupted (", "DagsterExecutionInterruptedError", "Execution was interrupted")
-        if "Stack Trace:" in text and any(mark in text for mark in interrupted):
-            text = text[: text.index("Stack Trace:")].rstrip() + "\n"
+        if any(mark in text for mark in interrupted):
+            # Dagster's records carry "Stack Trace:"; a library's own log record of the same interruption
+            # (SQLAlchemy closing a connection as the signal lands) a plain traceback.
+            for trace in ("Stack Trace:", "Traceback (most recent call last):"):
+                if trace in text:
+                    text = text[: text.index(trace)].rstrip() + "\n"
+                    break
         return self._stream.write(text)
 
     def __getattr__(self, name: str):

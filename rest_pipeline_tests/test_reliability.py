@@ -176,3 +176,26 @@ def test_two_concurrent_mains_never_break_the_instance(tmp_path, data_dir):
         instance = _open(home)
         assert len(instance.get_run_records()) >= 1
         assert (home / "experiments" / "smoke" / "tokenizer").is_dir()
+
+
+def test_an_interrupts_traces_are_cut_whoever_logs_them():
+    """`rest main`'s stderr keeps the message of a record about the interruption and drops its trace:
+    Dagster's ("Stack Trace:") and a library's own, like SQLAlchemy's when the signal lands while it
+    closes a connection (seen in a CI run: the kill test then found a traceback in the output)."""
+    import io
+
+    from rest_pipeline.cli import _NoInterruptTraces
+
+    out = io.StringIO()
+    err = _NoInterruptTraces(out)
+    err.write("step failed: interrupted (SIGINT)\n\nStack Trace:\n  File x, line 1\n")
+    err.write(
+        "Exception closing connection <sqlite3.Connection>\nTraceback (most recent call last):\n"
+        '  File "pool/base.py", line 372\ndagster._core.errors.DagsterExecutionInterruptedError\n'
+    )
+    err.write("Traceback (most recent call last):\n  File y\nValueError: a real error keeps its trace\n")
+    assert out.getvalue() == (
+        "step failed: interrupted (SIGINT)\n"
+        "Exception closing connection <sqlite3.Connection>\n"
+        "Traceback (most recent call last):\n  File y\nValueError: a real error keeps its trace\n"
+    )

@@ -242,6 +242,9 @@ class CT2Policy:
             self.family = Seq2Seq(tokenizer, 0, fmt, config.get("model_type", "marian"))
             code = self.family.target_code_id
             self.target_prefix = tokenizer.convert_ids_to_tokens([code]) if code is not None else None
+        # HF's generate writes EOS as the last of max_new_tokens when the config forces one (Marian, BART): an
+        # output that reaches the cap has one text token fewer there than CTranslate2's.
+        self.forced_eos = not self.causal and config.get("forced_eos_token_id") is not None
         self.compute_type = resolve_compute_type(compute_type)
         self.device = device()
         self.lanes = lanes or default_lanes()
@@ -330,7 +333,8 @@ class CT2Policy:
         )
         if progress:
             progress(len(sources), len(sources))
-        return [self._detok(r.hypotheses[0]) for r in results]
+        keep = decoding.max_new_tokens - 1 if self.forced_eos else decoding.max_new_tokens
+        return [self._detok(r.hypotheses[0][:keep]) for r in results]
 
     def sample(
         self,
@@ -367,7 +371,8 @@ class CT2Policy:
             hyps = sample_tokens(*args)
         else:
             hyps = self._lane_pool().run(args)
-        return [[self._detok(h) for h in r] for r in hyps]
+        keep = max_new_tokens - 1 if self.forced_eos else max_new_tokens
+        return [[self._detok(h[:keep]) for h in r] for r in hyps]
 
     def engine_record(self, checkpoint: Path) -> dict[str, str]:
         """What lineage says ran: CTranslate2's version, the converted weights' hash and, for a LoRA
