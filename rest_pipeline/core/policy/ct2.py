@@ -333,7 +333,7 @@ class CT2Policy:
         )
         if progress:
             progress(len(sources), len(sources))
-        keep = decoding.max_new_tokens - 1 if self.forced_eos else decoding.max_new_tokens
+        keep = self._kept_tokens(decoding.max_new_tokens)
         return [self._detok(r.hypotheses[0][:keep]) for r in results]
 
     def sample(
@@ -371,8 +371,12 @@ class CT2Policy:
             hyps = sample_tokens(*args)
         else:
             hyps = self._lane_pool().run(args)
-        keep = max_new_tokens - 1 if self.forced_eos else max_new_tokens
+        keep = self._kept_tokens(max_new_tokens)
         return [[self._detok(h[:keep]) for h in r] for r in hyps]
+
+    def _kept_tokens(self, max_new_tokens: int) -> int:
+        """Text tokens HF's generate leaves of a capped output: one fewer where the config forces EOS."""
+        return max_new_tokens - 1 if self.forced_eos else max_new_tokens
 
     def engine_record(self, checkpoint: Path) -> dict[str, str]:
         """What lineage says ran: CTranslate2's version, the converted weights' hash and, for a LoRA
