@@ -89,27 +89,30 @@ def test_marian_forward_without_its_zero_bias_gives_the_same_logits_and_keeps_a_
 
 
 _FAULTS = """
-import resource, sys, torch
+import resource, statistics, torch
 from rest_pipeline.core.training.allocator import keep_freed_memory
 print(keep_freed_memory())
 x = torch.ones(1000, 10_000)  # 40 MB: over glibc's largest dynamic mmap threshold
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
+faults = []
+for _ in range(25):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     y = x * 2.0  # a 40 MB tensor, freed before the next, like a step's logits
     del y
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(statistics.median(faults[1:]))
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_kept_freed_memory_spares_a_training_steps_page_faults():
     """With glibc's defaults every 40 MB tensor is a fresh mmap the kernel faults in page by page; with the
-    thresholds raised, the freed block is reused."""
+    thresholds raised, the freed block is reused. Judged on the median step after the first: on a busy
+    host the kernel itself (page migration, compaction) makes some kept steps fault again."""
     runs = {}
     for keep in ("0", "1"):
         env = {**os.environ, "REST_KEEP_FREED_MEMORY": keep, "OMP_NUM_THREADS": "1"}
         out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True, text=True, check=True)
         runs[keep] = out.stdout.split()
     assert runs["0"][0] == "False" and runs["1"][0] == "True"
-    assert int(runs["0"][1]) > 20 * 5000  # ~9,800 faults per 40 MB tensor
-    assert int(runs["1"][1]) < int(runs["0"][1]) / 4  # 29k against 195k here: the first tensor faults in
+    assert float(runs["0"][1]) > 5000  # ~9,770 faults per 40 MB tensor, every step
+    assert float(runs["1"][1]) < 500  # 0 on most steps: the freed block is reused
