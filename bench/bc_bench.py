@@ -225,8 +225,7 @@ def main() -> None:
         "what": f"BC training of spec '{spec.name}' (bc.max_tokens {spec.bc.max_tokens}), every path from the "
         f"same seed on its own batches: {args.warmup} untimed updates each, then {args.updates} timed updates "
         f"in turns of {args.segment} (order reversed every turn), a process per path; target tokens/s over "
-        "training "
-        "time; validation loss after the same number of updates",
+        "training time; validation loss after the same number of updates",
         "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16},
         "batches": {b: padding_share(store, spec.bc.max_tokens, spec.tokenizer.max_length, b)
